@@ -1,0 +1,108 @@
+"""The daemon <-> child protocol (ZeroMQ ROUTER in the daemon, DEALER in each child).
+
+Vocabulary from the zguide's Paranoid Pirate: a child says `Hello` once (it is then
+ready), a `Heartbeat` when it has nothing else to say, `Started`/`Progress` while it
+runs a task and one `Result` at the end, after which it is ready again. Any message
+from a child counts as a heartbeat. The daemon sends `Dispatch`, `Cancel`,
+`Heartbeat` and `Stop`. Frames: the ROUTER sees [identity, payload]; payload is
+msgpack of one of the tagged structs below.
+
+Imports msgspec and the stdlib only.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from proto.task import Outcome, TaskSpec
+
+
+# ---- child -> daemon -------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag=True, kw_only=True):
+    """First message of a child: it is booted and ready for a task."""
+
+    protocol: int
+    slot: str
+    pid: int
+
+
+class Heartbeat(msgspec.Struct, tag=True, kw_only=True):
+    """Liveness, both directions. `task_id` is the task the child is running, if any."""
+
+    task_id: str | None = None
+    rss_bytes: int = 0
+
+
+class Started(msgspec.Struct, tag=True, kw_only=True):
+    """The task's process is running: its pid, and the session/pgid it leads."""
+
+    task_id: str
+    attempt: int
+    pid: int
+    pgid: int
+
+
+class Progress(msgspec.Struct, tag=True, kw_only=True):
+    """One event of a running task (for Claude, one stream-json line, summarised)."""
+
+    task_id: str
+    attempt: int
+    event: str
+    summary: str = ""
+
+
+class Result(msgspec.Struct, tag=True, kw_only=True):
+    """The end of one attempt. `state` is a final `TaskState` value."""
+
+    task_id: str
+    attempt: int
+    state: str
+    outcome: Outcome
+    started_at: float
+    finished_at: float
+
+
+ChildMessage = Hello | Heartbeat | Started | Progress | Result
+
+
+# ---- daemon -> child -------------------------------------------------------------
+
+
+class Limits(msgspec.Struct, kw_only=True, frozen=True):
+    """Timeouts as data: the child enforces them and the daemon keeps a backstop."""
+
+    timeout_s: float
+    stall_timeout_s: float | None
+    result_grace_s: float
+    kill_grace_s: float
+    output_cap_bytes: int
+
+
+class Dispatch(msgspec.Struct, tag=True, kw_only=True):
+    """Run this task now. `env` is added to the task's environment (trace context etc.);
+    `claude_command` is the argv prefix of the Claude CLI for claude tasks."""
+
+    task_id: str
+    attempt: int
+    spec: TaskSpec
+    limits: Limits
+    env: dict[str, str] = {}
+    claude_command: list[str] = []
+
+
+class Cancel(msgspec.Struct, tag=True, kw_only=True):
+    """Stop the task: SIGTERM to its session, grace, SIGKILL to every descendant."""
+
+    task_id: str
+    reason: str = "cancelled"
+
+
+class Stop(msgspec.Struct, tag=True, kw_only=True):
+    """Kill any task tree and exit."""
+
+    reason: str = "shutdown"
+
+
+DaemonMessage = Dispatch | Cancel | Heartbeat | Stop

@@ -1,0 +1,156 @@
+"""Task shapes shared by client, daemon and child: what a task asks for and what it produced.
+
+Imports msgspec and the stdlib only.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import msgspec
+
+Kind = Literal["claude", "exec"]
+
+
+class TaskState(enum.Enum):
+    """The life of a task; transitions are checked in `supervisord.scheduler`."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self not in (TaskState.QUEUED, TaskState.RUNNING)
+
+
+class TaskSpec(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What a client asks to run. Every field but `kind` and `prompt`/`argv` is optional."""
+
+    kind: Kind = "claude"
+    prompt: str | None = None
+    argv: list[str] | None = None
+    input: str | None = None
+    timeout_s: float | None = None
+    stall_timeout_s: float | None = None
+    retries: int | None = None
+    retry_on_exit: bool = False
+    priority: int = 0
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    # Claude-only options.
+    model: str | None = None
+    max_turns: int | None = None
+    allowed_tools: list[str] | None = None
+    disallowed_tools: list[str] | None = None
+    append_system_prompt: str | None = None
+    permission_mode: str | None = None
+    max_budget_usd: float | None = None
+
+
+class Usage(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """Token usage as the Claude CLI reports it in its `result` line."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class TaskError(msgspec.Struct, kw_only=True):
+    """Why a task did not succeed. `kind` is a failure class (see `ErrorKind`)."""
+
+    kind: str
+    message: str
+
+
+class ErrorKind:
+    """Failure classes. Retryable ones are listed in `RETRYABLE`."""
+
+    #: exec task exited non-zero
+    EXIT = "exit"
+    #: the process could not be started (no such file, permission)
+    SPAWN = "spawn"
+    #: wall-clock timeout
+    TIMEOUT = "timeout"
+    #: no output line for stall_timeout_s
+    STALL = "stall"
+    #: the child process running the task died
+    WORKER_LOST = "worker_lost"
+    #: cancelled by a client or by shutdown
+    CANCELLED = "cancelled"
+    #: the daemon stopped before the task could finish (drain limit)
+    SHUTDOWN = "shutdown"
+    #: Claude API: 401/403
+    AUTH = "auth"
+    #: Claude API: 400/404/413/422
+    INVALID_REQUEST = "invalid_request"
+    #: Claude API: 429
+    RATE_LIMITED = "rate_limited"
+    #: Claude API: 529
+    OVERLOADED = "overloaded"
+    #: Claude API: 5xx
+    API_ERROR = "api_error"
+    #: Claude API: no HTTP status (connection refused, reset, DNS)
+    NETWORK = "network"
+    #: Claude: error_max_turns
+    MAX_TURNS = "max_turns"
+    #: Claude: budget exhausted
+    BUDGET = "budget"
+    #: Claude: exited without a result line, or an unclassified error result
+    CLAUDE = "claude"
+
+    RETRYABLE = frozenset({WORKER_LOST, STALL, OVERLOADED, RATE_LIMITED, API_ERROR, NETWORK})
+    #: failures that say the Claude backend is unhealthy (feed the circuit breaker)
+    INFRASTRUCTURE = frozenset({OVERLOADED, RATE_LIMITED, API_ERROR, NETWORK, STALL})
+
+
+class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one attempt produced, as the child reports it."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    result: str | None = None
+    stderr: str | None = None
+    truncated: bool = False
+    error: TaskError | None = None
+    # Claude-only.
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    session_id: str | None = None
+    num_turns: int | None = None
+    is_error: bool | None = None
+    api_error_status: int | None = None
+
+
+class TaskView(msgspec.Struct, kw_only=True):
+    """A task as clients see it (`result --json`, `wait --json`). Field names are a stable interface."""
+
+    id: str
+    kind: Kind
+    state: str
+    attempts: int
+    exit_code: int | None
+    result: str | None
+    error: TaskError | None
+    child: str | None
+    trace_id: str | None
+    span_id: str | None
+    parent_span_id: str | None
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    duration_s: float | None
+    priority: int = 0
+    stderr: str | None = None
+    truncated: bool = False
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    session_id: str | None = None
+    num_turns: int | None = None
+    prompt: str | None = None
+    argv: list[str] | None = None

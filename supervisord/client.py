@@ -1,0 +1,64 @@
+"""The client side of the control socket, for supctl and the benchmarks.
+
+Owns one DEALER connection and the rule that a client never hangs: every request has
+a reply deadline, and a daemon that does not answer in time is an error that says so.
+Imports proto, zmq and msgspec only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+import zmq
+
+from proto import control as ctl
+
+
+class ClientError(Exception):
+    """The daemon could not be reached or did not answer; the message says which."""
+
+
+def control_endpoint(state_dir: str | None, runtime_dir: str | None) -> str:
+    state_dir = state_dir or os.environ.get("SUPD_STATE_DIR")
+    runtime_dir = runtime_dir or os.environ.get("SUPD_RUNTIME_DIR")
+    base = runtime_dir or state_dir
+    if not base:
+        raise ClientError("no state dir: pass --state-dir DIR or set SUPD_STATE_DIR")
+    return f"ipc://{Path(base).resolve() / 'control.sock'}"
+
+
+class Client:
+    def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+        if path is not None and not os.path.exists(path):
+            raise ClientError(f"no daemon: {path} does not exist (is supd running with this state dir?)")
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self._enc = msgspec.msgpack.Encoder()
+        self._dec = msgspec.msgpack.Decoder(ctl.Reply)
+
+    def request(self, req: ctl.Request, timeout_s: float | None = None) -> ctl.Reply:
+        """Send one request and return its reply, or raise `ClientError` after the deadline."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        self.sock.send(self._enc.encode(req))
+        if not self.sock.poll(int(timeout * 1000)):
+            raise ClientError(f"the daemon did not answer within {timeout:g}s ({self.endpoint})")
+        try:
+            return self._dec.decode(self.sock.recv())
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ClientError(f"cannot decode the daemon's reply: {e}") from None
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

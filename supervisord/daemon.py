@@ -1,0 +1,524 @@
+"""The hub: one owner of state, one inbox, one loop.
+
+`Daemon.run()` consumes the inbox. Spokes (children transport, control socket, pidfd
+watchers, signal handlers, the timer) only `put_nowait` frozen events; the hub decides
+with the pure core (`pool`, `scheduler`) and acts through the spokes. Each batch of
+events ends with one journal commit, after which the replies that promise durability
+are sent (group commit). Control requests are handled in `commands`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import setproctitle
+import zmq
+import zmq.asyncio
+
+from proto import PROTOCOL_VERSION
+from proto import children as cp
+from proto import control as ctl
+from proto.task import ErrorKind, Outcome, TaskError, TaskState
+from supervisord import claude_cli, procs, taskenv, traceids
+from supervisord.config import Config
+from supervisord.control import ControlServer
+from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, SignalReceived, TimerFired
+from supervisord.journal import Journal, view
+from supervisord.logs import log
+from supervisord.metrics import Metrics
+from supervisord.pool import ChildState, Due, Policy, Pool, Slot
+from supervisord.scheduler import Breaker, Scheduler, Task
+from supervisord.systemd import Notifier, format_status
+from supervisord.transport import ChildTransport
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"  # children booting; READY=1 not sent yet
+    RUNNING = "running"
+    DRAINING = "draining"  # no new work; running tasks finish up to drain_s
+    STOPPING = "stopping"  # children told to stop
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    state_dir: Path
+    runtime_dir: Path
+
+    @property
+    def control(self) -> str:
+        return f"ipc://{self.runtime_dir / 'control.sock'}"
+
+    @property
+    def children(self) -> str:
+        return f"ipc://{self.runtime_dir / 'children.sock'}"
+
+    @property
+    def journal(self) -> Path:
+        return self.state_dir / "tasks.db"
+
+
+@dataclass(slots=True)
+class Waiter:
+    envelope: tuple[bytes, ...]
+    ids: list[str]
+    pending: set[str]
+    deadline: float
+
+
+@dataclass(slots=True)
+class Orphans:
+    """A task tree whose child is gone: SIGTERMed, to be SIGKILLed at `deadline`."""
+
+    task_id: str
+    pgid: int | None
+    deadline: float
+
+
+def policy_of(config: Config) -> Policy:
+    r, rc, d = config.restart, config.recycle, config.daemon
+    return Policy(
+        heartbeat_s=d.heartbeat_s, liveness=d.liveness, backoff_base_s=r.backoff_base_s,
+        backoff_max_s=r.backoff_max_s, stable_after_s=r.stable_after_s, intensity=r.intensity,
+        period_s=r.period_s, recycle_max_tasks=rc.max_tasks, recycle_max_age_s=rc.max_age_s,
+        recycle_age_jitter_s=rc.max_age_jitter_s, recycle_max_rss_bytes=int(rc.max_rss_mb * 2**20),
+    )
+
+
+@dataclass
+class Daemon:
+    config: Config
+    paths: Paths
+    config_path: Path | None = None
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    rand: Callable[[], float] = random.random
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def __post_init__(self) -> None:
+        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self.phase = Phase.STARTING
+        self.pool = Pool(policy_of(self.config))
+        self.sched = Scheduler(max_queued=self.config.daemon.max_queued)
+        self.breaker = Breaker(self.config.breaker.threshold, self.config.breaker.open_s)
+        self.metrics = Metrics()
+        self.notifier = Notifier.from_env(self.environ)
+        self.claude = claude_cli.resolve(self.config.claude.command, self.environ.get("PATH"))
+        self.child_env = taskenv.child_environ(self.environ)
+        self.waiters: list[Waiter] = []
+        self.orphans: list[Orphans] = []
+        self.task_pgid: dict[str, int] = {}
+        self.after_commit: list[tuple[tuple[bytes, ...], ctl.Reply]] = []
+        self.started_mono = self.clock()
+        self.drain_deadline: float | None = None
+        self.next_heartbeat = 0.0
+        self.next_watchdog = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._title = ""
+
+    # ---- run ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.journal = Journal(self.paths.journal)
+        self.ctx = zmq.asyncio.Context()
+        limit = self.config.limits.max_message_bytes
+        self.transport = ChildTransport(self.ctx, self.paths.children, self.inbox, limit)
+        self.control = ControlServer(self.ctx, self.paths.control, self.inbox, limit)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.inbox.put_nowait, SignalReceived(signum))
+        self._recover()
+        self.transport.start()
+        self.control.start()
+        log("daemon_started", pid=os.getpid(), state_dir=self.paths.state_dir, children=self.config.daemon.children,
+            claude=" ".join(self.claude.argv), claude_source=self.claude.source)
+        self.pool.resize(self.config.daemon.children, self.clock())
+        try:
+            await self._loop()
+        finally:
+            self._close()
+        log("daemon_stopped", pid=os.getpid())
+        return 0
+
+    async def _loop(self) -> None:
+        from supervisord import commands  # the control verbs live beside the hub
+
+        self.commands = commands
+        self._after_events()
+        while self.phase is not Phase.STOPPED:
+            event = await self.inbox.get()
+            self._handle(event)
+            for _ in range(4095):  # drain what is already here: one commit for the lot
+                if self.inbox.empty():
+                    break
+                self._handle(self.inbox.get_nowait())
+            self._after_events()
+
+    def _after_events(self) -> None:
+        now = self.clock()
+        self._on_timers(now)
+        self.pump(now)
+        self.journal.commit()
+        for envelope, reply in self.after_commit:
+            self.control.reply(envelope, reply)
+        self.after_commit.clear()
+        self._maybe_ready()
+        self._arm_timer(now)
+        self._retitle()
+
+    def _handle(self, event: Event) -> None:
+        match event:
+            case ChildSaid(identity, message):
+                self._on_child_message(identity, message)
+            case ChildExited(identity, pid, returncode):
+                self._on_child_exit(identity, pid, returncode)
+            case RequestReceived(envelope, request):
+                self.commands.handle(self, envelope, request)
+            case SignalReceived(signum):
+                self._on_signal(signum)
+            case TimerFired():
+                self._timer_at = None
+
+    def _close(self) -> None:
+        for slot in self.pool.alive():  # only on an abnormal exit; a drain leaves none
+            if slot.pid:
+                procs.signal_pid(slot.pid, signal.SIGKILL)
+        self.transport.close()
+        self.control.close()
+        self.ctx.term()
+        self.journal.close()
+        self.notifier.close()
+
+    # ---- recovery -------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Re-queue what a previous daemon accepted and did not finish."""
+        now = self.clock()
+        tasks = self.journal.unfinished()
+        for task in tasks:
+            if task.state is TaskState.RUNNING:
+                task.move(TaskState.QUEUED)  # RUNNING -> QUEUED (daemon restarted)
+                task.child = None
+                self.journal.saved(task)
+                log("task_recovered", task=task.id, attempts=task.attempts, trace=task.trace_id)
+            self.sched.add(task, now)
+        self.journal.commit()
+        if tasks:
+            log("journal_recovered", tasks=len(tasks))
+
+    # ---- children -------------------------------------------------------------------
+
+    def _spawn(self, slot: Slot, now: float) -> None:
+        identity = self.pool.spawning(slot)
+        d = self.config.daemon
+        argv = [sys.executable, "-m", "children", "--endpoint", self.paths.children, "--identity", identity,
+                "--daemon-pid", str(os.getpid()), "--heartbeat-s", str(d.heartbeat_s), "--liveness", str(d.liveness)]
+        try:
+            proc = procs.spawn(argv, env=self.child_env, cwd=None, stdin_data=False, new_session=True, capture=False)
+            pidfd = procs.pidfd_open(proc.pid)
+        except OSError as e:
+            self.pool.spawn_failed(slot, f"spawn failed: {e}")
+            log("child_fatal", logging.ERROR, child=identity, reason=slot.fatal_reason)
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, self._on_pidfd, identity, proc.pid, pidfd)
+        self.pool.spawned(slot, proc.pid, now)
+        log("child_spawned", child=identity, pid=proc.pid, state=slot.state.value)
+
+    def _on_pidfd(self, identity: str, pid: int, pidfd: int) -> None:
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        self.inbox.put_nowait(ChildExited(identity, pid, procs.reap(pid)))
+
+    def _on_child_message(self, identity: str, message: cp.ChildMessage) -> None:
+        slot = self.pool.find(identity)
+        if slot is None or slot.pid is None:
+            log("stranger_child", logging.WARNING, child=identity)
+            self.transport.send(identity, cp.Stop(reason="unknown child"))
+            return
+        now = self.clock()
+        match message:
+            case cp.Heartbeat(rss_bytes=rss):
+                self.pool.seen(slot, now, rss)
+            case cp.Hello(protocol=protocol, pid=pid):
+                self.pool.seen(slot, now)
+                if protocol != PROTOCOL_VERSION or pid != slot.pid:
+                    log("child_refused", logging.ERROR, child=identity, protocol=protocol, pid=pid)
+                    self._kill_child(slot, now, "protocol mismatch")
+                elif self.pool.hello(slot, now, self.rand()):
+                    log("child_ready", child=identity, pid=pid, state=slot.state.value)
+            case cp.Started(task_id=task_id, pid=pid, pgid=pgid):
+                self.pool.seen(slot, now)
+                self.task_pgid[task_id] = pgid
+                log("task_process", task=task_id, child=identity, pid=pid, pgid=pgid)
+            case cp.Progress():
+                self.pool.seen(slot, now)
+            case cp.Result():
+                self.pool.seen(slot, now)
+                self._on_result(slot, message, now)
+
+    def _on_result(self, slot: Slot, msg: cp.Result, now: float) -> None:
+        task = self.sched.tasks.get(msg.task_id)
+        if task is None or task.child != slot.identity or task.state is not TaskState.RUNNING:
+            log("stale_result", logging.WARNING, task=msg.task_id, child=slot.identity)
+            return
+        self.task_pgid.pop(task.id, None)
+        try:
+            state = TaskState(msg.state)
+        except ValueError:
+            state = TaskState.FAILED
+        self._finish(task, state, msg.outcome, now, started_at=msg.started_at, finished_at=msg.finished_at)
+        due = self.pool.released(slot, now)
+        if due is not None:
+            self._stop_child(due.slot, now, due.reason)
+
+    def _finish(self, task: Task, state: TaskState, outcome: Outcome, now: float,
+                started_at: float | None = None, finished_at: float | None = None) -> None:
+        """One attempt ended: breaker, retry or final state, journal, waiters, metrics."""
+        error_kind = outcome.error.kind if outcome.error else None
+        if task.spec.kind == "claude":
+            changed = self.breaker.record(None if state is TaskState.SUCCEEDED else error_kind, now)
+            if changed:
+                log("breaker", state=changed.value, failures=self.breaker.failures)
+        if started_at:
+            task.started_at = started_at
+        if error_kind == ErrorKind.SHUTDOWN and self.phase in (Phase.DRAINING, Phase.STOPPING):
+            task.outcome = outcome
+            self.sched.requeue(task, now)  # RUNNING -> QUEUED: runs again on the next start
+            self.journal.saved(task)
+            log("task_requeued", task=task.id, reason="shutdown", attempts=task.attempts)
+            return
+        t = self.config.tasks
+        retried = self.sched.finish(task, state, outcome, now, finished_at or self.wall(),
+                                    retry=(t.retry_base_s, t.retry_max_s, self.rand()))
+        self.journal.saved(task)
+        if retried:
+            self.metrics.retries += 1
+            log("task_retry", task=task.id, attempts=task.attempts, error=error_kind,
+                delay_s=round(max(0.0, task.not_before - now), 3), trace=task.trace_id)
+            return
+        duration = (task.finished_at - task.started_at) if task.finished_at and task.started_at else None
+        usage = outcome.usage
+        self.metrics.finish(task.spec.kind, task.state.value, error_kind, duration,
+                            usage.input_tokens if usage else 0, usage.output_tokens if usage else 0,
+                            outcome.cost_usd or 0.0)
+        log("task_finished", task=task.id, state=task.state.value, error=error_kind,
+            exit_code=outcome.exit_code, attempts=task.attempts, child=task.child, trace=task.trace_id)
+        self.task_done(task)
+
+    def task_done(self, task: Task) -> None:
+        """A task reached its final state: answer the waiters that were waiting for it."""
+        for waiter in list(self.waiters):
+            if task.id in waiter.pending:
+                waiter.pending.discard(task.id)
+                if not waiter.pending:
+                    self.answer_waiter(waiter)
+
+    def answer_waiter(self, waiter: Waiter) -> None:
+        self.waiters.remove(waiter)
+        views = [v for tid in waiter.ids if tid not in waiter.pending and (v := self.task_view(tid))]
+        self.after_commit.append((waiter.envelope, ctl.Tasks(tasks=views, pending=sorted(waiter.pending))))
+
+    def task_view(self, task_id: str) -> ctl.TaskView | None:
+        live = self.sched.tasks.get(task_id)
+        return view(live) if live else self.journal.get(task_id)
+
+    def _on_child_exit(self, identity: str, pid: int, returncode: int | None) -> None:
+        slot = self.pool.find(identity)
+        if slot is None or slot.pid != pid:
+            return
+        now = self.clock()
+        task_id = slot.task_id
+        exit_ = self.pool.exited(slot, returncode, now, self.rand())
+        log("child_exited", child=identity, pid=pid, returncode=returncode, verdict=exit_.verdict,
+            reason=exit_.reason, state=slot.state.value, task=task_id)
+        if exit_.verdict == "fatal":
+            self.metrics.child_fatal += 1
+            log("child_fatal", logging.ERROR, child=identity, reason=exit_.reason)
+        elif exit_.verdict == "respawn" and exit_.reason != "planned":
+            self.metrics.child_restarts += 1
+        if task_id is not None:
+            self._lost_task(task_id, identity, returncode, now)
+
+    def _lost_task(self, task_id: str, identity: str, returncode: int | None, now: float) -> None:
+        """The child running `task_id` died: kill the task's tree, then retry or fail it."""
+        pgid = self.task_pgid.pop(task_id, None)
+        procs.terminate_task(pgid, [p.pid for p in procs.tagged(task_id)])
+        self.orphans.append(Orphans(task_id, pgid, now + self.config.tasks.kill_grace_s))
+        task = self.sched.tasks.get(task_id)
+        if task is None or task.state is not TaskState.RUNNING:
+            return
+        if self.phase in (Phase.DRAINING, Phase.STOPPING):
+            error = TaskError(kind=ErrorKind.SHUTDOWN, message=f"child {identity} stopped during shutdown")
+        else:
+            error = TaskError(kind=ErrorKind.WORKER_LOST, message=f"child {identity} exited ({returncode}) mid-task")
+        self._finish(task, TaskState.FAILED, Outcome(error=error), now)
+
+    def _kill_child(self, slot: Slot, now: float, reason: str) -> None:
+        log("child_kill", logging.WARNING, child=slot.identity, pid=slot.pid, reason=reason)
+        if slot.pid:
+            procs.signal_pid(slot.pid, signal.SIGKILL)
+        self.pool.stopping(slot, None, planned=False)
+
+    def _stop_child(self, slot: Slot, now: float, reason: str) -> None:
+        log("child_stop", child=slot.identity, pid=slot.pid, reason=reason)
+        self.transport.send(slot.identity, cp.Stop(reason=reason))
+        grace = self.config.tasks.kill_grace_s + 2 * self.config.daemon.heartbeat_s
+        self.pool.stopping(slot, now + grace, planned=True)
+
+    # ---- dispatch -------------------------------------------------------------------
+
+    def pump(self, now: float) -> None:
+        """The ready-pump: give each idle child the next runnable task."""
+        if self.phase is not Phase.RUNNING and self.phase is not Phase.STARTING:
+            return
+        for slot in self.pool.idle():
+            task = self.sched.take(now, self.breaker.allows(now))
+            if task is None:
+                return
+            self._dispatch(slot, task, now)
+
+    def _dispatch(self, slot: Slot, task: Task, now: float) -> None:
+        spec, t = task.spec, self.config.tasks
+        task.span_id = traceids.span_id(random.getrandbits(64))
+        self.sched.start(task, slot.identity, self.wall())
+        if spec.kind == "claude" and (changed := self.breaker.started(now)):
+            log("breaker", state=changed.value, probe=task.id)
+        timeout_s = spec.timeout_s or t.timeout_s
+        limits = cp.Limits(
+            timeout_s=timeout_s, stall_timeout_s=spec.stall_timeout_s or t.stall_timeout_s,
+            result_grace_s=t.result_grace_s, kill_grace_s=t.kill_grace_s, output_cap_bytes=t.output_cap_bytes,
+        )
+        backstop = timeout_s + t.result_grace_s + 2 * t.kill_grace_s + self.config.daemon.heartbeat_s * (
+            self.config.daemon.liveness + 1)
+        self.pool.assign(slot, task.id, now + backstop)
+        span = traceids.SpanRef(task.trace_id or "", task.span_id)
+        env = taskenv.task_env(span, task.tracestate, spec.kind, self.config.claude.env, self.config.claude.max_retries)
+        self.journal.saved(task)
+        self.transport.send(slot.identity, cp.Dispatch(
+            task_id=task.id, attempt=task.attempts, spec=spec, limits=limits, env=env,
+            claude_command=self.claude.argv if spec.kind == "claude" else [],
+        ))
+        log("task_started", task=task.id, child=slot.identity, attempt=task.attempts, trace=task.trace_id,
+            span=task.span_id)
+
+    # ---- timers ---------------------------------------------------------------------
+
+    def _on_timers(self, now: float) -> None:
+        for due in self.pool.due(now):
+            self._apply(due, now)
+        for orphan in [o for o in self.orphans if o.deadline <= now]:
+            self.orphans.remove(orphan)
+            procs.kill_task(orphan.pgid, [p.pid for p in procs.tagged(orphan.task_id)])
+        for waiter in [w for w in self.waiters if w.deadline <= now]:
+            self.answer_waiter(waiter)
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.config.daemon.heartbeat_s
+            for slot in self.pool.slots:
+                if slot.state in (ChildState.IDLE, ChildState.BUSY):
+                    self.transport.send(slot.identity, cp.Heartbeat())
+        if self.notifier.watchdog_interval_s and now >= self.next_watchdog:
+            self.next_watchdog = now + self.notifier.watchdog_interval_s
+            self.notifier.watchdog()
+        self._drain_step(now)
+
+    def _apply(self, due: Due, now: float) -> None:
+        if due.action == "spawn":
+            if self.phase in (Phase.STARTING, Phase.RUNNING):
+                self._spawn(due.slot, now)
+        elif due.action == "kill":
+            self._kill_child(due.slot, now, due.reason)
+        else:
+            self._stop_child(due.slot, now, due.reason)
+
+    def _arm_timer(self, now: float) -> None:
+        candidates = [self.pool.next_deadline(), self.sched.next_due(), self.next_heartbeat,
+                      *(o.deadline for o in self.orphans), *(w.deadline for w in self.waiters)]
+        if self.sched.queued and (b := self.breaker.next_change()) is not None:
+            candidates.append(b)
+        if self.notifier.watchdog_interval_s:
+            candidates.append(self.next_watchdog)
+        if self.drain_deadline is not None:
+            candidates.append(self.drain_deadline)
+        at = max(now + 0.001, min(c for c in candidates if c is not None))
+        if self._timer_at is not None and abs(self._timer_at - at) < 0.0005:
+            return
+        if self._timer:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = at
+        self._timer = loop.call_at(loop.time() + (at - now), self.inbox.put_nowait, TimerFired())
+
+    # ---- signals, drain and stop ----------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        log("signal", signal=signal.Signals(signum).name)
+        if signum == signal.SIGHUP:
+            self.commands.reload(self)
+        elif self.phase in (Phase.DRAINING, Phase.STOPPING):
+            self.drain_deadline = self.clock()  # a second TERM/INT: stop draining now
+        else:
+            self.begin_drain(f"signal {signal.Signals(signum).name}")
+
+    def begin_drain(self, reason: str) -> None:
+        if self.phase in (Phase.DRAINING, Phase.STOPPING, Phase.STOPPED):
+            return
+        self.phase = Phase.DRAINING
+        now = self.clock()
+        self.drain_deadline = now + self.config.daemon.drain_s
+        running = len(self.sched.running())
+        log("daemon_draining", reason=reason, running=running, queued=self.sched.queued,
+            drain_s=self.config.daemon.drain_s)
+        self.notifier.stopping(f"draining {running} running tasks")
+        self.notifier.extend_timeout(self.config.daemon.drain_s + 30)
+
+    def _drain_step(self, now: float) -> None:
+        if self.phase is Phase.DRAINING:
+            busy = [s for s in self.pool.slots if s.state is ChildState.BUSY]
+            if busy and self.drain_deadline is not None and now >= self.drain_deadline:
+                for slot in busy:
+                    self.transport.send(slot.identity, cp.Cancel(task_id=slot.task_id or "", reason="shutdown"))
+                self.drain_deadline = None
+            if not busy:
+                self.phase = Phase.STOPPING
+                for slot in self.pool.alive():
+                    if slot.state is not ChildState.STOPPING:
+                        self._stop_child(slot, now, "shutdown")
+        if self.phase is Phase.STOPPING and not self.pool.alive() and not self.orphans:
+            self.phase = Phase.STOPPED
+
+    def _maybe_ready(self) -> None:
+        if self.phase is not Phase.STARTING:
+            if self.notifier.enabled:
+                self.notifier.status(self.status_line())
+            return
+        counts = self.pool.counts()
+        booting = counts[ChildState.STARTING.value] + counts[ChildState.BACKOFF.value]
+        if booting == 0:
+            self.phase = Phase.RUNNING
+            self.notifier.ready(self.status_line())
+            log("daemon_ready", children=counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value],
+                fatal=counts[ChildState.FATAL.value], control=self.paths.control)
+
+    def status_line(self) -> str:
+        counts = self.pool.counts()
+        ready = counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value]
+        failed = sum(n for (_, s), n in self.metrics.finished.items() if s != "succeeded")
+        return format_status(ready, self.pool.size, self.sched.queued, counts[ChildState.BUSY.value], failed)
+
+    def _retitle(self) -> None:
+        title = f"supd {self.paths.state_dir} [{self.phase.value}] {self.status_line()}"
+        if title != self._title:
+            self._title = title
+            setproctitle.setproctitle(title)

@@ -1,0 +1,50 @@
+"""The hub's inbox vocabulary: frozen, past-tense events that spokes `put_nowait`.
+
+Owns nothing but these types. Spokes create them; only `Daemon` consumes them.
+Imports proto and the stdlib only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proto import children as cp
+from proto import control as ctl
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaid:
+    """A decoded message from a child (any message counts as a heartbeat)."""
+
+    identity: str
+    message: cp.ChildMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ChildExited:
+    """A child process we spawned is gone and reaped."""
+
+    identity: str
+    pid: int
+    returncode: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A decoded control request; `envelope` routes the reply back."""
+
+    envelope: tuple[bytes, ...]
+    request: ctl.Request
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived:
+    signum: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The tick: the earliest deadline the hub asked to be woken at has passed."""
+
+
+Event = ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired

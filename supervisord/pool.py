@@ -1,0 +1,306 @@
+"""The child half of the pure core: slots, their state machine, restart and recycle policy.
+
+No I/O and no clock: `now` (monotonic seconds) and `rand` in [0, 1) are arguments.
+The hub asks `due(now)` what to do and applies it through the spokes. Must not import
+asyncio, zmq, os-level modules or any spoke.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: A child exits with this when it cannot boot (bad config, import error): the slot goes
+#: FATAL at once instead of feeding a restart loop.
+BOOT_FAILURE_EXIT = 3
+
+
+class ChildState(enum.Enum):
+    BACKOFF = "backoff"  # waiting to be (re)spawned at `respawn_at`
+    STARTING = "starting"  # spawned, no Hello yet
+    IDLE = "idle"  # ready for a task
+    BUSY = "busy"  # running `task_id`
+    STOPPING = "stopping"  # told to stop or killed; waiting for the exit
+    FATAL = "fatal"  # restarts exhausted or boot failure; left down
+
+
+TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
+    ChildState.BACKOFF: frozenset({ChildState.STARTING, ChildState.FATAL}),
+    ChildState.STARTING: frozenset({ChildState.IDLE, ChildState.STOPPING, ChildState.BACKOFF, ChildState.FATAL}),
+    ChildState.IDLE: frozenset({ChildState.BUSY, ChildState.STOPPING, ChildState.BACKOFF, ChildState.FATAL}),
+    ChildState.BUSY: frozenset({ChildState.IDLE, ChildState.STOPPING, ChildState.BACKOFF, ChildState.FATAL}),
+    ChildState.STOPPING: frozenset({ChildState.BACKOFF, ChildState.FATAL}),
+    ChildState.FATAL: frozenset({ChildState.BACKOFF}),
+}
+
+
+class PoolTransitionError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    heartbeat_s: float = 1.0
+    liveness: int = 5
+    boot_timeout_s: float = 30.0
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 30.0
+    stable_after_s: float = 10.0
+    intensity: int = 5
+    period_s: float = 60.0
+    recycle_max_tasks: int = 0
+    recycle_max_age_s: float = 0.0
+    recycle_age_jitter_s: float = 0.0
+    recycle_max_rss_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Slot:
+    index: int
+    generation: int = 0
+    state: ChildState = ChildState.BACKOFF
+    pid: int | None = None
+    task_id: str | None = None
+    task_deadline: float | None = None
+    spawned_at: float = 0.0
+    last_seen: float = 0.0
+    respawn_at: float = 0.0
+    tasks_done: int = 0
+    rss_bytes: int = 0
+    failures_in_row: int = 0
+    exits: list[float] = field(default_factory=list)
+    retire: bool = False
+    planned_stop: bool = False
+    stop_deadline: float | None = None
+    recycle_at: float | None = None
+    fatal_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"w{self.index:02d}"
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}.{self.generation}"
+
+    def move(self, to: ChildState) -> ChildState:
+        if to not in TRANSITIONS[self.state]:
+            raise PoolTransitionError(f"{self.identity}: {self.state.value} -> {to.value} is not allowed")
+        old, self.state = self.state, to
+        return old
+
+
+Action = Literal["spawn", "kill", "stop"]
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """Something the hub must do now to a slot, and why."""
+
+    action: Action
+    slot: Slot
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """What a child's exit means: respawn at `respawn_at`, FATAL, or the slot is gone."""
+
+    verdict: Literal["respawn", "fatal", "removed"]
+    reason: str
+    respawn_at: float = 0.0
+
+
+def restart_delay_s(failures_in_row: int, base_s: float, max_s: float, rand: float) -> float:
+    """0 for an isolated crash; then exponential with jitter in [ceiling/2, ceiling]."""
+    if failures_in_row <= 0:
+        return 0.0
+    ceiling = min(max_s, base_s * 2 ** (failures_in_row - 1))
+    return ceiling * (0.5 + rand / 2)
+
+
+@dataclass(slots=True)
+class Pool:
+    policy: Policy
+    slots: list[Slot] = field(default_factory=list)
+    _by_identity: dict[str, Slot] = field(default_factory=dict)
+
+    # ---- size -------------------------------------------------------------------
+
+    def resize(self, n: int, now: float) -> list[Due]:
+        """Grow with new BACKOFF slots due now; shrink by retiring the highest slots."""
+        out: list[Due] = []
+        live = [s for s in self.slots if not s.retire]
+        for slot in live[n:]:
+            slot.retire = True
+            if slot.state in (ChildState.IDLE, ChildState.STARTING):
+                out.append(Due("stop", slot, "scaled down"))
+            elif slot.state in (ChildState.BACKOFF, ChildState.FATAL):
+                self._remove(slot)
+        used = {s.index for s in self.slots}
+        for _ in range(max(0, n - len(live))):
+            index = next(i for i in range(len(used) + 1) if i not in used)
+            used.add(index)
+            self.slots.append(Slot(index=index, respawn_at=now))
+        self.slots.sort(key=lambda s: s.index)
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(1 for s in self.slots if not s.retire)
+
+    def _remove(self, slot: Slot) -> None:
+        self.slots.remove(slot)
+        self._by_identity.pop(slot.identity, None)
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    def spawning(self, slot: Slot) -> str:
+        """A new generation is about to be spawned; returns its identity."""
+        self._by_identity.pop(slot.identity, None)
+        slot.generation += 1
+        self._by_identity[slot.identity] = slot
+        return slot.identity
+
+    def spawned(self, slot: Slot, pid: int, now: float) -> None:
+        slot.move(ChildState.STARTING)  # BACKOFF -> STARTING
+        slot.pid, slot.spawned_at, slot.last_seen = pid, now, now
+        slot.tasks_done, slot.rss_bytes = 0, 0
+        slot.recycle_at = None
+
+    def spawn_failed(self, slot: Slot, reason: str) -> None:
+        slot.move(ChildState.FATAL)  # BACKOFF -> FATAL
+        slot.fatal_reason = reason
+
+    def find(self, identity: str) -> Slot | None:
+        return self._by_identity.get(identity)
+
+    def seen(self, slot: Slot, now: float, rss_bytes: int | None = None) -> None:
+        slot.last_seen = now
+        if rss_bytes:
+            slot.rss_bytes = rss_bytes
+
+    def hello(self, slot: Slot, now: float, rand: float) -> bool:
+        """A child booted. False if the slot was not expecting it (stale generation)."""
+        if slot.state is not ChildState.STARTING:
+            return False
+        slot.move(ChildState.IDLE)  # STARTING -> IDLE
+        slot.last_seen = now
+        if self.policy.recycle_max_age_s > 0:
+            slot.recycle_at = now + self.policy.recycle_max_age_s + rand * self.policy.recycle_age_jitter_s
+        return True
+
+    def alive(self) -> list[Slot]:
+        return [s for s in self.slots if s.pid is not None]
+
+    def idle(self) -> list[Slot]:
+        return [s for s in self.slots if s.state is ChildState.IDLE and not s.retire]
+
+    def assign(self, slot: Slot, task_id: str, deadline: float) -> None:
+        slot.move(ChildState.BUSY)  # IDLE -> BUSY
+        slot.task_id, slot.task_deadline = task_id, deadline
+
+    def released(self, slot: Slot, now: float) -> Due | None:
+        """The child finished its task. Returns a stop if it must be recycled now."""
+        slot.move(ChildState.IDLE)  # BUSY -> IDLE
+        slot.task_id, slot.task_deadline = None, None
+        slot.tasks_done += 1
+        reason = self._recycle_reason(slot, now)
+        return Due("stop", slot, reason) if reason else None
+
+    def _recycle_reason(self, slot: Slot, now: float) -> str | None:
+        p = self.policy
+        if slot.retire:
+            return "scaled down"
+        if p.recycle_max_tasks and slot.tasks_done >= p.recycle_max_tasks:
+            return f"recycle: {slot.tasks_done} tasks"
+        if slot.recycle_at is not None and now >= slot.recycle_at:
+            return "recycle: max age"
+        if p.recycle_max_rss_bytes and slot.rss_bytes > p.recycle_max_rss_bytes:
+            return f"recycle: rss {slot.rss_bytes} bytes"
+        return None
+
+    def stopping(self, slot: Slot, deadline: float | None, planned: bool) -> None:
+        """The hub told the child to stop (planned) or killed it; `deadline` is when to
+        SIGKILL it if it has not exited (None: already killed)."""
+        if slot.state is not ChildState.STOPPING:
+            slot.move(ChildState.STOPPING)  # * -> STOPPING
+            slot.planned_stop = planned
+        slot.stop_deadline = deadline
+
+    def exited(self, slot: Slot, code: int | None, now: float, rand: float) -> Exit:
+        """The child process is gone (and reaped). Decide its slot's future."""
+        planned = slot.state is ChildState.STOPPING and slot.planned_stop
+        slot.pid, slot.task_id, slot.task_deadline = None, None, None
+        slot.planned_stop, slot.stop_deadline = False, None
+        if slot.retire:
+            self._remove(slot)
+            return Exit("removed", "scaled down")
+        if not planned and code == BOOT_FAILURE_EXIT:
+            return self._fatal(slot, f"boot failure (exit {code})")
+        if planned:
+            slot.move(ChildState.BACKOFF)  # STOPPING -> BACKOFF (recycle: at once)
+            slot.respawn_at = now
+            return Exit("respawn", "planned", now)
+        if now - slot.spawned_at >= self.policy.stable_after_s:
+            slot.failures_in_row = 0
+        slot.exits = [t for t in slot.exits if t > now - self.policy.period_s] + [now]
+        if len(slot.exits) > self.policy.intensity:
+            return self._fatal(
+                slot, f"{len(slot.exits)} restarts in {self.policy.period_s:g}s (intensity {self.policy.intensity})"
+            )
+        delay = restart_delay_s(slot.failures_in_row, self.policy.backoff_base_s, self.policy.backoff_max_s, rand)
+        slot.failures_in_row += 1
+        slot.move(ChildState.BACKOFF)  # * -> BACKOFF
+        slot.respawn_at = now + delay
+        return Exit("respawn", f"exit {code}", slot.respawn_at)
+
+    def _fatal(self, slot: Slot, reason: str) -> Exit:
+        slot.move(ChildState.FATAL)  # * -> FATAL
+        slot.fatal_reason = reason
+        return Exit("fatal", reason)
+
+    # ---- timers -----------------------------------------------------------------
+
+    def due(self, now: float) -> list[Due]:
+        out: list[Due] = []
+        p = self.policy
+        for slot in self.slots:
+            if slot.state is ChildState.BACKOFF and not slot.retire and slot.respawn_at <= now:
+                out.append(Due("spawn", slot, "respawn"))
+            elif slot.state is ChildState.STARTING and now - slot.spawned_at > p.boot_timeout_s:
+                out.append(Due("kill", slot, f"no hello in {p.boot_timeout_s:g}s"))
+            elif slot.state in (ChildState.IDLE, ChildState.BUSY) and now - slot.last_seen > p.heartbeat_s * p.liveness:
+                out.append(Due("kill", slot, f"silent for {now - slot.last_seen:.1f}s"))
+            elif slot.state is ChildState.BUSY and slot.task_deadline is not None and now > slot.task_deadline:
+                out.append(Due("kill", slot, "task overran its deadline and grace"))
+            elif slot.state is ChildState.IDLE and (reason := self._recycle_reason(slot, now)):
+                out.append(Due("stop", slot, reason))
+            elif slot.state is ChildState.STOPPING and slot.stop_deadline is not None and now > slot.stop_deadline:
+                out.append(Due("kill", slot, "did not stop in time"))
+        return out
+
+    def next_deadline(self) -> float | None:
+        p = self.policy
+        times: list[float] = []
+        for slot in self.slots:
+            if slot.state is ChildState.BACKOFF and not slot.retire:
+                times.append(slot.respawn_at)
+            elif slot.state is ChildState.STARTING:
+                times.append(slot.spawned_at + p.boot_timeout_s)
+            elif slot.state in (ChildState.IDLE, ChildState.BUSY):
+                times.append(slot.last_seen + p.heartbeat_s * p.liveness)
+                if slot.task_deadline is not None:
+                    times.append(slot.task_deadline)
+                if slot.state is ChildState.IDLE and slot.recycle_at is not None:
+                    times.append(slot.recycle_at)
+            elif slot.state is ChildState.STOPPING and slot.stop_deadline is not None:
+                times.append(slot.stop_deadline)
+        return min(times) if times else None
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in ChildState}
+        for slot in self.slots:
+            out[slot.state.value] += 1
+        return out

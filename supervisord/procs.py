@@ -1,0 +1,246 @@
+"""Process syscalls: the one module of supd that spawns, signals, kills or reaps.
+
+Both the daemon (to start children, and as a backstop kill) and each child (to run
+tasks) import it, so it stays light: the stdlib and psutil only, nothing else from
+the project, and no asyncio. Nothing here sleeps, except `kill_tree_now`, which is
+meant for an emergency exit.
+
+Rules it keeps for everyone:
+- Processes are started through CPython's own spawn path (vfork), never forked
+  from an interpreter that holds threads, and never with a `preexec_fn`.
+- Reaping is per pid (`waitpid(pid, WNOHANG)`), never `waitpid(-1)`: a status
+  stolen from another owner is a lost exit code.
+- Signals to a single pid go through psutil when we have a `psutil.Process`, which
+  checks the pid was not reused since it was listed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+
+import psutil
+
+__all__ = [
+    "children_pids",
+    "descendants",
+    "kill_task",
+    "kill_tree_now",
+    "pidfd_open",
+    "reap",
+    "rss_bytes",
+    "set_child_subreaper",
+    "set_parent_death_signal",
+    "signal_group",
+    "signal_pid",
+    "spawn",
+    "tagged",
+    "terminate_task",
+]
+
+#: The environment variable every task process carries, so its tree can be found.
+TASK_ENV = "SUPD_TASK_ID"
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+Target = int | psutil.Process
+
+
+def _prctl(option: int, arg: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}, {arg}): {os.strerror(err)}")
+
+
+def set_child_subreaper() -> None:
+    """Become a subreaper: orphaned descendants (even ones that escaped with setsid)
+    are re-parented to us instead of init, so they can be found and killed. Raises OSError."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send `sig` when our parent dies. Note: it fires when the parent
+    *thread* that spawned us exits, so the daemon must spawn children from its main thread."""
+    _prctl(_PR_SET_PDEATHSIG, int(sig))
+
+
+def spawn(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: str | None,
+    stdin_data: bool,
+    new_session: bool,
+    capture: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` (no shell) through subprocess.Popen's vfork path.
+
+    stdout/stderr are pipes when `capture`, else inherited; stdin is a pipe when
+    `stdin_data`, else /dev/null. `new_session` makes the process a session and group
+    leader (pgid == pid). Raises OSError (FileNotFoundError, PermissionError, ...) when
+    the program or `cwd` cannot be used.
+    """
+    out = subprocess.PIPE if capture else None
+    return subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.PIPE if stdin_data else subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        close_fds=True,
+        start_new_session=new_session,
+    )
+
+
+def pidfd_open(pid: int) -> int:
+    """A pidfd for `pid` (close-on-exec): it polls readable when the process exits."""
+    return os.pidfd_open(pid)
+
+
+def reap(pid: int) -> int | None:
+    """Collect the exit status of our child `pid` without blocking.
+
+    Returns a Popen-style returncode (negative signal number if killed), or None while it
+    still runs. A pid that is not (or no longer) our child also gives None.
+    """
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if got == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to process group `pgid`; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def signal_pid(pid: Target, sig: int) -> bool:
+    """Send `sig` to one process; False if it is gone (or its pid was reused, for a
+    psutil.Process)."""
+    try:
+        if isinstance(pid, psutil.Process):
+            pid.send_signal(sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
+    except psutil.AccessDenied:
+        return False
+    return True
+
+
+def children_pids(pid: int) -> list[int]:
+    """Direct children of `pid`, zombies included.
+
+    Reads /proc/PID/task/*/children (O(children), no scan of every process); the
+    children of a subreaper may hang off any of its threads, so every thread is read.
+    Falls back to psutil when the kernel lacks CONFIG_PROC_CHILDREN.
+    """
+    base = f"/proc/{pid}/task"
+    found: list[int] = []
+    try:
+        for tid in os.listdir(base):
+            try:
+                with open(f"{base}/{tid}/children", "rb") as fh:
+                    found.extend(int(p) for p in fh.read().split())
+            except FileNotFoundError:
+                continue  # thread gone since listdir
+    except FileNotFoundError:
+        if not os.path.exists(f"/proc/{pid}"):
+            return []
+        return [p.pid for p in _safe_children(pid, recursive=False)]
+    return found
+
+
+def _safe_children(pid: int, *, recursive: bool) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=recursive)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every descendant of `pid` (children, grandchildren, ...), zombies included.
+
+    Tolerant of races: processes that vanish while the tree is walked are left out.
+    """
+    return _safe_children(pid, recursive=True)
+
+
+def _has_tag(proc: psutil.Process, task_id: str, uid: int) -> bool:
+    try:
+        if proc.uids().real != uid:
+            return False
+        return proc.environ().get(TASK_ENV) == task_id
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def tagged(task_id: str, among: list[psutil.Process] | None = None) -> list[psutil.Process]:
+    """Processes of our uid whose environment has SUPD_TASK_ID=task_id.
+
+    Scans every process unless `among` narrows it (reading each environ costs a few µs;
+    keep it for kill paths). Processes we may not read or that vanish are skipped.
+    """
+    uid = os.getuid()
+    pool: Iterable[psutil.Process] = among if among is not None else psutil.process_iter()
+    me = os.getpid()
+    return [p for p in pool if p.pid != me and _has_tag(p, task_id, uid)]
+
+
+def _signal_all(pgid: int | None, pids: Iterable[Target], sig: int) -> int:
+    sent = 0
+    if pgid is not None and pgid > 1:
+        sent += signal_group(pgid, sig)
+    for pid in pids:
+        sent += signal_pid(pid, sig)
+    return sent
+
+
+def terminate_task(pgid: int | None, pids: Iterable[Target]) -> int:
+    """Step one of the escalation: SIGTERM to the task's session group and to each
+    listed process. Never SIGINT (the Claude CLI exits 0 on it). Returns how many
+    signals were delivered. The caller schedules `kill_task` after its grace."""
+    return _signal_all(pgid, pids, signal.SIGTERM)
+
+
+def kill_task(pgid: int | None, pids: Iterable[Target]) -> int:
+    """Step two of the escalation: SIGKILL to the group and to each listed process."""
+    return _signal_all(pgid, pids, signal.SIGKILL)
+
+
+def kill_tree_now(pids: Sequence[Target], wait_s: float = 1.0) -> list[int]:
+    """Emergency exit: SIGKILL every listed process at once, then wait up to `wait_s` for
+    them to die (our own children are reaped by pid). Returns the pids still alive."""
+    procs: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            procs.append(pid if isinstance(pid, psutil.Process) else psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    kill_task(None, procs)
+    deadline = time.monotonic() + wait_s
+    _, alive = psutil.wait_procs(procs, timeout=max(0.0, deadline - time.monotonic()))
+    return [p.pid for p in alive]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of `pid` in bytes (0 if it is gone)."""
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0

@@ -1,0 +1,361 @@
+"""`supctl`: the command-line client. Human output by default, `--json` for scripts.
+
+Owns argument parsing and output formatting; talks to the daemon only through
+`client.Client`. Exit codes: 0 success, 1 a task or request failed, 2 bad usage,
+3 a wait timed out, 4 the daemon could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+
+from proto import control as ctl
+from proto.task import TaskSpec, TaskView
+from supervisord.client import Client, ClientError, control_endpoint
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+class UsageError(Exception):
+    pass
+
+
+# ---- output ------------------------------------------------------------------------
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def describe(t: TaskView) -> str:
+    lines = [f"{t.id}  {t.kind}  {t.state}  attempts={t.attempts}  duration={_dur(t.duration_s)}  child={t.child or '-'}"]
+    what = t.prompt if t.kind == "claude" else " ".join(t.argv or [])
+    lines.append(f"  task:   {_short(what, 100)}")
+    if t.exit_code is not None:
+        lines.append(f"  exit:   {t.exit_code}")
+    if t.error:
+        lines.append(f"  error:  {t.error.kind}: {t.error.message}")
+    if t.usage:
+        cost = f"  cost=${t.cost_usd:.6f}" if t.cost_usd is not None else ""
+        lines.append(f"  usage:  in={t.usage.input_tokens} out={t.usage.output_tokens}{cost}  turns={t.num_turns}"
+                     f"  session={t.session_id}")
+    lines.append(f"  trace:  {t.trace_id}  span={t.span_id}  parent={t.parent_span_id}")
+    if t.result:
+        body = t.result if t.result.endswith("\n") else t.result + "\n"
+        lines.append("  result" + (" (truncated)" if t.truncated else "") + ":\n" + body.rstrip("\n"))
+    return "\n".join(lines)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*map(str, r)).rstrip() for r in [header, *rows])
+
+
+# ---- task specs from the command line ------------------------------------------------
+
+
+def spec_from_args(a: argparse.Namespace) -> TaskSpec:
+    words: list[str] = list(a.words or [])
+    env = {}
+    for item in a.env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env expects KEY=VALUE, got {item!r}")
+        env[key] = value
+    text_input = a.input
+    if a.input_file:
+        text_input = sys.stdin.read() if a.input_file == "-" else Path(a.input_file).read_text()
+    common: dict[str, Any] = dict(
+        kind=a.kind, input=text_input, timeout_s=a.timeout, stall_timeout_s=a.stall_timeout, retries=a.retries,
+        priority=a.priority, cwd=a.cwd, env=env,
+    )
+    if a.kind == "exec":
+        if not words:
+            raise UsageError("exec task: give the command after --, e.g. supctl submit --kind exec -- echo hi")
+        return TaskSpec(argv=words, retry_on_exit=a.retry_on_exit, **common)
+    if not words:
+        raise UsageError("claude task: give a PROMPT")
+    return TaskSpec(
+        prompt=" ".join(words), model=a.model, max_turns=a.max_turns,
+        allowed_tools=a.allowed_tools.split(",") if a.allowed_tools else None,
+        append_system_prompt=a.append_system_prompt, permission_mode=a.permission_mode, **common,
+    )
+
+
+def specs_from_file(path: str) -> list[TaskSpec]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    specs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            specs.append(msgspec.json.decode(line, type=TaskSpec))
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise UsageError(f"{path}:{n}: {e}") from None
+    if not specs:
+        raise UsageError(f"{path}: no tasks")
+    return specs
+
+
+# ---- commands ----------------------------------------------------------------------
+
+
+def expect(reply: ctl.Reply, kind: type) -> Any:
+    if isinstance(reply, ctl.Error):
+        raise RequestFailed(f"{reply.kind}: {reply.message}")
+    if not isinstance(reply, kind):
+        raise RequestFailed(f"unexpected reply {type(reply).__name__}")
+    return reply
+
+
+class RequestFailed(Exception):
+    pass
+
+
+def wait_for(c: Client, ids: list[str], timeout_s: float | None) -> tuple[list[TaskView], list[str]]:
+    """Long-poll until every id is final (or `timeout_s` passes); never hangs on a dead daemon."""
+    deadline = None if not timeout_s else time.monotonic() + timeout_s
+    done: dict[str, TaskView] = {}
+    pending = list(ids)
+    while pending:
+        left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+        reply = expect(c.request(ctl.Wait(ids=pending, timeout_s=left), timeout_s=left + c.timeout_s), ctl.Tasks)
+        for t in reply.tasks:
+            done[t.id] = t
+        pending = list(reply.pending)
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    return [done[i] for i in ids if i in done], pending
+
+
+def show_tasks(a: argparse.Namespace, tasks: list[TaskView], pending: list[str]) -> int:
+    if a.json:
+        if len(tasks) == 1 and not pending and not getattr(a, "many", False):
+            emit_json(tasks[0])
+        else:
+            emit_json({"tasks": tasks, "pending": pending})
+    else:
+        for t in tasks:
+            print(describe(t))
+        for tid in pending:
+            print(f"{tid}  still running")
+    if pending:
+        return EXIT_WAIT_TIMEOUT
+    return EXIT_OK if all(t.state == "succeeded" for t in tasks) else EXIT_FAILED
+
+
+def cmd_submit(c: Client, a: argparse.Namespace) -> int:
+    specs = specs_from_file(a.file) if a.file else [spec_from_args(a)]
+    reply = expect(c.request(ctl.Submit(tasks=specs, traceparent=os.environ.get("TRACEPARENT"),
+                                        tracestate=os.environ.get("TRACESTATE"))), ctl.Accepted)
+    if not a.wait:
+        if a.json:
+            emit_json({"ids": reply.ids, "trace_id": reply.trace_id})
+        else:
+            for tid in reply.ids:
+                print(tid)
+        return EXIT_OK
+    a.many = len(reply.ids) > 1
+    tasks, pending = wait_for(c, reply.ids, a.wait_timeout)
+    return show_tasks(a, tasks, pending)
+
+
+def cmd_wait(c: Client, a: argparse.Namespace) -> int:
+    a.many = len(a.ids) > 1
+    tasks, pending = wait_for(c, a.ids, a.timeout)
+    return show_tasks(a, tasks, pending)
+
+
+def cmd_result(c: Client, a: argparse.Namespace) -> int:
+    reply = expect(c.request(ctl.Get(id=a.id)), ctl.Tasks)
+    task = reply.tasks[0]
+    if a.json:
+        emit_json(task)
+    elif a.raw:
+        sys.stdout.write(task.result or "")
+    else:
+        print(describe(task))
+    return EXIT_OK if task.state == "succeeded" else EXIT_FAILED
+
+
+def cmd_list(c: Client, a: argparse.Namespace) -> int:
+    reply = expect(c.request(ctl.List(state=a.state, limit=a.limit)), ctl.Tasks)
+    if a.json:
+        emit_json({"tasks": reply.tasks})
+        return EXIT_OK
+    rows = [[t.id, t.kind, t.state, str(t.attempts), _dur(t.duration_s),
+             _short(t.prompt if t.kind == "claude" else " ".join(t.argv or []), 50)] for t in reply.tasks]
+    print(table(rows, ["ID", "KIND", "STATE", "ATT", "DURATION", "TASK"]))
+    return EXIT_OK
+
+
+def cmd_status(c: Client, a: argparse.Namespace) -> int:
+    data = expect(c.request(ctl.Status()), ctl.Info).data
+    if a.json:
+        emit_json(data)
+        return EXIT_OK
+    print(f"supd pid {data['pid']}  {data['phase']}  up {data['uptime_s']:.0f}s  state dir {data['state_dir']}")
+    claude = data["claude"]
+    print(f"claude: {' '.join(claude['command'])} ({claude['source']})")
+    tasks, breaker = data["tasks"], data["breaker"]
+    print(f"tasks: {tasks['queued']} queued, {tasks['running']} running   breaker: {breaker['state']}")
+    rows = [[ch["id"], str(ch["pid"] or "-"), ch["state"], ch["task"] or "-", str(ch["tasks_done"]),
+             f"{ch['rss_bytes'] / 2**20:.0f}MiB" if ch["rss_bytes"] else "-", ch["fatal_reason"] or ""]
+            for ch in data["children"]]
+    print(table(rows, ["CHILD", "PID", "STATE", "TASK", "DONE", "RSS", "NOTE"]))
+    return EXIT_OK
+
+
+def cmd_info(request: ctl.Request, title: str) -> Callable[[Client, argparse.Namespace], int]:
+    def run(c: Client, a: argparse.Namespace) -> int:
+        data = expect(c.request(request), ctl.Info).data
+        if a.json:
+            emit_json(data)
+        else:
+            print(title)
+            _print_tree(data, "  ")
+        if isinstance(request, ctl.Health):
+            return EXIT_OK if data.get("status") == "ok" else EXIT_FAILED
+        return EXIT_OK
+
+    return run
+
+
+def _print_tree(data: dict[str, Any], indent: str) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            print(f"{indent}{key}:")
+            _print_tree(value, indent + "  ")
+        else:
+            print(f"{indent}{key}: {value}")
+
+
+def cmd_simple(make: Callable[[argparse.Namespace], ctl.Request]) -> Callable[[Client, argparse.Namespace], int]:
+    def run(c: Client, a: argparse.Namespace) -> int:
+        reply = expect(c.request(make(a)), ctl.Ok)
+        if a.json:
+            emit_json({"ok": True, "message": reply.message})
+        else:
+            print(reply.message)
+        return EXIT_OK
+
+    return run
+
+
+# ---- the parser --------------------------------------------------------------------
+
+
+def _task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=["claude", "exec"], default="claude")
+    p.add_argument("--timeout", type=float, help="wall-clock limit, seconds")
+    p.add_argument("--stall-timeout", type=float, help="limit on silence (no output line), seconds")
+    p.add_argument("--retries", type=int, help="retries for retryable failures")
+    p.add_argument("--retry-on-exit", action="store_true", help="exec: also retry a non-zero exit")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument("--cwd", help="working directory of the task")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra environment (repeatable)")
+    p.add_argument("--input", help="text written to the task's stdin")
+    p.add_argument("--input-file", help="file (or -) whose text is written to the task's stdin")
+    p.add_argument("--model")
+    p.add_argument("--max-turns", type=int)
+    p.add_argument("--allowed-tools", help="comma-separated, e.g. Bash,Read")
+    p.add_argument("--append-system-prompt")
+    p.add_argument("--permission-mode")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="supctl", description="Control a running supd.")
+    p.add_argument("--state-dir", help="the daemon's state dir (or $SUPD_STATE_DIR)")
+    p.add_argument("--runtime-dir", help="the daemon's socket dir if not the state dir (or $SUPD_RUNTIME_DIR)")
+    p.add_argument("--reply-timeout", type=float, default=5.0, help="seconds to wait for the daemon's answer")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str, fn: Callable[[Client, argparse.Namespace], int]) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    s = cmd("submit", "submit a task (PROMPT, or --kind exec -- CMD ARG...), or --file F of JSON lines", cmd_submit)
+    _task_options(s)
+    s.add_argument("--file", help="one JSON task per line, e.g. {\"kind\":\"exec\",\"argv\":[\"true\"]}; - for stdin")
+    s.add_argument("--wait", action="store_true", help="wait for the result(s)")
+    s.add_argument("--wait-timeout", type=float, help="give up waiting after S seconds (exit 3)")
+    s.add_argument("words", nargs="*", metavar="PROMPT | -- CMD ARG")
+    w = cmd("wait", "wait for tasks to finish", cmd_wait)
+    w.add_argument("ids", nargs="+", metavar="ID")
+    w.add_argument("--timeout", type=float, help="give up after S seconds (exit 3)")
+    r = cmd("result", "show one task (also finished ones, also after a restart)", cmd_result)
+    r.add_argument("id", metavar="ID")
+    r.add_argument("--raw", action="store_true", help="print only the result text")
+    ls = cmd("list", "list recent tasks", cmd_list)
+    ls.add_argument("--state", help="queued, running, succeeded, failed, timed_out or cancelled")
+    ls.add_argument("--limit", type=int, default=50)
+    cmd("status", "the daemon, its children and queue", cmd_status)
+    cmd("health", "ok / degraded / failing (exit 0 only when ok)", cmd_info(ctl.Health(), "health"))
+    cmd("stats", "counters, latency percentiles, tokens and cost", cmd_info(ctl.Stats(), "stats"))
+    cn = cmd("cancel", "cancel a queued or running task", cmd_simple(lambda a: ctl.Cancel(id=a.id)))
+    cn.add_argument("id", metavar="ID")
+    sc = cmd("scale", "change the number of children live", cmd_simple(lambda a: ctl.Scale(children=a.children)))
+    sc.add_argument("children", type=int, metavar="N")
+    cmd("reload", "re-read the config file and apply it", cmd_simple(lambda a: ctl.Reload()))
+    cmd("shutdown", "drain running tasks and stop the daemon", cmd_simple(lambda a: ctl.Shutdown()))
+    _extra_commands(sub, cmd)
+    return p
+
+
+def _extra_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
+    """watch and bench live in their own modules; they register here if present."""
+    for name in ("supervisord.watch", "supervisord.benchcmd"):
+        try:
+            module = __import__(name, fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        endpoint = control_endpoint(a.state_dir, a.runtime_dir)
+        with Client(endpoint, timeout_s=a.reply_timeout) as c:
+            return int(a.fn(c, a))
+    except UsageError as e:
+        print(f"supctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ClientError as e:
+        print(f"supctl: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except RequestFailed as e:
+        print(f"supctl: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:
+        print(f"supctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

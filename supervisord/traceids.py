@@ -1,0 +1,41 @@
+"""W3C trace context ids for batches and tasks. Pure: the clock and randomness are arguments.
+
+A batch's trace id is 128 bits: the first 16 hex digits are `time_ns()` at the batch's
+start, the last 16 random. A span id is 64 random bits. Imports the stdlib only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRef:
+    trace_id: str
+    span_id: str
+    sampled: bool = True
+
+    @property
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
+
+
+def trace_id_at(time_ns: int, rand64: int) -> str:
+    return f"{time_ns & (2**64 - 1):016x}{rand64 & (2**64 - 1):016x}"
+
+
+def span_id(rand64: int) -> str:
+    return f"{(rand64 or 1) & (2**64 - 1):016x}"
+
+
+def parse_traceparent(value: str | None) -> SpanRef | None:
+    """A valid `traceparent` header value, or None (invalid values are ignored, per W3C)."""
+    if not value:
+        return None
+    m = _TRACEPARENT.match(value.strip().lower())
+    if not m or set(m.group(1)) == {"0"} or set(m.group(2)) == {"0"}:
+        return None
+    return SpanRef(m.group(1), m.group(2), int(m.group(3), 16) & 1 == 1)

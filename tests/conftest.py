@@ -1,0 +1,225 @@
+"""Shared fixtures: a real supd process in a short temporary state dir, a client for it,
+the project's stand-in Messages API, and a check that nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from proto import control as ctl  # noqa: E402
+from proto.task import TaskSpec  # noqa: E402
+from supervisord.client import Client  # noqa: E402
+
+
+def short_tmpdir(prefix: str = "supd-") -> Path:
+    """ipc socket paths must stay under ~107 bytes: keep state dirs short."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPD_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+class Supd:
+    """A real supd process and a client for its control socket."""
+
+    def __init__(self, state_dir: Path, config: str | None = None, children: int = 2,
+                 env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> None:
+        self.state_dir = state_dir
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = state_dir / "supd.toml"
+            self.config_path.write_text(config)
+        self.children = children
+        self.env = env or child_env()
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir / "supd.log"
+
+    @property
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "supervisord.main", "--state-dir", str(self.state_dir),
+                "--children", str(self.children), *self.extra_args]
+        if self.config_path:
+            argv += ["--config", str(self.config_path)]
+        return argv
+
+    def start(self, wait_ready: bool = True) -> "Supd":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     cwd=ROOT)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        sock = self.state_dir / "control.sock"
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supd exited {self.proc.returncode}:\n{self.log()}")
+            if sock.exists():
+                try:
+                    status = self.info(ctl.Status())
+                    if status["phase"] == "running":
+                        return status
+                except Exception:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"supd not ready in {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, timeout_s: float = 10.0) -> Client:
+        return Client(f"ipc://{self.state_dir / 'control.sock'}", timeout_s=timeout_s)
+
+    def request(self, req: ctl.Request, timeout_s: float = 10.0) -> ctl.Reply:
+        with self.client(timeout_s) as c:
+            return c.request(req)
+
+    def info(self, req: ctl.Request) -> dict[str, Any]:
+        reply = self.request(req)
+        assert isinstance(reply, ctl.Info), reply
+        return reply.data
+
+    def submit(self, *specs: TaskSpec, traceparent: str | None = None) -> list[str]:
+        reply = self.request(ctl.Submit(tasks=list(specs), traceparent=traceparent))
+        assert isinstance(reply, ctl.Accepted), reply
+        return reply.ids
+
+    def wait(self, ids: list[str], timeout_s: float = 60.0) -> list[ctl.TaskView]:
+        deadline = time.monotonic() + timeout_s
+        done: dict[str, ctl.TaskView] = {}
+        pending = list(ids)
+        with self.client() as c:
+            while pending and time.monotonic() < deadline:
+                reply = c.request(ctl.Wait(ids=pending, timeout_s=min(5.0, deadline - time.monotonic())),
+                                  timeout_s=15)
+                assert isinstance(reply, ctl.Tasks), reply
+                done.update({t.id: t for t in reply.tasks})
+                pending = reply.pending
+        assert not pending, f"still pending after {timeout_s}s: {pending}\n{self.log()[-3000:]}"
+        return [done[i] for i in ids]
+
+    def children_pids(self) -> list[int]:
+        return [c["pid"] for c in self.info(ctl.Status())["children"] if c["pid"]]
+
+    def supctl(self, *args: str, input_text: str | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "supervisord.supctl", "--state-dir", str(self.state_dir), *args],
+                              capture_output=True, text=True, env=self.env, cwd=ROOT, input=input_text,
+                              timeout=timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"supd did not stop in {timeout_s}s:\n{self.log()}")
+
+
+def descendants_of(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tagged_processes(task_ids: set[str] | None = None) -> list[psutil.Process]:
+    """Live processes carrying SUPD_TASK_ID (optionally one of `task_ids`)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            tag = p.environ().get("SUPD_TASK_ID")
+            if tag and (task_ids is None or tag in task_ids) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def assert_no_leftovers(pids: list[int], task_ids: set[str] | None = None, timeout_s: float = 10.0) -> None:
+    """Every pid is gone (not even a zombie), and no tagged task process remains."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p)]
+        tagged = tagged_processes(task_ids)
+        if not alive and not tagged:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"left behind: pids {alive}, tagged {[p.pid for p in tagged]}")
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def supd_factory(state_dir: Path) -> Iterator[Any]:
+    started: list[Supd] = []
+
+    def make(**kwargs: Any) -> Supd:
+        d = Supd(state_dir, **kwargs)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            pids = [d.proc.pid] + [p.pid for p in descendants_of(d.proc.pid)]
+            d.stop()
+            assert_no_leftovers(pids)
+
+
+@pytest.fixture(scope="session")
+def fakeapi() -> Iterator[Any]:
+    import fakeapi as fake_module
+
+    api = fake_module.FakeAPI()
+    api.start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def claude_config(fakeapi: Any) -> str:
+    """A supd config whose Claude tasks talk to the stand-in API through the real CLI."""
+    import fakeapi as fake_module
+
+    home = short_tmpdir("supd-home-")
+    env = fake_module.claude_env(fakeapi.url, str(home))
+    return "[claude]\nenv = " + toml_table(env) + "\n"
+
+
+def toml_table(mapping: dict[str, str]) -> str:
+    """An inline TOML table (JSON strings are valid TOML basic strings)."""
+    return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in mapping.items()) + " }"
+
+
+def spec(**kw: Any) -> TaskSpec:
+    return TaskSpec(**kw)

@@ -1,0 +1,230 @@
+"""The core, end to end with real processes: supd, its children, tasks, the journal, supctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+from proto import control as ctl
+from proto.task import TaskSpec
+from tests.conftest import assert_no_leftovers, descendants_of
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_exec_tasks_run_in_parallel_and_record_output(supd_factory):
+    d = supd_factory(children=4).start()
+    ids = d.submit(*[TaskSpec(kind="exec", argv=[sys.executable, "-c", f"print({i} * 2)"]) for i in range(8)])
+    tasks = d.wait(ids)
+    assert [t.state for t in tasks] == ["succeeded"] * 8
+    assert [t.result for t in tasks] == [f"{i * 2}\n" for i in range(8)]
+    assert all(t.exit_code == 0 and t.attempts == 1 and t.child for t in tasks)
+    assert len({t.child for t in tasks}) > 1, "eight tasks on four children should spread"
+    assert all(t.started_at and t.finished_at and t.duration_s is not None for t in tasks)
+
+
+def test_exec_failure_and_missing_binary_are_recorded(supd_factory):
+    d = supd_factory(children=2).start()
+    fail, missing = d.wait(d.submit(
+        TaskSpec(kind="exec", argv=[sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"]),
+        TaskSpec(kind="exec", argv=["/nonexistent/program"]),
+    ))
+    assert fail.state == "failed" and fail.exit_code == 3 and fail.error.kind == "exit"
+    assert "boom" in (fail.stderr or "")
+    assert missing.state == "failed" and missing.error.kind == "spawn"
+    assert "/nonexistent/program" in missing.error.message
+
+
+def test_input_goes_to_stdin(supd_factory):
+    d = supd_factory(children=1).start()
+    (task,) = d.wait(d.submit(TaskSpec(kind="exec", argv=["cat"], input="data on stdin")))
+    assert task.result == "data on stdin"
+
+
+@pytest.mark.parametrize("bad, words", [
+    (TaskSpec(kind="exec"), "argv"),
+    (TaskSpec(kind="claude"), "prompt"),
+    (TaskSpec(kind="exec", argv=["true"], timeout_s=0), "timeout_s"),
+    (TaskSpec(kind="exec", argv=["true"], timeout_s=-1), "timeout_s"),
+    (TaskSpec(kind="exec", argv=["true"], retries=-2), "retries"),
+])
+def test_bad_submissions_are_refused_and_change_nothing(supd_factory, bad, words):
+    d = supd_factory(children=1).start()
+    reply = d.request(ctl.Submit(tasks=[bad]))
+    assert isinstance(reply, ctl.Error) and reply.kind == "bad_request" and words in reply.message
+    assert d.request(ctl.List()).tasks == []
+
+
+def test_garbage_and_unknown_kinds_get_errors_and_the_daemon_keeps_serving(supd_factory):
+    import zmq
+
+    d = supd_factory(children=1).start()
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"ipc://{d.state_dir / 'control.sock'}")
+    for frame in [b"\x00garbage", b"", json.dumps({"type": "Submit", "tasks": [{"kind": "shell"}]}).encode(),
+                  b"\x82\xa4type\xa6Submit\xa5tasks\x91\x81\xa4kind\xa5shell"]:
+        sock.send(frame)
+        assert sock.poll(5000), "no answer to a bad frame"
+        reply = ctl_decode(sock.recv())
+        assert isinstance(reply, ctl.Error) and reply.kind == "bad_request"
+    sock.close()
+    (task,) = d.wait(d.submit(TaskSpec(kind="exec", argv=["true"])))
+    assert task.state == "succeeded"
+
+
+def ctl_decode(payload: bytes) -> ctl.Reply:
+    import msgspec
+
+    return msgspec.msgpack.decode(payload, type=ctl.Reply)
+
+
+def test_unknown_ids_are_not_found(supd_factory):
+    d = supd_factory(children=1).start()
+    for req in (ctl.Get(id="nope"), ctl.Wait(ids=["nope"]), ctl.Cancel(id="nope")):
+        reply = d.request(req)
+        assert isinstance(reply, ctl.Error) and reply.kind == "not_found" and "nope" in reply.message
+
+
+def test_sigkilled_child_is_replaced(supd_factory):
+    d = supd_factory(children=2).start()
+    before = d.info(ctl.Status())["children"]
+    victim = before[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = {c["slot"]: c for c in d.info(ctl.Status())["children"]}
+        if now[victim["slot"]]["state"] == "idle" and now[victim["slot"]]["pid"] != victim["pid"]:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"not replaced: {now}")
+    assert not psutil.pid_exists(victim["pid"]), "the dead child must be reaped, not a zombie"
+    assert d.info(ctl.Stats())["child_restarts"] == 1
+    (task,) = d.wait(d.submit(TaskSpec(kind="exec", argv=["true"])))
+    assert task.state == "succeeded"
+
+
+def test_shutdown_drains_running_tasks_and_leaves_nothing(supd_factory):
+    d = supd_factory(children=2).start()
+    ids = d.submit(*[TaskSpec(kind="exec", argv=["sleep", "0.5"]) for _ in range(2)])
+    time.sleep(0.2)
+    pids = [d.proc.pid] + [p.pid for p in descendants_of(d.proc.pid)]
+    assert len(pids) >= 5, "daemon, two children, two sleeps"
+    assert d.request(ctl.Shutdown()) == ctl.Ok(message="shutting down")
+    assert d.proc.wait(20) == 0
+    assert_no_leftovers(pids, set(ids))
+    # The journal kept them: a new daemon on the same state dir answers for them.
+    d.start()
+    for tid in ids:
+        (task,) = d.request(ctl.Get(id=tid)).tasks
+        assert task.state == "succeeded"
+
+
+def test_sigterm_stops_cleanly_and_queued_tasks_survive_a_restart(supd_factory):
+    d = supd_factory(children=1).start()
+    ids = d.submit(*[TaskSpec(kind="exec", argv=["sleep", "0.3"]) for _ in range(4)])
+    time.sleep(0.1)
+    pids = [d.proc.pid] + [p.pid for p in descendants_of(d.proc.pid)]
+    assert d.stop() == 0
+    assert_no_leftovers(pids, set(ids))
+    d.start()
+    tasks = d.wait(ids)
+    assert [t.state for t in tasks] == ["succeeded"] * 4
+
+
+def test_config_errors_stop_supd_at_start_naming_the_key(supd_factory):
+    d = supd_factory(config="[tasks]\ntimeout_s = \"soon\"\n")
+    d.start(wait_ready=False)
+    assert d.proc.wait(10) == 2
+    assert "tasks.timeout_s" in d.log()
+    d2 = supd_factory(config="[daemon]\nchildern = 3\n")
+    d2.start(wait_ready=False)
+    assert d2.proc.wait(10) == 2
+    assert "daemon.childern: unknown key" in d2.log()
+
+
+def test_second_daemon_on_the_same_state_dir_is_refused(supd_factory):
+    d = supd_factory(children=1).start()
+    other = supd_factory(children=1)
+    other.start(wait_ready=False)
+    assert other.proc.wait(10) == 4
+    assert d.info(ctl.Health())["status"] == "ok"
+
+
+def test_supctl_end_to_end(supd_factory):
+    d = supd_factory(children=2).start()
+    r = d.supctl("submit", "--kind", "exec", "--wait", "--json", "--", "echo", "hello world")
+    assert r.returncode == 0, r.stderr
+    task = json.loads(r.stdout)
+    for field in ("id", "kind", "state", "attempts", "exit_code", "result", "error", "child", "trace_id",
+                  "span_id", "parent_span_id", "submitted_at", "started_at", "finished_at", "duration_s"):
+        assert field in task, field
+    assert task["result"] == "hello world\n" and task["state"] == "succeeded"
+
+    r = d.supctl("result", task["id"])
+    assert r.returncode == 0 and "hello world" in r.stdout and "succeeded" in r.stdout
+    r = d.supctl("list", "--json")
+    assert [t["id"] for t in json.loads(r.stdout)["tasks"]] == [task["id"]]
+    r = d.supctl("status", "--json")
+    children = json.loads(r.stdout)["children"]
+    assert len(children) == 2 and all({"slot", "pid", "state", "task"} <= c.keys() for c in children)
+    r = d.supctl("submit", "--kind", "exec", "--wait", "--", "false")
+    assert r.returncode == 1
+    r = d.supctl("submit", "--kind", "exec", "--timeout", "0", "--", "true")
+    assert r.returncode == 1 and "timeout_s" in r.stderr
+    r = d.supctl("submit", "--kind", "exec")
+    assert r.returncode == 2 and "exec task" in r.stderr
+    r = d.supctl("result", "t-missing")
+    assert r.returncode == 1 and "not_found" in r.stderr
+
+
+def test_submit_file_of_json_lines(supd_factory, tmp_path):
+    d = supd_factory(children=2).start()
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"kind":"exec","argv":["echo","a"]}\n\n{"kind":"exec","argv":["echo","b"],"priority":5}\n')
+    r = d.supctl("submit", "--file", str(batch), "--wait", "--json")
+    assert r.returncode == 0, r.stderr
+    tasks = json.loads(r.stdout)["tasks"]
+    assert [t["result"] for t in tasks] == ["a\n", "b\n"]
+    assert len({t["trace_id"] for t in tasks}) == 1, "one batch, one master trace"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind":"exec","argv":["true"]}\n{"kind":"exec","argv":"true"}\n')
+    r = d.supctl("submit", "--file", str(bad))
+    assert r.returncode == 2 and "bad.jsonl:2" in r.stderr and "argv" in r.stderr
+
+
+def test_supctl_never_hangs_without_a_daemon(state_dir):
+    from tests.conftest import ROOT, child_env
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "supervisord.supctl", "--state-dir", str(state_dir), "status"],
+                       capture_output=True, text=True, timeout=20, env=child_env(), cwd=ROOT)
+    assert r.returncode == 4 and "no daemon" in r.stderr
+    # A socket file with nobody behind it: the reply deadline fires.
+    import zmq
+
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.ROUTER)
+    s.bind(f"ipc://{state_dir / 'control.sock'}")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "supervisord.supctl", "--state-dir", str(state_dir),
+                        "--reply-timeout", "1", "status"], capture_output=True, text=True, timeout=20,
+                       env=child_env(), cwd=ROOT)
+    s.close(linger=0)
+    assert r.returncode == 4 and "did not answer" in r.stderr
+    assert time.monotonic() - t0 < 15
+
+
+def test_control_socket_is_owner_only(supd_factory):
+    d = supd_factory(children=1).start()
+    mode = (d.state_dir / "control.sock").stat().st_mode & 0o777
+    assert mode == 0o600
+    assert (d.state_dir.stat().st_mode & 0o777) == 0o700
