@@ -66,6 +66,9 @@ def submit(d: "Daemon", envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None
         d.sched.add(task, now)
         d.metrics.received[task.spec.kind] += 1
     log("batch_accepted", tasks=len(tasks), trace=trace_id, master_span=master)
+    d.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, req.tracestate, tasks, start_ns)
+    for task in tasks:
+        d.events.publish(f"task/{task.id}/queued", task=task.id, kind=task.spec.kind, trace_id=trace_id)
     d.after_commit.append((envelope, ctl.Accepted(ids=[t.id for t in tasks], trace_id=trace_id)))
     return None
 

@@ -84,6 +84,21 @@ class TracingConfig(_Section):
     service_name: str = "supd"
 
 
+class MetricsConfig(_Section):
+    prometheus_port: int = 0
+    prometheus_host: str = "127.0.0.1"
+
+
+class SecurityConfig(_Section):
+    # CurveZMQ for tcp:// endpoints (ipc needs none): key files as written by zmq.auth.
+    server_secret_key: str | None = None
+    client_public_keys_dir: str | None = None
+    client_secret_key: str | None = None
+    server_public_key: str | None = None
+    control_endpoint: str | None = None
+    pass_env: list[str] = []
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     tasks: TaskDefaults = TaskDefaults()
@@ -93,6 +108,8 @@ class Config(_Section):
     breaker: BreakerConfig = BreakerConfig()
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 _POSITIVE = {

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import msgspec
 import setproctitle
 import zmq
 import zmq.asyncio
@@ -32,6 +33,7 @@ from proto.task import ErrorKind, Outcome, TaskError, TaskState
 from supervisord import claude_cli, procs, taskenv, traceids
 from supervisord.config import Config
 from supervisord.control import ControlServer
+from supervisord.eventbus import EventBus
 from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, SignalReceived, TimerFired
 from supervisord.journal import Journal, view
 from supervisord.logs import log
@@ -39,6 +41,7 @@ from supervisord.metrics import Metrics
 from supervisord.pool import ChildState, Due, Policy, Pool, Slot
 from supervisord.scheduler import Breaker, Scheduler, Task
 from supervisord.systemd import Notifier, format_status
+from supervisord.tracing import make_tracer
 from supervisord.transport import ChildTransport
 
 
@@ -62,6 +65,10 @@ class Paths:
     @property
     def children(self) -> str:
         return f"ipc://{self.runtime_dir / 'children.sock'}"
+
+    @property
+    def events(self) -> str:
+        return f"ipc://{self.runtime_dir / 'events.sock'}"
 
     @property
     def journal(self) -> Path:
@@ -113,11 +120,13 @@ class Daemon:
         self.breaker = Breaker(self.config.breaker.threshold, self.config.breaker.open_s)
         self.metrics = Metrics()
         self.notifier = Notifier.from_env(self.environ)
+        self.tracer = make_tracer(self.config.tracing)
         self.claude = claude_cli.resolve(self.config.claude.command, self.environ.get("PATH"))
         self.child_env = taskenv.child_environ(self.environ)
         self.waiters: list[Waiter] = []
         self.orphans: list[Orphans] = []
         self.task_pgid: dict[str, int] = {}
+        self.task_pid: dict[str, int] = {}
         self.after_commit: list[tuple[tuple[bytes, ...], ctl.Reply]] = []
         self.started_mono = self.clock()
         self.drain_deadline: float | None = None
@@ -136,6 +145,7 @@ class Daemon:
         limit = self.config.limits.max_message_bytes
         self.transport = ChildTransport(self.ctx, self.paths.children, self.inbox, limit)
         self.control = ControlServer(self.ctx, self.paths.control, self.inbox, limit)
+        self.events = EventBus(self.ctx, self.paths.events)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.inbox.put_nowait, SignalReceived(signum))
         self._recover()
@@ -196,6 +206,8 @@ class Daemon:
                 procs.signal_pid(slot.pid, signal.SIGKILL)
         self.transport.close()
         self.control.close()
+        self.events.close()
+        self.tracer.shutdown()
         self.ctx.term()
         self.journal.close()
         self.notifier.close()
@@ -235,6 +247,8 @@ class Daemon:
         loop.add_reader(pidfd, self._on_pidfd, identity, proc.pid, pidfd)
         self.pool.spawned(slot, proc.pid, now)
         log("child_spawned", child=identity, pid=proc.pid, state=slot.state.value)
+        self.events.publish(f"child/{identity}/spawned", child=identity, pid=proc.pid)
+        self.tracer.child_event("spawn", identity, proc.pid)
 
     def _on_pidfd(self, identity: str, pid: int, pidfd: int) -> None:
         asyncio.get_running_loop().remove_reader(pidfd)
@@ -258,12 +272,16 @@ class Daemon:
                     self._kill_child(slot, now, "protocol mismatch")
                 elif self.pool.hello(slot, now, self.rand()):
                     log("child_ready", child=identity, pid=pid, state=slot.state.value)
+                    self.events.publish(f"child/{identity}/ready", child=identity, pid=pid)
             case cp.Started(task_id=task_id, pid=pid, pgid=pgid):
                 self.pool.seen(slot, now)
                 self.task_pgid[task_id] = pgid
+                self.task_pid[task_id] = pid
                 log("task_process", task=task_id, child=identity, pid=pid, pgid=pgid)
-            case cp.Progress():
+                self.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
+            case cp.Progress(task_id=task_id, event=kind, summary=summary):
                 self.pool.seen(slot, now)
+                self.events.publish(f"task/{task_id}/progress", task=task_id, event=kind, summary=summary)
             case cp.Result():
                 self.pool.seen(slot, now)
                 self._on_result(slot, message, now)
@@ -290,9 +308,11 @@ class Daemon:
         if task.spec.kind == "claude":
             changed = self.breaker.record(None if state is TaskState.SUCCEEDED else error_kind, now)
             if changed:
-                log("breaker", state=changed.value, failures=self.breaker.failures)
+                self.breaker_changed(changed.value)
         if started_at:
             task.started_at = started_at
+        pid = self.task_pid.pop(task.id, None)
+        self.tracer.attempt_finished(task, state.value, outcome, time.time_ns(), pid)
         if error_kind == ErrorKind.SHUTDOWN and self.phase in (Phase.DRAINING, Phase.STOPPING):
             task.outcome = outcome
             self.sched.requeue(task, now)  # RUNNING -> QUEUED: runs again on the next start
@@ -307,6 +327,7 @@ class Daemon:
             self.metrics.retries += 1
             log("task_retry", task=task.id, attempts=task.attempts, error=error_kind,
                 delay_s=round(max(0.0, task.not_before - now), 3), trace=task.trace_id)
+            self.events.publish(f"task/{task.id}/retry", task=task.id, attempts=task.attempts, error=error_kind)
             return
         duration = (task.finished_at - task.started_at) if task.finished_at and task.started_at else None
         usage = outcome.usage
@@ -318,7 +339,11 @@ class Daemon:
         self.task_done(task)
 
     def task_done(self, task: Task) -> None:
-        """A task reached its final state: answer the waiters that were waiting for it."""
+        """A task reached its final state: trace, publish, answer the waiters waiting for it."""
+        self.tracer.task_final(task, time.time_ns())
+        error = task.error
+        self.events.publish(f"task/{task.id}/finished", task=task.id, state=task.state.value,
+                            error=error.kind if error else None, attempts=task.attempts)
         for waiter in list(self.waiters):
             if task.id in waiter.pending:
                 waiter.pending.discard(task.id)
@@ -343,9 +368,13 @@ class Daemon:
         exit_ = self.pool.exited(slot, returncode, now, self.rand())
         log("child_exited", child=identity, pid=pid, returncode=returncode, verdict=exit_.verdict,
             reason=exit_.reason, state=slot.state.value, task=task_id)
+        self.events.publish(f"child/{identity}/exited", child=identity, pid=pid, returncode=returncode,
+                            verdict=exit_.verdict, reason=exit_.reason)
+        self.tracer.child_event("exit", identity, pid, returncode=returncode, verdict=exit_.verdict)
         if exit_.verdict == "fatal":
             self.metrics.child_fatal += 1
             log("child_fatal", logging.ERROR, child=identity, reason=exit_.reason)
+            self.events.publish(f"child/{identity}/fatal", child=identity, reason=exit_.reason)
         elif exit_.verdict == "respawn" and exit_.reason != "planned":
             self.metrics.child_restarts += 1
         if task_id is not None:
@@ -394,7 +423,9 @@ class Daemon:
         task.span_id = traceids.span_id(random.getrandbits(64))
         self.sched.start(task, slot.identity, self.wall())
         if spec.kind == "claude" and (changed := self.breaker.started(now)):
-            log("breaker", state=changed.value, probe=task.id)
+            self.breaker_changed(changed.value, probe=task.id)
+        if spec.kind == "claude" and spec.model is None and self.config.claude.model:
+            spec = msgspec.structs.replace(spec, model=self.config.claude.model)
         timeout_s = spec.timeout_s or t.timeout_s
         limits = cp.Limits(
             timeout_s=timeout_s, stall_timeout_s=spec.stall_timeout_s or t.stall_timeout_s,
@@ -405,6 +436,9 @@ class Daemon:
         self.pool.assign(slot, task.id, now + backstop)
         span = traceids.SpanRef(task.trace_id or "", task.span_id)
         env = taskenv.task_env(span, task.tracestate, spec.kind, self.config.claude.env, self.config.claude.max_retries)
+        if spec.kind == "claude":
+            env.update(self.tracer.claude_env())
+        self.tracer.attempt_started(task, slot.identity, time.time_ns())
         self.journal.saved(task)
         self.transport.send(slot.identity, cp.Dispatch(
             task_id=task.id, attempt=task.attempts, spec=spec, limits=limits, env=env,
@@ -412,6 +446,12 @@ class Daemon:
         ))
         log("task_started", task=task.id, child=slot.identity, attempt=task.attempts, trace=task.trace_id,
             span=task.span_id)
+        self.events.publish(f"task/{task.id}/started", task=task.id, child=slot.identity, attempt=task.attempts,
+                            trace_id=task.trace_id, span_id=task.span_id)
+
+    def breaker_changed(self, state: str, **fields: object) -> None:
+        log("breaker", state=state, failures=self.breaker.failures, **fields)
+        self.events.publish(f"breaker/{state}", state=state, failures=self.breaker.failures)
 
     # ---- timers ---------------------------------------------------------------------
 

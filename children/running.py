@@ -1,0 +1,349 @@
+"""One running task inside a child: its process tree, pipes, deadlines and kill escalation.
+
+The worker's poll loop asks a `RunningTask` which fds to watch (`watch()`) and when it
+next needs the clock (`next_deadline()`), and hands back readiness (`on_ready`), time
+(`on_time`) and SIGCHLD (`on_sigchld`). When `finished`, `result()` is the one
+`Result` of the attempt: it is only ready once the main process is reaped, its pipes are
+at EOF and every descendant is dead and reaped, so a Result means "nothing of this task
+is left". Processes are touched only through `supervisord.procs`.
+Imports the stdlib, zmq (poll flags only), `proto`, `children.executors`/`children.log`
+and `supervisord.procs`; must not import the worker.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from typing import IO
+
+import psutil
+import zmq
+
+from children.executors import ClaudeExecutor, ExecExecutor, Launch, Verdict, make_executor, plan_launch
+from children.log import log
+from proto.children import ChildMessage, Dispatch, Progress, Result, Started
+from proto.task import ErrorKind, Outcome, TaskError, TaskState
+from supervisord import procs
+
+__all__ = ["RunningTask", "launch", "spawn_failure"]
+
+READ_CHUNK = 1 << 16
+#: Reads per fd per wake-up, so one flooding stream cannot starve the socket.
+READS_PER_WAKE = 16
+#: After SIGKILL, how often stragglers (new or unreaped) are looked for again, and when
+#: to give up on a process that will not die (uninterruptible sleep) and report anyway.
+RECHECK_S = 0.25
+GIVE_UP_S = 5.0
+
+Send = Callable[[ChildMessage], None]
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"  # no signal sent yet
+    TERMINATING = "terminating"  # SIGTERM sent to the tree; SIGKILL due at kill_at
+    KILLED = "killed"  # SIGKILL sent; waiting for the tree to be reaped
+
+
+class RunningTask:
+    """A spawned task; see the module docstring for the protocol with the loop."""
+
+    def __init__(self, dispatch: Dispatch, popen: subprocess.Popen[bytes], stdin: bytes | None,
+                 send: Send, now: float) -> None:
+        self.task_id, self.attempt, self.limits = dispatch.task_id, dispatch.attempt, dispatch.limits
+        self.executor: ExecExecutor | ClaudeExecutor = make_executor(dispatch)
+        self.popen, self.pid, self.send = popen, popen.pid, send
+        self.pgid = popen.pid  # own session: the process leads its group
+        self.pidfd: int | None = procs.pidfd_open(self.pid)
+        self.started_at = time.time()
+        self.returncode: int | None = None
+        self.verdict: Verdict | None = None
+        self.phase = Phase.RUNNING
+        self.finished = False
+        self.out_fd = self._nonblocking(popen.stdout)
+        self.err_fd = self._nonblocking(popen.stderr)
+        self.in_fd = self._nonblocking(popen.stdin) if stdin else None
+        self.in_data, self.in_off = memoryview(stdin or b""), 0
+        if popen.stdin is not None and self.in_fd is None:
+            popen.stdin.close()  # empty input: EOF at once
+        self.wall_at: float | None = now + self.limits.timeout_s
+        self.stall_at: float | None = self._stall_deadline(now)
+        self.grace_at: float | None = None
+        self.kill_at: float | None = None
+        self.recheck_at: float | None = None
+        self.give_up_at: float | None = None
+
+    @staticmethod
+    def _nonblocking(pipe: IO[bytes] | None) -> int | None:
+        if pipe is None:
+            return None
+        fd = pipe.fileno()
+        os.set_blocking(fd, False)
+        return fd
+
+    def _stall_deadline(self, now: float) -> float | None:
+        stall = self.limits.stall_timeout_s
+        return now + stall if stall is not None else None
+
+    # ---- what the loop polls ---------------------------------------------------------
+
+    def watch(self) -> dict[int, int]:
+        """fd -> poll flags to watch now."""
+        fds = {fd: zmq.POLLIN for fd in (self.pidfd, self.out_fd, self.err_fd) if fd is not None}
+        if self.in_fd is not None:
+            fds[self.in_fd] = zmq.POLLOUT
+        return fds
+
+    def next_deadline(self) -> float | None:
+        pending = [t for t in (self.wall_at, self.stall_at, self.grace_at, self.kill_at,
+                               self.recheck_at, self.give_up_at) if t is not None]
+        return min(pending) if pending else None
+
+    def on_ready(self, fd: int, now: float) -> None:
+        if fd == self.pidfd:
+            self._on_main_exit(now)
+        elif fd == self.in_fd:
+            self._write_stdin()
+        elif fd in (self.out_fd, self.err_fd):
+            self._read(fd, now, READS_PER_WAKE)
+        self._check_done()
+
+    def on_sigchld(self, now: float) -> None:
+        """A child of ours changed state: maybe an adopted orphan died; reap it."""
+        self._reap_orphans()
+        self._check_done()
+
+    # ---- output ----------------------------------------------------------------------
+
+    def _read(self, fd: int, now: float, max_reads: int) -> None:
+        for _ in range(max_reads):
+            try:
+                chunk = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._close_output(fd)
+                return
+            self._feed(fd, chunk, now)
+
+    def _feed(self, fd: int, chunk: bytes, now: float) -> None:
+        if fd == self.out_fd:
+            active, progress = self.executor.feed_stdout(chunk)
+            for event, summary in progress:
+                self.send(Progress(task_id=self.task_id, attempt=self.attempt, event=event, summary=summary))
+            if self.executor.result_seen and self.grace_at is None and self.returncode is None:
+                self._on_result_line(now)
+        else:
+            active = self.executor.feed_stderr(chunk)
+        if active and self.stall_at is not None:
+            self.stall_at = self._stall_deadline(now)
+
+    def _on_result_line(self, now: float) -> None:
+        # The CLI sometimes hangs after its result line: the line is the completion, the
+        # process gets a short grace to exit. Wall and stall no longer apply.
+        self.wall_at = self.stall_at = None
+        self.grace_at = now + self.limits.result_grace_s
+        log("result_line", task=self.task_id, grace_s=self.limits.result_grace_s)
+
+    def _close_output(self, fd: int) -> None:
+        pipe = self.popen.stdout if fd == self.out_fd else self.popen.stderr
+        if pipe is not None:
+            pipe.close()
+        if fd == self.out_fd:
+            self.out_fd = None
+        else:
+            self.err_fd = None
+
+    def _write_stdin(self) -> None:
+        assert self.in_fd is not None
+        try:
+            self.in_off += os.write(self.in_fd, self.in_data[self.in_off: self.in_off + READ_CHUNK])
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            self.in_off = len(self.in_data)  # the process stopped reading: drop the rest
+        if self.in_off >= len(self.in_data):
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.popen.stdin is not None:
+            try:
+                self.popen.stdin.close()
+            except BrokenPipeError:
+                pass  # its buffer is empty: we write with os.write; nothing was lost
+        self.in_fd = None
+
+    # ---- exit and leftovers ----------------------------------------------------------
+
+    def _on_main_exit(self, now: float) -> None:
+        rc = procs.reap(self.pid)
+        if rc is None:
+            return  # spurious wake-up: still running
+        self.returncode = self.popen.returncode = rc
+        self._close_pidfd()
+        self._close_stdin()
+        self.wall_at = self.stall_at = self.grace_at = None
+        log("task_exited", task=self.task_id, pid=self.pid, returncode=rc)
+        # Take what is already in the pipes, then end whatever the task left behind (a
+        # leftover holding the pipe open would otherwise keep us from EOF forever).
+        for fd in (self.out_fd, self.err_fd):
+            if fd is not None:
+                self._read(fd, now, READS_PER_WAKE)  # bounded: a leftover may write forever
+        if self.phase is Phase.RUNNING and procs.children_pids(os.getpid()):
+            self._escalate(now, grace_s=0.0, why="leftovers")
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def _reap_orphans(self) -> None:
+        """Reap adopted orphans by pid (never waitpid(-1)); the main pid is the pidfd's."""
+        for pid in procs.children_pids(os.getpid()):
+            if pid != self.pid or self.pidfd is None:
+                procs.reap(pid)
+
+    def _check_done(self) -> None:
+        if self.finished or self.returncode is None or self.out_fd is not None or self.err_fd is not None:
+            return
+        self._reap_orphans()
+        if procs.children_pids(os.getpid()):
+            return  # a SIGCHLD will tell us when the rest is gone
+        self.finished = True
+        self.kill_at = self.recheck_at = self.give_up_at = None
+
+    # ---- timeouts, cancel and the kill escalation ------------------------------------
+
+    def on_time(self, now: float) -> None:
+        """Act on every deadline that has passed."""
+        if self.wall_at is not None and now >= self.wall_at:
+            message = f"wall-clock timeout of {self.limits.timeout_s:g}s"
+            self.stop(TaskState.TIMED_OUT, TaskError(kind=ErrorKind.TIMEOUT, message=message), now)
+        elif self.stall_at is not None and now >= self.stall_at:
+            message = f"no output for {self.limits.stall_timeout_s:g}s"
+            self.stop(TaskState.TIMED_OUT, TaskError(kind=ErrorKind.STALL, message=message), now)
+        if self.grace_at is not None and now >= self.grace_at:
+            self.grace_at = None
+            self._escalate(now, self.limits.kill_grace_s, why="result_grace")
+        if self.kill_at is not None and now >= self.kill_at:
+            self._kill(now)
+        if self.recheck_at is not None and now >= self.recheck_at:
+            self._recheck(now)
+        self._check_done()
+
+    def stop(self, state: TaskState, error: TaskError, now: float, grace_s: float | None = None) -> None:
+        """Timeout or cancel: record why (the first reason wins) and start the escalation."""
+        if self.verdict is None:
+            self.verdict = (state, error)
+        self.wall_at = self.stall_at = self.grace_at = None
+        grace = self.limits.kill_grace_s if grace_s is None else min(grace_s, self.limits.kill_grace_s)
+        self._escalate(now, grace, why=error.kind)
+
+    def _targets(self) -> list[psutil.Process]:
+        """Every process of this task: our descendants (the subreaper brings back those that
+        escaped with setsid) plus, as a safety net, any process tagged with the task id."""
+        found = {p.pid: p for p in procs.descendants(os.getpid())}
+        for p in procs.tagged(self.task_id):
+            found.setdefault(p.pid, p)
+        return list(found.values())
+
+    def _group(self) -> int | None:
+        # Only while the leader is unreaped does its pid surely still name our group.
+        return self.pgid if self.returncode is None else None
+
+    def _escalate(self, now: float, grace_s: float, why: str) -> None:
+        """The one kill escalation: SIGTERM to the session group and every process of the
+        task now; SIGKILL to whatever is left at `kill_at` (a deadline, not a sleep)."""
+        if self.phase is Phase.RUNNING:
+            targets = self._targets()
+            sent = procs.terminate_task(self._group(), targets)
+            self.phase = Phase.TERMINATING
+            log("task_terminating", task=self.task_id, why=why, signalled=sent, grace_s=grace_s)
+        if self.phase is Phase.TERMINATING:
+            kill_at = now + grace_s
+            self.kill_at = kill_at if self.kill_at is None else min(self.kill_at, kill_at)
+            if grace_s <= 0:
+                self._kill(now)
+
+    def _kill(self, now: float) -> None:
+        targets = [p for p in self._targets() if _alive(p)]
+        sent = procs.kill_task(self._group(), targets)
+        if self.phase is not Phase.KILLED:
+            self.give_up_at = now + GIVE_UP_S
+            log("task_killing", task=self.task_id, signalled=sent, alive=len(targets))
+        self.phase = Phase.KILLED
+        self.kill_at = None
+        self.recheck_at = now + RECHECK_S
+
+    def _recheck(self, now: float) -> None:
+        self._reap_orphans()
+        if self.give_up_at is not None and now >= self.give_up_at:
+            self._give_up()
+            return
+        self._kill(now)
+
+    def _give_up(self) -> None:
+        left = procs.children_pids(os.getpid())
+        log("task_leftovers_unkillable", task=self.task_id, pids=",".join(map(str, left)) or None,
+            main_reaped=self.returncode is not None)
+        for fd in (self.out_fd, self.err_fd):
+            if fd is not None:
+                self._close_output(fd)
+        self._close_stdin()
+        self._close_pidfd()
+        self.finished = True
+        self.kill_at = self.recheck_at = self.give_up_at = None
+
+    # ---- the end ---------------------------------------------------------------------
+
+    def result(self) -> Result:
+        state, outcome = self.executor.finish(self.returncode, self.verdict)
+        log("task_finished", task=self.task_id, attempt=self.attempt, state=state.value,
+            error=outcome.error.kind if outcome.error else None, returncode=self.returncode)
+        return Result(task_id=self.task_id, attempt=self.attempt, state=state.value, outcome=outcome,
+                      started_at=self.started_at, finished_at=time.time())
+
+    def close(self) -> None:
+        """Release fds (idempotent); the pipes are closed by the Popen objects."""
+        self._close_pidfd()
+        self._close_stdin()
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def spawn_failure(dispatch: Dispatch, exc: OSError, argv: list[str]) -> Result:
+    """The Result of a task whose process could not be started."""
+    program = argv[0] if argv else "(empty argv)"
+    where = f" ({exc.filename})" if exc.filename and exc.filename != program else ""
+    message = f"cannot start {program!r}: {exc.strerror or exc}{where}"
+    log("task_spawn_failed", task=dispatch.task_id, program=program, error=message)
+    now = time.time()
+    outcome = Outcome(error=TaskError(kind=ErrorKind.SPAWN, message=message))
+    return Result(task_id=dispatch.task_id, attempt=dispatch.attempt, state=TaskState.FAILED.value,
+                  outcome=outcome, started_at=now, finished_at=now)
+
+
+def launch(dispatch: Dispatch, send: Send, now: float) -> RunningTask | Result:
+    """Spawn the task in its own session and announce it; a spawn failure is a Result."""
+    plan: Launch = plan_launch(dispatch, dict(os.environ))
+    if not plan.argv:
+        return spawn_failure(dispatch, OSError(0, "empty argv"), plan.argv)
+    try:
+        popen = procs.spawn(plan.argv, env=plan.env, cwd=plan.cwd, stdin_data=plan.stdin is not None,
+                            new_session=True)
+    except OSError as exc:  # FileNotFoundError, PermissionError, NotADirectoryError, ...
+        return spawn_failure(dispatch, exc, plan.argv)
+    task = RunningTask(dispatch, popen, plan.stdin, send, now)
+    send(Started(task_id=task.task_id, attempt=task.attempt, pid=task.pid, pgid=task.pgid))
+    log("task_started", task=task.task_id, attempt=task.attempt, kind=dispatch.spec.kind, pid=task.pid)
+    return task
