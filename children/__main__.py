@@ -78,7 +78,7 @@ def connect(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, identity: str) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    bind(slot="?", pid=os.getpid())
+    bind(slot="?", child_pid=os.getpid())
     try:
         args = parse_args(argv)
         bind(slot=args.identity)

@@ -185,7 +185,7 @@ class RunningTask:
         self._close_pidfd()
         self._close_stdin()
         self.wall_at = self.stall_at = self.grace_at = None
-        log("task_exited", task=self.task_id, pid=self.pid, returncode=rc)
+        log("task_exited", task=self.task_id, task_pid=self.pid, returncode=rc)
         # Take what is already in the pipes, then end whatever the task left behind (a
         # leftover holding the pipe open would otherwise keep us from EOF forever).
         for fd in (self.out_fd, self.err_fd):
@@ -345,5 +345,5 @@ def launch(dispatch: Dispatch, send: Send, now: float) -> RunningTask | Result:
         return spawn_failure(dispatch, exc, plan.argv)
     task = RunningTask(dispatch, popen, plan.stdin, send, now)
     send(Started(task_id=task.task_id, attempt=task.attempt, pid=task.pid, pgid=task.pgid))
-    log("task_started", task=task.task_id, attempt=task.attempt, kind=dispatch.spec.kind, pid=task.pid)
+    log("task_started", task=task.task_id, attempt=task.attempt, kind=dispatch.spec.kind, task_pid=task.pid)
     return task

@@ -122,7 +122,7 @@ class Daemon:
         self.notifier = Notifier.from_env(self.environ)
         self.tracer = make_tracer(self.config.tracing)
         self.claude = claude_cli.resolve(self.config.claude.command, self.environ.get("PATH"))
-        self.child_env = taskenv.child_environ(self.environ)
+        self.child_env = taskenv.child_environ(self.environ, frozenset(self.config.security.pass_env))
         self.waiters: list[Waiter] = []
         self.orphans: list[Orphans] = []
         self.task_pgid: dict[str, int] = {}

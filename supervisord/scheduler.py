@@ -214,6 +214,8 @@ class Scheduler:
         self._enqueue(task, now)
 
     def cancel_queued(self, task: Task, now_wall: float, reason: str = "cancelled by request") -> None:
+        if task.state is not TaskState.QUEUED:  # RUNNING -> CANCELLED is legal, but not here:
+            raise TransitionError(f"task {task.id}: {task.state.value} is not queued")  # `queued` would drift
         task.move(TaskState.CANCELLED)  # QUEUED -> CANCELLED
         task.outcome = Outcome(error=TaskError(kind=ErrorKind.CANCELLED, message=reason))
         task.finished_at = now_wall

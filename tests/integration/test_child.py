@@ -1,0 +1,368 @@
+"""A real child (`python -m children`) driven by a ROUTER in the test.
+
+Every test ends by checking, with psutil, that no process tagged with its task ids is
+left anywhere, that the child has no child of its own (no zombie), and that the child
+exits (and is reaped).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from proto.children import Cancel, Dispatch, Progress, Result, Started, Stop
+from proto.task import TaskSpec
+from supervisord import procs
+from tests.childharness import REPO, ChildHarness, exec_dispatch, limits
+
+pytestmark = pytest.mark.timeout(30)
+
+PY = sys.executable
+
+#: A tree that fights back: the task ignores SIGTERM and forks a grandchild that moves to
+#: its own session (setsid), also ignores SIGTERM, and keeps the stdout pipe open. Its
+#: middle parent exits, so the grandchild is an orphan (re-parented to the subreaper).
+#: argv[1] == "stay": the task itself keeps running; "exit": it exits 0 at once.
+TREE = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.write(w, b"x")
+        time.sleep(60)
+    os._exit(0)
+os.read(r, 1)
+print("tree ready", flush=True)
+if sys.argv[1] == "stay":
+    time.sleep(60)
+"""
+
+
+def _no_zombies_or_children(h: ChildHarness) -> None:
+    left = h.child_children()
+    assert left == [], f"child still has children: {[(p.pid, p.status()) for p in left]}"
+
+
+@pytest.fixture
+def child() -> Iterator[ChildHarness]:
+    h = ChildHarness()
+    try:
+        h.hello()
+        yield h
+        if h.proc.poll() is None:
+            _no_zombies_or_children(h)
+            h.send(Stop())
+            assert h.wait_exit(5) == 0
+        assert h.proc.returncode is not None
+        assert not psutil.pid_exists(h.proc.pid) or psutil.Process(h.proc.pid).status() != psutil.STATUS_ZOMBIE
+        assert h.leftovers() == []
+    finally:
+        h.close()
+
+
+def _wait_tree(h: ChildHarness, task_id: str, count: int = 2) -> list[psutil.Process]:
+    assert h.wait_for(lambda: len(procs.tagged(task_id)) >= count, 5), "tree did not come up"
+    return procs.tagged(task_id)
+
+
+# ---- plain exec tasks ------------------------------------------------------------------
+
+
+def test_echo_starts_then_succeeds(child: ChildHarness) -> None:
+    result, seen = child.run(exec_dispatch("t-echo", ["echo", "hi"]))
+    assert [type(m) for m in seen] == [Started]
+    started = seen[0]
+    assert isinstance(started, Started) and started.pid == started.pgid
+    assert result.state == "succeeded"
+    assert result.outcome.result == "hi\n" and result.outcome.exit_code == 0
+    assert result.outcome.error is None and not result.outcome.truncated
+    assert result.started_at <= result.finished_at <= time.time()
+
+
+def test_exit_1_is_failed_exit(child: ChildHarness) -> None:
+    result, _ = child.run(exec_dispatch("t-exit", [PY, "-c", "import sys; print('oops', file=sys.stderr); sys.exit(1)"]))
+    assert result.state == "failed"
+    assert result.outcome.error is not None and result.outcome.error.kind == "exit"
+    assert result.outcome.error.message == "exited with 1"
+    assert result.outcome.exit_code == 1 and result.outcome.stderr == "oops\n"
+
+
+def test_missing_binary_is_failed_spawn(child: ChildHarness) -> None:
+    result, seen = child.run(exec_dispatch("t-missing", ["/nonexistent/supd-nope", "x"]))
+    assert seen == []  # never started
+    assert result.state == "failed"
+    assert result.outcome.error is not None and result.outcome.error.kind == "spawn"
+    assert "/nonexistent/supd-nope" in result.outcome.error.message
+
+
+def test_input_goes_to_stdin(child: ChildHarness) -> None:
+    result, _ = child.run(exec_dispatch("t-cat", ["cat"], input="hello\nworld\n"))
+    assert result.state == "succeeded" and result.outcome.result == "hello\nworld\n"
+    # Far larger than a pipe: writing and reading must interleave in the poll loop.
+    big = "".join(f"{i:07d}\n" for i in range(400_000))  # 3.2 MB
+    result, _ = child.run(exec_dispatch("t-cat-big", ["cat"], input=big, output_cap_bytes=8 << 20))
+    assert result.state == "succeeded" and result.outcome.result == big
+
+
+def test_output_cap_truncates_and_keeps_draining(child: ChildHarness) -> None:
+    flood = [PY, "-c", "import sys; sys.stdout.write('x' * 5_000_000); sys.stderr.write('e' * 300_000)"]
+    result, _ = child.run(exec_dispatch("t-flood", flood, output_cap_bytes=100_000))
+    assert result.state == "succeeded"  # it never blocked on a full pipe
+    assert result.outcome.truncated
+    assert result.outcome.result == "x" * 100_000
+    assert result.outcome.stderr == "e" * 100_000
+
+
+def test_env_and_cwd(child: ChildHarness, tmp_path: Path) -> None:
+    script = "import os; print(os.getcwd(), os.environ['SUPD_TASK_ID'], os.environ['FOO'], os.environ['BAR'])"
+    d = exec_dispatch("t-env", [PY, "-c", script], cwd=str(tmp_path), env={"FOO": "spec"})
+    d = Dispatch(task_id=d.task_id, attempt=1, spec=d.spec, limits=d.limits, env={"FOO": "dispatch", "BAR": "b"})
+    result, _ = child.run(d)
+    assert result.outcome.result == f"{tmp_path} t-env spec b\n"
+
+
+# ---- timeouts --------------------------------------------------------------------------
+
+
+def test_wall_timeout(child: ChildHarness) -> None:
+    t0 = time.monotonic()
+    result, _ = child.run(exec_dispatch("t-wall", ["sleep", "30"], timeout_s=0.5, kill_grace_s=0.5))
+    elapsed = time.monotonic() - t0
+    assert result.state == "timed_out"
+    assert result.outcome.error is not None and result.outcome.error.kind == "timeout"
+    assert result.outcome.error.message == "wall-clock timeout of 0.5s"
+    assert result.outcome.signal == signal.SIGTERM
+    assert elapsed < 0.5 + 0.5 + 0.5
+
+
+def test_stall_timeout(child: ChildHarness) -> None:
+    script = "import time; print('one line', flush=True); time.sleep(30)"
+    t0 = time.monotonic()
+    result, _ = child.run(exec_dispatch("t-stall", [PY, "-c", script], stall_timeout_s=0.5))
+    assert result.state == "timed_out"
+    assert result.outcome.error is not None and result.outcome.error.kind == "stall"
+    assert result.outcome.error.message == "no output for 0.5s"
+    assert result.outcome.result == "one line\n"
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_output_keeps_stall_away(child: ChildHarness) -> None:
+    script = "import time\nfor i in range(8):\n    print(i, flush=True); time.sleep(0.1)"
+    result, _ = child.run(exec_dispatch("t-busy", [PY, "-c", script], stall_timeout_s=0.4))
+    assert result.state == "succeeded"
+
+
+# ---- process trees ---------------------------------------------------------------------
+
+
+def test_cancel_kills_a_tree_that_ignores_sigterm_and_escaped(child: ChildHarness) -> None:
+    child.send(exec_dispatch("t-tree", [PY, "-c", TREE, "stay"], kill_grace_s=0.5))
+    started, _ = child.until(Started)
+    tree = _wait_tree(child, "t-tree")
+    assert any(p.pid != started.pid and _sid(p) != started.pgid for p in tree), "grandchild did not escape"
+    t0 = time.monotonic()
+    child.send(Cancel(task_id="t-tree", reason="user"))
+    result, _ = child.until(Result)
+    elapsed = time.monotonic() - t0
+    assert result.state == "cancelled"
+    assert result.outcome.error is not None and result.outcome.error.kind == "cancelled"
+    assert result.outcome.signal == signal.SIGKILL  # SIGTERM was ignored
+    assert result.outcome.result == "tree ready\n"
+    assert 0.5 <= elapsed < 1.5
+    assert procs.tagged("t-tree") == [] and not any(p.is_running() for p in tree)
+    _no_zombies_or_children(child)
+
+
+def test_leftovers_of_a_finished_task_are_killed(child: ChildHarness) -> None:
+    t0 = time.monotonic()
+    result, _ = child.run(exec_dispatch("t-left", [PY, "-c", TREE, "exit"], kill_grace_s=5.0))
+    # The task succeeded; the escaped grandchild holding its stdout was killed at once,
+    # not after the (long) kill grace.
+    assert result.state == "succeeded" and result.outcome.result == "tree ready\n"
+    assert time.monotonic() - t0 < 2.0
+    assert procs.tagged("t-left") == []
+    _no_zombies_or_children(child)
+
+
+def test_dispatch_while_busy_and_foreign_cancel(child: ChildHarness) -> None:
+    child.send(exec_dispatch("t-long", ["sleep", "30"]))
+    child.until(Started)
+    child.send(exec_dispatch("t-other", ["echo", "no"]))
+    busy, _ = child.until(Result)
+    assert busy.task_id == "t-other" and busy.state == "failed"
+    assert busy.outcome.error is not None and busy.outcome.error.kind == "worker_busy"
+    child.send(Cancel(task_id="t-other"))  # not the running task: ignored
+    child.pump(0.2)
+    assert not any(isinstance(m, Result) and m.task_id == "t-long" for m in child.messages)
+    child.send(Cancel(task_id="t-long"))
+    result, _ = child.until(Result)
+    assert result.task_id == "t-long" and result.state == "cancelled"
+
+
+def test_garbage_frame_is_ignored(child: ChildHarness) -> None:
+    child.send_raw(b"\xc1\xffnot msgpack")
+    child.send_raw(b"\x81\xa4type\xa6Bogus!")  # valid msgpack, unknown tag
+    result, _ = child.run(exec_dispatch("t-after-garbage", ["echo", "still here"]))
+    assert result.state == "succeeded" and result.outcome.result == "still here\n"
+
+
+# ---- the child's own life --------------------------------------------------------------
+
+
+def test_stop_when_idle_exits_0(child: ChildHarness) -> None:
+    child.send(Stop())
+    assert child.wait_exit(5) == 0
+
+
+def test_stop_when_busy_reports_shutdown_then_exits_0(child: ChildHarness) -> None:
+    child.send(exec_dispatch("t-stop", [PY, "-c", TREE, "stay"]))
+    child.until(Started)
+    _wait_tree(child, "t-stop")
+    child.send(Stop())
+    result, _ = child.until(Result)
+    assert result.state == "cancelled"
+    assert result.outcome.error is not None and result.outcome.error.kind == "shutdown"
+    assert child.wait_exit(5) == 0
+    assert procs.tagged("t-stop") == []
+
+
+def test_sigterm_kills_the_tree_and_exits_0(child: ChildHarness) -> None:
+    child.send(exec_dispatch("t-sigterm", [PY, "-c", TREE, "stay"]))
+    child.until(Started)
+    _wait_tree(child, "t-sigterm")
+    child.proc.send_signal(signal.SIGTERM)
+    result, _ = child.until(Result)
+    assert result.outcome.error is not None and result.outcome.error.kind == "shutdown"
+    assert child.wait_exit(5) == 0
+    assert procs.tagged("t-sigterm") == []
+
+
+def test_daemon_loss_kills_the_tree_and_exits() -> None:
+    h = ChildHarness(heartbeat_s=0.2, liveness=3)
+    try:
+        h.hello()
+        h.send(exec_dispatch("t-lost", [PY, "-c", TREE, "stay"], kill_grace_s=5.0))
+        h.until(Started)
+        _wait_tree(h, "t-lost")
+        h.silent = True
+        t0 = time.monotonic()
+        code = h.wait_exit(5)
+        elapsed = time.monotonic() - t0
+        assert code == 4  # DAEMON_LOST_EXIT
+        # silence 0.6 s + exit grace (capped at 1 s) + start-up slack
+        assert elapsed < 0.6 + 1.0 + 1.0
+        assert h.leftovers() == []
+    finally:
+        h.close()
+
+
+def test_boot_failure_when_parent_is_not_the_daemon() -> None:
+    h = ChildHarness(daemon_pid=1)
+    try:
+        assert h.wait_exit(10) == 3
+    finally:
+        h.close()
+
+
+def _sid(p: psutil.Process) -> int | None:
+    try:
+        return os.getsid(p.pid)
+    except ProcessLookupError:
+        return None
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def _names(task_id: str) -> list[str]:
+    return [_name(p) for p in procs.tagged(task_id)]
+
+
+# ---- claude tasks against the stand-in API ---------------------------------------------
+
+
+def _claude_binary() -> str | None:
+    spec = importlib.util.find_spec("claude_agent_sdk")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "_bundled" / "claude"
+        if bundled.exists():
+            return str(bundled)
+    return shutil.which("claude")
+
+
+CLAUDE = _claude_binary()
+needs_claude = pytest.mark.skipif(
+    CLAUDE is None or not (REPO / "bench" / "fakeapi.py").exists(), reason="needs the Claude CLI and bench/fakeapi.py"
+)
+
+
+@pytest.fixture(scope="module")
+def fakeapi_url() -> Iterator[str]:
+    from bench.fakeapi import FakeAPI
+
+    api = FakeAPI()
+    yield api.start()
+    api.stop()
+
+
+def claude_dispatch(task_id: str, prompt: str, url: str, home: Path, **spec_fields: object) -> Dispatch:
+    from bench.fakeapi import claude_env
+
+    assert CLAUDE is not None
+    env = {**claude_env(url, str(home)), "CLAUDE_CODE_MAX_RETRIES": "0"}
+    spec = TaskSpec(kind="claude", prompt=prompt, **spec_fields)  # type: ignore[arg-type]
+    return Dispatch(task_id=task_id, attempt=1, spec=spec, limits=limits(timeout_s=25.0), env=env,
+                    claude_command=[CLAUDE])
+
+
+@needs_claude
+def test_claude_success(child: ChildHarness, fakeapi_url: str, tmp_path: Path) -> None:
+    result, seen = child.run(claude_dispatch("c-ok", "hello child", fakeapi_url, tmp_path), timeout_s=25)
+    assert result.state == "succeeded", result
+    o = result.outcome
+    assert o.result == "ECHO: hello child" and o.is_error is False and o.exit_code == 0
+    assert o.usage is not None and o.usage.input_tokens > 0 and o.usage.output_tokens > 0
+    assert o.cost_usd is not None and o.cost_usd > 0 and o.num_turns == 1 and o.session_id
+    events = [m.event for m in seen if isinstance(m, Progress)]
+    assert events[0] == "system/init" and events[-1] == "result/success" and "assistant" in events
+    summaries = [m.summary for m in seen if isinstance(m, Progress)]
+    assert 'assistant text: "ECHO: hello child"' in summaries
+
+
+@needs_claude
+def test_claude_auth_failure_is_quick(child: ChildHarness, fakeapi_url: str, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    result, _ = child.run(claude_dispatch("c-401", "[[status:401]]", fakeapi_url, tmp_path), timeout_s=25)
+    assert result.state == "failed"
+    assert result.outcome.error is not None and result.outcome.error.kind == "auth"
+    assert result.outcome.api_error_status == 401 and result.outcome.is_error is True
+    assert time.monotonic() - t0 < 10
+
+
+@needs_claude
+def test_claude_cancel_reaches_the_bash_tool(child: ChildHarness, fakeapi_url: str, tmp_path: Path) -> None:
+    d = claude_dispatch("c-bash", "[[bash:sleep 45]]", fakeapi_url, tmp_path, allowed_tools=["Bash"])
+    child.send(d)
+    started, _ = child.until(Started, 25)
+    assert child.wait_for(lambda: "sleep" in _names("c-bash"), 15), "the Bash tool never ran"
+    sleeper = next(p for p in procs.tagged("c-bash") if _name(p) == "sleep")
+    assert _sid(sleeper) != started.pgid  # the CLI ran it in a session of its own
+    child.send(Cancel(task_id="c-bash"))
+    result, _ = child.until(Result, 10)
+    assert result.state == "cancelled"
+    assert procs.tagged("c-bash") == []
