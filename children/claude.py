@@ -106,7 +106,7 @@ def event_name(event: StreamEvent) -> str:
 
 def _clip(text: str, limit: int) -> str:
     flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 def _tool_arg(block: ContentBlock) -> str:

@@ -118,6 +118,7 @@ class ExecExecutor:
 
     def finish(self, returncode: int | None, verdict: Verdict | None) -> tuple[TaskState, Outcome]:
         exit_code, sig = _exit_fields(returncode)
+        error: TaskError | None
         if verdict is not None:
             state, error = verdict
         elif returncode == 0:
@@ -201,6 +202,7 @@ class ClaudeExecutor:
         if self.result is None and self.partial:
             self._on_line(bytes(self.partial))  # a last line without its newline
         exit_code, sig = _exit_fields(returncode)
+        error: TaskError | None
         if verdict is not None:
             state, error = verdict
         else:

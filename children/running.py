@@ -91,9 +91,9 @@ class RunningTask:
 
     def watch(self) -> dict[int, int]:
         """fd -> poll flags to watch now."""
-        fds = {fd: zmq.POLLIN for fd in (self.pidfd, self.out_fd, self.err_fd) if fd is not None}
+        fds: dict[int, int] = {fd: int(zmq.POLLIN) for fd in (self.pidfd, self.out_fd, self.err_fd) if fd is not None}
         if self.in_fd is not None:
-            fds[self.in_fd] = zmq.POLLOUT
+            fds[self.in_fd] = int(zmq.POLLOUT)
         return fds
 
     def next_deadline(self) -> float | None:
@@ -316,7 +316,7 @@ class RunningTask:
 
 def _alive(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -335,6 +335,8 @@ def spawn_failure(dispatch: Dispatch, exc: OSError, argv: list[str]) -> Result:
 
 def launch(dispatch: Dispatch, send: Send, now: float) -> RunningTask | Result:
     """Spawn the task in its own session and announce it; a spawn failure is a Result."""
+    if dispatch.spec.kind == "claude" and not dispatch.claude_command:
+        return spawn_failure(dispatch, OSError(0, "no Claude CLI command given"), ["claude"])
     plan: Launch = plan_launch(dispatch, dict(os.environ))
     if not plan.argv:
         return spawn_failure(dispatch, OSError(0, "empty argv"), plan.argv)
@@ -343,6 +345,8 @@ def launch(dispatch: Dispatch, send: Send, now: float) -> RunningTask | Result:
                             new_session=True)
     except OSError as exc:  # FileNotFoundError, PermissionError, NotADirectoryError, ...
         return spawn_failure(dispatch, exc, plan.argv)
+    except ValueError as exc:  # an env key with "=" or a NUL byte in argv/env
+        return spawn_failure(dispatch, OSError(0, str(exc)), plan.argv)
     task = RunningTask(dispatch, popen, plan.stdin, send, now)
     send(Started(task_id=task.task_id, attempt=task.attempt, pid=task.pid, pgid=task.pgid))
     log("task_started", task=task.task_id, attempt=task.attempt, kind=dispatch.spec.kind, task_pid=task.pid)

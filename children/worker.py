@@ -94,7 +94,7 @@ class Worker:
         setproctitle(f"supd-child {self.config.identity} {state}")
 
     def _sync_poller(self) -> None:
-        wanted = {self.wake_r.fileno(): zmq.POLLIN}
+        wanted: dict[int, int] = {self.wake_r.fileno(): int(zmq.POLLIN)}
         if self.task is not None:
             wanted.update(self.task.watch())
         for fd in self.polled.keys() - wanted.keys():
@@ -179,7 +179,7 @@ class Worker:
             self.daemon_seen = now  # any message counts as a heartbeat
             try:
                 msg = self.decode(frames[-1])
-            except msgspec.DecodeError as exc:
+            except proto.DECODE_ERRORS as exc:
                 log("bad_frame", frames=len(frames), size=len(frames[-1]), error=str(exc)[:120])
                 continue
             self._handle(msg, now)

@@ -8,4 +8,11 @@ Schema evolution follows msgspec's rules: new fields get defaults, types never
 change, and the protocol version in the hello is bumped on a breaking change.
 """
 
+import msgspec
+
 PROTOCOL_VERSION = 1
+
+#: Everything a decoder may raise on hostile bytes: msgspec raises UnicodeDecodeError (not a
+#: DecodeError) for invalid UTF-8 inside a msgpack string, and RecursionError when it skips a
+#: deeply nested unknown field (a few KiB of 0x91 bytes; tests/unit/test_fuzz_decoders.py).
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)

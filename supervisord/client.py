@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
+from proto import DECODE_ERRORS
 from proto import control as ctl
 
 
@@ -30,7 +31,11 @@ def control_endpoint(state_dir: str | None, runtime_dir: str | None) -> str:
 
 
 class Client:
-    def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
+    """`curve`: (client public, client secret, server public) keys, z85, for a tcp:// endpoint
+    that is a CurveZMQ server; without them such a daemon never answers."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 5.0,
+                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
@@ -39,6 +44,8 @@ class Client:
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.connect(endpoint)
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(ctl.Reply)
@@ -51,7 +58,7 @@ class Client:
             raise ClientError(f"the daemon did not answer within {timeout:g}s ({self.endpoint})")
         try:
             return self._dec.decode(self.sock.recv())
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except DECODE_ERRORS as e:
             raise ClientError(f"cannot decode the daemon's reply: {e}") from None
 
     def close(self) -> None:

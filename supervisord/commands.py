@@ -7,6 +7,7 @@ what `supctl` users see for that command.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 from proto import control as ctl
 from proto.task import ErrorKind, TaskState
 from supervisord import config as config_mod
-from supervisord import claude_cli, traceids, validate
+from supervisord import claude_cli, taskenv, traceids, validate
 from supervisord.logs import log
 from supervisord.scheduler import Breaker, Task
 
@@ -34,8 +35,18 @@ def handle(d: "Daemon", envelope: Envelope, request: ctl.Request) -> None:
 
 
 def new_task_id(now_ns: int, rand: int) -> str:
-    """Sortable and unique: milliseconds since the epoch in hex, then 24 random bits."""
-    return f"t{now_ns // 1_000_000:011x}{rand & 0xFFFFFF:06x}"
+    """Sortable and unique: milliseconds since the epoch in hex, then 40 bits that the caller
+    makes unique within the daemon (a counter in the high bits, randomness below)."""
+    return f"t{now_ns // 1_000_000:011x}{rand & 0xFF_FFFF_FFFF:010x}"
+
+
+_id_counter = itertools.count(random.getrandbits(20))
+
+
+def next_task_id(now_ns: int) -> str:
+    """A counter (24 bits) makes ids of one daemon unique even within one millisecond; 16 random
+    bits keep two daemons' ids (a restart within the same millisecond) apart."""
+    return new_task_id(now_ns, ((next(_id_counter) & 0xFF_FFFF) << 16) | random.getrandbits(16))
 
 
 def submit(d: "Daemon", envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
@@ -56,7 +67,7 @@ def submit(d: "Daemon", envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None
     now, wall = d.clock(), d.wall()
     default_retries = d.config.tasks.retries
     tasks = [
-        Task(id=new_task_id(start_ns, random.getrandbits(24)), spec=spec, submitted_at=wall,
+        Task(id=next_task_id(start_ns), spec=spec, submitted_at=wall,
              retries=spec.retries if spec.retries is not None else default_retries,
              trace_id=trace_id, parent_span_id=master, tracestate=req.tracestate)
         for spec in req.tasks
@@ -219,6 +230,7 @@ def reload(d: "Daemon", envelope: Envelope | None = None, req: ctl.Reload | None
     d.sched.max_queued = new.daemon.max_queued
     d.breaker.threshold, d.breaker.open_s = new.breaker.threshold, new.breaker.open_s
     d.claude = claude_cli.resolve(new.claude.command, d.environ.get("PATH"))
+    d.child_env = taskenv.child_environ(d.environ, frozenset(new.security.pass_env))  # for children spawned from now
     apply_size(d, new.daemon.children)
     d.notifier.ready()
     log("reloaded", config=d.config_path, children=new.daemon.children)

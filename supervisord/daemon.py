@@ -30,7 +30,7 @@ from proto import PROTOCOL_VERSION
 from proto import children as cp
 from proto import control as ctl
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord import claude_cli, procs, taskenv, traceids
+from supervisord import claude_cli, curve, procs, taskenv, traceids
 from supervisord.config import Config
 from supervisord.control import ControlServer
 from supervisord.eventbus import EventBus
@@ -135,6 +135,7 @@ class Daemon:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._title = ""
+        self._status_sent = ""
 
     # ---- run ----------------------------------------------------------------------
 
@@ -144,13 +145,20 @@ class Daemon:
         self.ctx = zmq.asyncio.Context()
         limit = self.config.limits.max_message_bytes
         self.transport = ChildTransport(self.ctx, self.paths.children, self.inbox, limit)
-        self.control = ControlServer(self.ctx, self.paths.control, self.inbox, limit)
+        keys = curve.server_keys(self.config.security)  # main() already refused bad keys with exit 2
+        tcp = (self.config.security.control_endpoint or "", keys) if keys else None
+        self.control = ControlServer(self.ctx, self.paths.control, self.inbox, limit, tcp)
         self.events = EventBus(self.ctx, self.paths.events)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.inbox.put_nowait, SignalReceived(signum))
         self._recover()
         self.transport.start()
         self.control.start()
+        self.prom = None
+        if self.config.metrics.prometheus_port > 0:
+            from supervisord import prom  # prometheus_client is loaded only when asked for
+
+            self.prom = prom.start(self)
         log("daemon_started", pid=os.getpid(), state_dir=self.paths.state_dir, children=self.config.daemon.children,
             claude=" ".join(self.claude.argv), claude_source=self.claude.source)
         self.pool.resize(self.config.daemon.children, self.clock())
@@ -207,6 +215,8 @@ class Daemon:
         self.transport.close()
         self.control.close()
         self.events.close()
+        if self.prom is not None:
+            self.prom.stop()
         self.tracer.shutdown()
         self.ctx.term()
         self.journal.close()
@@ -394,6 +404,12 @@ class Daemon:
             error = TaskError(kind=ErrorKind.WORKER_LOST, message=f"child {identity} exited ({returncode}) mid-task")
         self._finish(task, TaskState.FAILED, Outcome(error=error), now)
 
+    def _orphaned(self, task_id: str) -> list[int]:
+        """Pids tagged `task_id` that no live child owns: what a lost attempt left behind.
+        A retry of the same task carries the same tag but runs under a live child: spared."""
+        owned = {p.pid for slot in self.pool.alive() if slot.pid for p in procs.descendants(slot.pid)}
+        return [p.pid for p in procs.tagged(task_id) if p.pid not in owned]
+
     def _kill_child(self, slot: Slot, now: float, reason: str) -> None:
         log("child_kill", logging.WARNING, child=slot.identity, pid=slot.pid, reason=reason)
         if slot.pid:
@@ -460,7 +476,7 @@ class Daemon:
             self._apply(due, now)
         for orphan in [o for o in self.orphans if o.deadline <= now]:
             self.orphans.remove(orphan)
-            procs.kill_task(orphan.pgid, [p.pid for p in procs.tagged(orphan.task_id)])
+            procs.kill_task(orphan.pgid, self._orphaned(orphan.task_id))
         for waiter in [w for w in self.waiters if w.deadline <= now]:
             self.answer_waiter(waiter)
         if now >= self.next_heartbeat:
@@ -491,7 +507,10 @@ class Daemon:
             candidates.append(self.next_watchdog)
         if self.drain_deadline is not None:
             candidates.append(self.drain_deadline)
-        at = max(now + 0.001, min(c for c in candidates if c is not None))
+        # A deadline at or before `now` was handled by `_on_timers` with this same `now`, or
+        # cannot be acted on until an event arrives (a due retry with no idle child, a breaker
+        # ready for a probe with no child free): waking for it again would only spin.
+        at = min(c for c in candidates if c is not None and c > now)
         if self._timer_at is not None and abs(self._timer_at - at) < 0.0005:
             return
         if self._timer:
@@ -540,14 +559,16 @@ class Daemon:
 
     def _maybe_ready(self) -> None:
         if self.phase is not Phase.STARTING:
-            if self.notifier.enabled:
-                self.notifier.status(self.status_line())
+            if self.notifier.enabled and (line := self.status_line()) != self._status_sent:
+                self._status_sent = line  # only on change: an idle daemon sends WATCHDOG=1 and nothing else
+                self.notifier.status(line)
             return
         counts = self.pool.counts()
         booting = counts[ChildState.STARTING.value] + counts[ChildState.BACKOFF.value]
         if booting == 0:
             self.phase = Phase.RUNNING
-            self.notifier.ready(self.status_line())
+            self._status_sent = self.status_line()
+            self.notifier.ready(self._status_sent)
             log("daemon_ready", children=counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value],
                 fatal=counts[ChildState.FATAL.value], control=self.paths.control)
 

@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"supd: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    from supervisord import curve
+
+    try:
+        curve.server_keys(config.security)  # never listen on tcp without CurveZMQ
+    except curve.CurveError as e:
+        print(f"supd: refusing to start: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if args.children is not None:
         config = msgspec.structs.replace(config, daemon=msgspec.structs.replace(config.daemon, children=args.children))
     logs.setup(args.log_level or config.daemon.log_level)

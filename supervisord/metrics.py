@@ -7,6 +7,7 @@ optional Prometheus exporter reads it. Imports the stdlib only.
 from __future__ import annotations
 
 import bisect
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,7 +37,8 @@ class Histogram:
         if not self.recent:
             return None
         ordered = sorted(self.recent)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        rank = max(1, math.ceil(q * len(ordered)))  # nearest-rank
+        return ordered[rank - 1]
 
 
 @dataclass(slots=True)
@@ -68,6 +70,16 @@ class Metrics:
         ok = sum(n for (_, state), n in self.finished.items() if state == "succeeded")
         return ok / done if done else None
 
+    def by_kind(self) -> dict[str, dict[str, object]]:
+        """Per task kind: received, succeeded, failed, and failures by error class."""
+        kinds = sorted({*self.received, *(k for k, _ in self.finished)})
+        return {kind: {
+            "received": self.received.get(kind, 0),
+            "succeeded": self.finished.get((kind, "succeeded"), 0),
+            "failed": sum(n for (k, s), n in self.finished.items() if k == kind and s != "succeeded"),
+            "errors": {e: n for (k, e), n in sorted(self.errors.items()) if k == kind},
+        } for kind in kinds}
+
     def snapshot(self) -> dict[str, object]:
         return {
             "tasks_received": dict(self.received),
@@ -75,6 +87,7 @@ class Metrics:
             "tasks_succeeded": sum(n for (_, s), n in self.finished.items() if s == "succeeded"),
             "tasks_failed": sum(n for (_, s), n in self.finished.items() if s != "succeeded"),
             "errors": {f"{k}/{e}": n for (k, e), n in sorted(self.errors.items())},
+            "by_kind": self.by_kind(),
             "retries": self.retries,
             "child_restarts": self.child_restarts,
             "child_fatal": self.child_fatal,

@@ -125,6 +125,8 @@ class Pool:
     policy: Policy
     slots: list[Slot] = field(default_factory=list)
     _by_identity: dict[str, Slot] = field(default_factory=dict)
+    #: last generation of each removed slot index, so a regrown slot never reuses an identity
+    _generations: dict[int, int] = field(default_factory=dict)
 
     # ---- size -------------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class Pool:
         for _ in range(max(0, n - len(live))):
             index = next(i for i in range(len(used) + 1) if i not in used)
             used.add(index)
-            self.slots.append(Slot(index=index, respawn_at=now))
+            self.slots.append(Slot(index=index, respawn_at=now, generation=self._generations.get(index, 0)))
         self.slots.sort(key=lambda s: s.index)
         return out
 
@@ -153,6 +155,7 @@ class Pool:
     def _remove(self, slot: Slot) -> None:
         self.slots.remove(slot)
         self._by_identity.pop(slot.identity, None)
+        self._generations[slot.index] = slot.generation
 
     # ---- lifecycle --------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from typing import TypeAlias
 
 import psutil
 
@@ -48,7 +49,8 @@ TASK_ENV = "SUPD_TASK_ID"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
-Target = int | psutil.Process
+#: A process to signal: a pid, or a psutil.Process (pid-reuse safe).
+Target: TypeAlias = "int | psutil.Process"
 
 
 def _prctl(option: int, arg: int) -> None:
@@ -168,7 +170,7 @@ def children_pids(pid: int) -> list[int]:
 
 def _safe_children(pid: int, *, recursive: bool) -> list[psutil.Process]:
     try:
-        return psutil.Process(pid).children(recursive=recursive)
+        return list(psutil.Process(pid).children(recursive=recursive))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
 
@@ -185,7 +187,7 @@ def _has_tag(proc: psutil.Process, task_id: str, uid: int) -> bool:
     try:
         if proc.uids().real != uid:
             return False
-        return proc.environ().get(TASK_ENV) == task_id
+        return bool(proc.environ().get(TASK_ENV) == task_id)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 

@@ -76,6 +76,11 @@ def should_retry(task: Task, outcome: Outcome) -> bool:
     return kind in ErrorKind.RETRYABLE or (kind == ErrorKind.EXIT and task.spec.retry_on_exit)
 
 
+#: Failure classes that say nothing about the Claude backend's health.
+NEUTRAL = frozenset({ErrorKind.CANCELLED, ErrorKind.SHUTDOWN, ErrorKind.WORKER_LOST, ErrorKind.SPAWN,
+                     ErrorKind.TIMEOUT})
+
+
 class BreakerState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
@@ -112,13 +117,19 @@ class Breaker:
         return None
 
     def record(self, error_kind: str | None, now: float) -> BreakerState | None:
-        """A Claude attempt ended; returns the new state if it changed."""
-        infra = error_kind in ErrorKind.INFRASTRUCTURE
+        """A Claude attempt ended; returns the new state if it changed.
+
+        Outcomes that say nothing about the backend (cancelled, shutdown, worker lost, spawn
+        failure, wall timeout) neither count nor reset; they only free the probe slot. Any
+        answer from the backend that is not an infrastructure failure (success, auth, bad
+        request, max turns) breaks the run of consecutive failures and closes the breaker."""
         old = self.state
-        if not infra:
-            if error_kind is None or self.state is BreakerState.HALF_OPEN:
-                self.failures, self.probe_out = 0, False
-                self.state = BreakerState.CLOSED  # HALF_OPEN -> CLOSED on a healthy answer
+        if error_kind in NEUTRAL:
+            self.probe_out = False  # HALF_OPEN: another probe may go
+            return None
+        if error_kind not in ErrorKind.INFRASTRUCTURE:
+            self.failures, self.probe_out = 0, False
+            self.state = BreakerState.CLOSED  # * -> CLOSED on an answer from a healthy backend
             return self.state if self.state is not old else None
         self.failures += 1
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.threshold:

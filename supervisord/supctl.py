@@ -8,7 +8,6 @@ Owns argument parsing and output formatting; talks to the daemon only through
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -288,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="the daemon's state dir (or $SUPD_STATE_DIR)")
     p.add_argument("--runtime-dir", help="the daemon's socket dir if not the state dir (or $SUPD_RUNTIME_DIR)")
     p.add_argument("--reply-timeout", type=float, default=5.0, help="seconds to wait for the daemon's answer")
+    p.add_argument("--endpoint", help="connect here instead, e.g. tcp://host:port (CurveZMQ keys from --config)")
+    p.add_argument("--config", help="TOML file whose [security] client_secret_key/server_public_key are used for tcp")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str, fn: Callable[[Client, argparse.Namespace], int]) -> argparse.ArgumentParser:
@@ -334,12 +335,30 @@ def _extra_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> No
         module.register(cmd)
 
 
+def connection(a: argparse.Namespace) -> tuple[str, tuple[bytes, bytes, bytes] | None]:
+    """Where to connect, and for a tcp:// endpoint the CurveZMQ keys from `--config`."""
+    endpoint = a.endpoint or control_endpoint(a.state_dir, a.runtime_dir)
+    if not endpoint.startswith("tcp://"):
+        return endpoint, None
+    from supervisord import config as config_mod
+    from supervisord import curve
+
+    if not a.config:
+        raise UsageError(f"{endpoint} is tcp: give --config FILE with [security] client_secret_key and "
+                         "server_public_key (supd only listens on tcp with CurveZMQ)")
+    try:
+        keys = curve.client_keys(config_mod.load(a.config).security)
+    except (config_mod.ConfigError, curve.CurveError) as e:
+        raise UsageError(str(e)) from None
+    return endpoint, (keys.public, keys.secret, keys.server_public)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        endpoint = control_endpoint(a.state_dir, a.runtime_dir)
-        with Client(endpoint, timeout_s=a.reply_timeout) as c:
+        endpoint, keys = connection(a)
+        with Client(endpoint, timeout_s=a.reply_timeout, curve=keys) as c:
             return int(a.fn(c, a))
     except UsageError as e:
         print(f"supctl: {e}", file=sys.stderr)

@@ -29,10 +29,10 @@ def task_env(span: SpanRef, tracestate: str | None, kind: str, claude_env: Mappi
              claude_max_retries: int) -> dict[str, str]:
     """Variables supd adds for one attempt: W3C context naming the task's own span, and for
     Claude tasks the configured `[claude] env` plus a cap on the CLI's own retry loop."""
-    env = {"TRACEPARENT": span.traceparent}
-    if tracestate:
-        env["TRACESTATE"] = tracestate
+    env = dict(claude_env) if kind == "claude" else {}
     if kind == "claude":
         env["CLAUDE_CODE_MAX_RETRIES"] = str(claude_max_retries)
-        env.update(claude_env)
+    env["TRACEPARENT"] = span.traceparent  # always the task's own span: config cannot override it
+    if tracestate:
+        env["TRACESTATE"] = tracestate
     return env

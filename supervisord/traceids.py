@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+#: version-trace_id-parent_id-flags, lowercase hex only; a future version may add "-..." fields.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +33,13 @@ def span_id(rand64: int) -> str:
 
 
 def parse_traceparent(value: str | None) -> SpanRef | None:
-    """A valid `traceparent` header value, or None (invalid values are ignored, per W3C)."""
+    """A valid `traceparent` header value, or None (invalid values are ignored, per W3C:
+    uppercase hex, version ff, all-zero ids, or extra fields on version 00)."""
     if not value:
         return None
-    m = _TRACEPARENT.match(value.strip().lower())
-    if not m or set(m.group(1)) == {"0"} or set(m.group(2)) == {"0"}:
+    m = _TRACEPARENT.fullmatch(value.strip(" \t"))
+    if not m or m.group(1) == "ff" or (m.group(1) == "00" and m.group(5)):
         return None
-    return SpanRef(m.group(1), m.group(2), int(m.group(3), 16) & 1 == 1)
+    if set(m.group(2)) == {"0"} or set(m.group(3)) == {"0"}:
+        return None
+    return SpanRef(m.group(2), m.group(3), int(m.group(4), 16) & 1 == 1)

@@ -15,6 +15,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from proto import DECODE_ERRORS
 from proto import children as cp
 from supervisord.events import ChildSaid, Event
 from supervisord.logs import log
@@ -49,7 +50,7 @@ class ChildTransport:
             identity, payload = frames
             try:
                 message = self._dec.decode(payload)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            except DECODE_ERRORS as e:
                 self._drop(identity, str(e))
                 continue
             self.inbox.put_nowait(ChildSaid(identity.decode(errors="replace"), message))

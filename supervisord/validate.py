@@ -29,6 +29,8 @@ def task_problem(spec: TaskSpec, limits: LimitsConfig) -> str | None:
             return f"argv: {size} bytes exceeds limits.max_argv_bytes={limits.max_argv_bytes}"
         if any("\0" in a for a in spec.argv):
             return "argv: contains a NUL byte"
+        if spec.prompt is not None:
+            return "exec task: prompt is only for claude tasks (give the command as argv)"
     for name in ("timeout_s", "stall_timeout_s", "max_budget_usd"):
         value = getattr(spec, name)
         if value is not None and not value > 0:

@@ -32,8 +32,8 @@ M = TypeVar("M")
 
 
 def limits(**overrides: object) -> Limits:
-    base: dict[str, object] = dict(timeout_s=20.0, stall_timeout_s=None, result_grace_s=1.0, kill_grace_s=0.5,
-                                   output_cap_bytes=1 << 20)
+    base: dict[str, object] = {"timeout_s": 20.0, "stall_timeout_s": None, "result_grace_s": 1.0,
+                               "kill_grace_s": 0.5, "output_cap_bytes": 1 << 20}
     base.update(overrides)
     return Limits(**base)  # type: ignore[arg-type]
 
@@ -95,7 +95,7 @@ class ChildHarness:
             if self.router.poll(max(1, int(wait_s * 1000)), zmq.POLLIN):
                 ident, payload = self.router.recv_multipart()
                 assert ident == self.identity.encode()
-                msg = self.decode(payload)
+                msg: ChildMessage = self.decode(payload)
                 self.messages.append(msg)
                 return msg
 

@@ -11,6 +11,7 @@ import pytest
 
 from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState
 from supervisord.scheduler import (
+    NEUTRAL,
     TRANSITIONS,
     Breaker,
     BreakerState,
@@ -51,7 +52,8 @@ def drain(s: Scheduler, now: float, claude_allowed: bool = True) -> list[str]:
 
 # ---- the transition table -------------------------------------------------------------
 
-ALLOWED = sorted(((a, b) for a, bs in TRANSITIONS.items() for b in bs), key=lambda p: (p[0].value, p[1].value))
+ALLOWED = sorted(((a, b) for a, bs in TRANSITIONS.items() for b in bs),
+                 key=lambda p: (p[0].value, p[1].value))
 FORBIDDEN = [(a, b) for a, b in itertools.product(S, S) if (a, b) not in ALLOWED]
 
 
@@ -93,7 +95,8 @@ def test_final_states_are_final(state: TaskState) -> None:
     [
         # (id, kind, priority) in arrival order -> take order
         ([("a", "claude", 0), ("b", "claude", 0), ("c", "claude", 0)], ["a", "b", "c"]),
-        ([("a", "claude", 0), ("b", "claude", 5), ("c", "claude", 0), ("d", "claude", 5)], ["b", "d", "a", "c"]),
+        ([("a", "claude", 0), ("b", "claude", 5), ("c", "claude", 0), ("d", "claude", 5)],
+         ["b", "d", "a", "c"]),
         ([("a", "exec", -1), ("b", "exec", 0), ("c", "exec", 1)], ["c", "b", "a"]),
         # across kinds the same rule holds: one queue order, two heaps
         ([("a", "claude", 0), ("b", "exec", 0), ("c", "claude", 0), ("d", "exec", 0)], ["a", "b", "c", "d"]),
@@ -231,7 +234,8 @@ def test_retry_requeues_with_not_before_now_plus_delay(rand: float, delay_s: flo
     s = Scheduler()
     t = _running(s, retries=2)
     now = 100.0
-    retried = s.finish(t, S.FAILED, failed(ErrorKind.OVERLOADED), now, now_wall=2000.0, retry=(1.0, 60.0, rand))
+    retried = s.finish(t, S.FAILED, failed(ErrorKind.OVERLOADED), now, now_wall=2000.0,
+                       retry=(1.0, 60.0, rand))
     assert retried
     assert (t.state, t.child, t.finished_at, t.attempts) == (S.QUEUED, None, None, 1)
     assert t.not_before == pytest.approx(now + delay_s)
@@ -423,16 +427,28 @@ def test_non_infra_failures_do_not_count(kind: str) -> None:
     assert (b.state, b.failures) == (BreakerState.CLOSED, 0)
 
 
-@pytest.mark.parametrize("kind", NOT_INFRA)
-def test_non_infra_failure_in_closed_neither_counts_nor_resets(kind: str) -> None:
-    """What the code does: only a success resets the count, so infra failures separated by,
-    say, an auth error or a lost worker still add up to the threshold."""
+@pytest.mark.parametrize("kind", sorted(NEUTRAL))
+def test_neutral_outcome_in_closed_neither_counts_nor_resets(kind: str) -> None:
+    """Outcomes that say nothing about the backend (a lost worker, a cancel) leave the run of
+    consecutive infrastructure failures as it was."""
     b = Breaker(threshold=3)
     b.record(ErrorKind.OVERLOADED, 1.0)
     b.record(ErrorKind.OVERLOADED, 2.0)
     b.record(kind, 3.0)
     assert (b.state, b.failures) == (BreakerState.CLOSED, 2)
     assert b.record(ErrorKind.OVERLOADED, 4.0) is BreakerState.OPEN
+
+
+@pytest.mark.parametrize("kind", sorted(set(NOT_INFRA) - NEUTRAL))
+def test_a_backend_answer_breaks_the_run_of_failures(kind: str) -> None:
+    """An auth error or a bad request is an answer from a working backend: the failures are no
+    longer consecutive."""
+    b = Breaker(threshold=3)
+    b.record(ErrorKind.OVERLOADED, 1.0)
+    b.record(ErrorKind.OVERLOADED, 2.0)
+    b.record(kind, 3.0)
+    assert (b.state, b.failures) == (BreakerState.CLOSED, 0)
+    assert b.record(ErrorKind.OVERLOADED, 4.0) is None
 
 
 def test_a_success_resets_the_count() -> None:
@@ -496,13 +512,19 @@ def test_probe_infra_failure_reopens_with_a_fresh_opened_at(kind: str) -> None:
     assert b.started(80.0) is BreakerState.HALF_OPEN  # and the next probe goes out
 
 
-@pytest.mark.parametrize("kind", NOT_INFRA)
-def test_probe_non_infra_outcome_closes_it(kind: str) -> None:
-    """What the code does: any non-infrastructure outcome of the probe closes the breaker,
-    including ones that say nothing about the backend (cancelled, worker_lost, shutdown)."""
+@pytest.mark.parametrize("kind", sorted(set(NOT_INFRA) - NEUTRAL))
+def test_probe_backend_answer_closes_it(kind: str) -> None:
     b = _half_open()
     assert b.record(kind, now=45.0) is BreakerState.CLOSED
     assert b.allows(45.0)
+
+
+@pytest.mark.parametrize("kind", sorted(NEUTRAL))
+def test_probe_neutral_outcome_frees_the_probe_slot_and_stays_half_open(kind: str) -> None:
+    b = _half_open()
+    assert not b.allows(45.0)
+    assert b.record(kind, now=45.0) is None
+    assert b.state is BreakerState.HALF_OPEN and b.allows(45.0)
 
 
 def test_half_open_with_a_high_threshold_still_reopens_on_one_failure() -> None:

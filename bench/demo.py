@@ -1,0 +1,80 @@
+"""`make demo`: real Claude Code CLI tasks through supd, one at a time and then in parallel.
+
+Starts the project's stand-in Messages API (`bench/fakeapi.py`, with a per-request latency
+so that parallelism matters), a supd with 4 children in a temp state dir, runs the same
+work as `supctl bench --kind claude --tasks 8 --parallel 4`, prints a report, shuts the
+daemon down (drain) and exits 0 only if every task succeeded. No network, no API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from common import Daemon, short_tmpdir, toml_table
+
+import fakeapi
+from supervisord import benchcmd
+from supervisord.client import Client
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--latency", type=float, default=1.0, help="stand-in API latency per request, seconds (1.0)")
+    p.add_argument("--tasks", type=int, default=8, help="tasks per phase (8)")
+    p.add_argument("--children", type=int, default=4, help="supd children = parallelism (4)")
+    p.add_argument("--prompt", default="Say hello to the supd demo")
+    a = p.parse_args(argv)
+
+    t0 = time.monotonic()
+    print(f"starting the stand-in Messages API (latency {a.latency:g}s per request)…")
+    with fakeapi.FakeAPI(latency_s=a.latency) as api:
+        home = short_tmpdir("supd-demo-home-")
+        config = "[claude]\nenv = " + toml_table(fakeapi.claude_env(api.url, str(home))) + "\n"
+        print(f"starting supd with {a.children} children…")
+        daemon = Daemon(children=a.children, config=config, prefix="supd-demo-")
+        try:
+            daemon.start()
+            status = daemon.status()
+            print(f"supd pid {status['pid']} ready in {time.monotonic() - t0:.1f}s; "
+                  f"claude CLI: {status['claude']['source']} ({status['claude']['command'][0]})")
+            print(f"running {a.tasks} Claude tasks one at a time, then {a.tasks} as one batch on "
+                  f"{a.children} children…\n")
+            args = argparse.Namespace(kind="claude", tasks=a.tasks, parallel=a.children, sweep=None, plot=None,
+                                      timeout=120.0, wait_timeout=300.0, model="claude-sonnet-4-5", max_turns=None,
+                                      quiet=False, json=False, words=[a.prompt])
+            with Client(f"ipc://{daemon.state_dir / 'control.sock'}", timeout_s=30.0) as c:
+                report = benchcmd.bench(c, args)
+            benchcmd.print_report(report)
+        finally:
+            code = daemon.stop()
+            print(f"\nsupd shut down (exit {code})")
+        requests = api.stats()["requests"]
+
+    seq, par = report["sequential"], report["parallel"]
+    tasks = seq["tasks"] + par["tasks"]
+    ok = seq["succeeded"] + par["succeeded"]
+    cost = (seq["cost_usd"] or 0) + (par["cost_usd"] or 0)
+    print("\n== supd demo report ==")
+    print(f"tasks            {tasks} ({seq['tasks']} sequential + {par['tasks']} parallel), "
+          f"{ok} succeeded = {ok / tasks:.0%}; {requests} API requests")
+    print(f"sequential       {seq['wall_s']:.2f}s wall, {seq['tasks_per_s']:.2f} tasks/s")
+    print(f"parallel ({a.children})     {par['wall_s']:.2f}s wall, {par['tasks_per_s']:.2f} tasks/s")
+    print(f"speedup          {report['speedup']:.2f}x of ideal {a.children} (efficiency {report['efficiency']:.0%})")
+    print(f"tokens           {seq['input_tokens'] + par['input_tokens']:,} in, "
+          f"{seq['output_tokens'] + par['output_tokens']:,} out")
+    print(f"cost             ${cost:.4f} (as the CLI reports it; the stand-in API charges nothing)")
+    print(f"sample result    {report['sample_result']!r}")
+    problems = benchcmd.all_trace_problems(report)
+    print(f"trace check      {problems or 'ok: each phase shared one trace'}")
+    print(f"total            {time.monotonic() - t0:.1f}s")
+    if code != 0:
+        print(f"demo: supd exited {code}", file=sys.stderr)
+    good = report["ok"] and code == 0
+    print("demo: OK" if good else "demo: FAILED")
+    return 0 if good else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Config decoding and range checks, and the submit checks: every message names its key or field."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from proto.task import TaskSpec
+from supervisord import config as cfg
+from supervisord.config import Config, ConfigError, LimitsConfig, decode, load, validate
+from supervisord.validate import batch_problem, task_problem
+
+pytestmark = pytest.mark.timeout(10)
+
+DEFAULT_TOML = Path(__file__).resolve().parents[2] / "config" / "supd.toml"
+
+
+# ---- the shipped file ---------------------------------------------------------------------
+
+def test_shipped_config_is_exactly_the_defaults() -> None:
+    assert load(DEFAULT_TOML) == Config()
+    assert decode(DEFAULT_TOML.read_text()) == Config()
+
+
+def test_no_file_means_the_defaults() -> None:
+    assert load(None) == Config()
+    assert decode("") == Config()
+
+
+def _sections() -> list[tuple[str, type[msgspec.Struct]]]:
+    return [(f.name, f.type) for f in msgspec.structs.fields(Config)]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("section", "struct"), _sections(), ids=[s for s, _ in _sections()])
+def test_shipped_config_documents_every_key(section: str, struct: type[msgspec.Struct]) -> None:
+    """Each key appears in its section, set or as a commented-out example."""
+    text = DEFAULT_TOML.read_text()
+    m = re.search(rf"^\[{section}\][^\n]*\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    assert m, f"no [{section}] section"
+    body = m.group(1)
+    for field in msgspec.structs.fields(struct):
+        assert re.search(rf"^#? ?{field.name} = ", body, re.M), f"{section}.{field.name} is not documented"
+
+
+def test_defaults_pass_validation() -> None:
+    assert validate(Config()) == Config()
+
+
+# ---- errors name the key --------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[daemon]\nbogus = 1", "daemon.bogus: unknown key"),
+        ("bogus = 1", "bogus: unknown key"),
+        ("[bogus]\nx = 1", "bogus: unknown key"),
+        ("[claude]\nmodle = 'x'", "claude.modle: unknown key"),
+        ('[tasks]\ntimeout_s = "x"', "tasks.timeout_s: Expected `float`, got `str`"),
+        ("[daemon]\nchildren = true", "daemon.children: Expected `int`, got `bool`"),
+        ("[daemon]\nchildren = 1.5", "daemon.children: Expected `int`, got `float`"),
+        ("[limits]\nmax_batch = 'many'", "limits.max_batch: Expected `int`, got `str`"),
+        ("daemon = 3", "daemon: Expected `object`, got `int`"),
+        ("[claude]\ncommand = 'claude'", "claude.command: Expected `array`, got `str`"),
+        ("[claude]\ncommand = [1]", "claude.command[0]: Expected `str`, got `int`"),
+        ("[claude]\nenv = { A = 1 }", "claude.env[...]: Expected `str`, got `int`"),
+        ("[tasks]\ntimeout_s = 0", "tasks.timeout_s: out of range"),
+        ("[tracing]\nexporter = 'jaeger'",
+         "tracing.exporter: must be one of none, console, otlp-http, otlp-grpc"),
+        ("a = = 1", "not valid TOML"),
+    ],
+)
+def test_error_names_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        decode(text, "/etc/supd.toml")
+    assert str(e.value).startswith("/etc/supd.toml: ")
+    assert message in str(e.value)
+
+
+RANGES = [
+    # key, a bad value, the smallest good value
+    ("daemon.children", -1, 0),
+    ("daemon.drain_s", -0.5, 0.0),
+    ("daemon.heartbeat_s", 0.0, 0.01),
+    ("daemon.liveness", 0, 1),
+    ("daemon.max_queued", 0, 1),
+    ("tasks.timeout_s", 0.0, 0.01),
+    ("tasks.timeout_s", -1.0, 0.01),
+    ("tasks.stall_timeout_s", 0.0, 0.01),
+    ("tasks.kill_grace_s", -1.0, 0.0),
+    ("tasks.retries", -1, 0),
+    ("tasks.output_cap_bytes", 0, 1),
+    ("restart.intensity", 0, 1),
+    ("breaker.threshold", 0, 1),
+]
+
+
+def _toml(key: str, value: object) -> str:
+    section, name = key.split(".")
+    return f"[{section}]\n{name} = {value}\n"
+
+
+@pytest.mark.parametrize(("key", "bad", "good"), RANGES, ids=[f"{k}={b}" for k, b, _ in RANGES])
+def test_range_checks_name_the_key(key: str, bad: object, good: object) -> None:
+    with pytest.raises(ConfigError, match=rf"^x.toml: {re.escape(key)}: out of range$"):
+        decode(_toml(key, bad), "x.toml")
+    config = decode(_toml(key, good), "x.toml")
+    section, name = key.split(".")
+    assert getattr(getattr(config, section), name) == good
+
+
+def test_nan_is_out_of_range() -> None:
+    with pytest.raises(ConfigError, match="tasks.timeout_s: out of range"):
+        decode("[tasks]\ntimeout_s = nan")
+
+
+def test_every_range_check_is_tabled() -> None:
+    assert {k for k, _, _ in RANGES} == set(cfg._POSITIVE)
+
+
+def test_values_are_decoded_into_typed_frozen_structs() -> None:
+    config = decode("""
+[daemon]
+children = 16
+runtime_dir = "/run/supd"
+[tasks]
+timeout_s = 60      # an int where a float is expected is fine
+[claude]
+command = ["/opt/claude", "--verbose"]
+env = { ANTHROPIC_BASE_URL = "http://127.0.0.1:8080" }
+model = "claude-sonnet-4-5"
+""")
+    assert config.daemon.children == 16 and config.daemon.runtime_dir == "/run/supd"
+    assert config.tasks.timeout_s == 60.0 and isinstance(config.tasks.timeout_s, float)
+    assert config.claude.command == ["/opt/claude", "--verbose"]
+    assert config.claude.env == {"ANTHROPIC_BASE_URL": "http://127.0.0.1:8080"}
+    assert config.claude.model == "claude-sonnet-4-5"
+    assert config.restart == Config().restart  # untouched sections keep their defaults
+    with pytest.raises(AttributeError):
+        config.daemon.children = 1  # type: ignore[misc]
+
+
+def test_load_reads_the_file_and_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "supd.toml"
+    path.write_text("[daemon]\nchildren = 2\n")
+    assert load(path).daemon.children == 2
+    path.write_text("[daemon]\nchilden = 2\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: daemon.childen: unknown key$"):
+        load(path)
+
+
+def test_load_of_a_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    message = rf"^{re.escape(str(path))}: cannot read: No such file or directory$"
+    with pytest.raises(ConfigError, match=message):
+        load(path)
+
+
+# ---- submit checks ------------------------------------------------------------------------
+
+LIMITS = LimitsConfig(max_prompt_bytes=10, max_argv_bytes=16, max_env_bytes=16, max_batch=3)
+
+
+def claude(**kw: object) -> TaskSpec:
+    return TaskSpec(**{"kind": "claude", "prompt": "hi", **kw})  # type: ignore[arg-type]
+
+
+def exec_(**kw: object) -> TaskSpec:
+    return TaskSpec(**{"kind": "exec", "argv": ["true"], **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        (claude(), None),
+        (exec_(), None),
+        (claude(prompt="x" * 10), None),  # at the limit
+        (claude(prompt=None), "claude task: prompt is missing or empty"),
+        (claude(prompt=""), "claude task: prompt is missing or empty"),
+        (claude(prompt=" \n\t"), "claude task: prompt is missing or empty"),
+        (claude(prompt="x" * 11), "prompt: 11 bytes exceeds limits.max_prompt_bytes=10"),
+        (claude(prompt="é" * 6), "prompt: 12 bytes exceeds limits.max_prompt_bytes=10"),  # bytes, not chars
+        (claude(argv=["ls"]), "claude task: argv is only for exec tasks"),
+        (exec_(argv=None), "exec task: argv is missing or empty"),
+        (exec_(argv=[]), "exec task: argv is missing or empty"),
+        (exec_(argv=[""]), "exec task: argv is missing or empty"),
+        (exec_(argv=["echo", "x" * 10]), None),  # 5 + 11 = 16 bytes with NULs: at the limit
+        (exec_(argv=["echo", "x" * 11]), "argv: 17 bytes exceeds limits.max_argv_bytes=16"),
+        (exec_(argv=["echo", "a\0b"]), "argv: contains a NUL byte"),
+        (claude(timeout_s=0.0), "timeout_s: must be > 0, got 0.0"),
+        (exec_(timeout_s=-1.0), "timeout_s: must be > 0, got -1.0"),
+        (exec_(timeout_s=float("nan")), "timeout_s: must be > 0, got nan"),
+        (claude(stall_timeout_s=0.0), "stall_timeout_s: must be > 0, got 0.0"),
+        (claude(max_budget_usd=0.0), "max_budget_usd: must be > 0, got 0.0"),
+        (claude(timeout_s=0.5, stall_timeout_s=0.1, max_budget_usd=0.01), None),
+        (claude(retries=-1), "retries: must be >= 0, got -1"),
+        (claude(retries=0), None),
+        (claude(max_turns=0), "max_turns: must be >= 1, got 0"),
+        (claude(max_turns=1), None),
+        (claude(permission_mode="yolo"), "permission_mode: unknown mode 'yolo'"),
+        (claude(permission_mode="acceptEdits"), None),
+        (claude(permission_mode="bypassPermissions"), None),
+        (exec_(env={"A": "x" * 12}), None),  # 1 + 12 + 2 = 15
+        (exec_(env={"A": "x" * 14}), "env: 17 bytes exceeds limits.max_env_bytes=16"),
+        (exec_(env={"": "x"}), "env: names must be non-empty without '=' or NUL"),
+        (exec_(env={"A=B": "x"}), "env: names must be non-empty without '=' or NUL"),
+        (exec_(env={"A": "x\0"}), "env: names must be non-empty without '=' or NUL"),
+        (exec_(input="x" * 10), None),
+        (exec_(input="x" * 11), "input: exceeds limits.max_prompt_bytes=10"),
+    ],
+)
+def test_task_problem_table(spec: TaskSpec, problem: str | None) -> None:
+    assert task_problem(spec, LIMITS) == problem
+
+
+def test_task_problem_reports_the_first_problem_only() -> None:
+    spec = claude(prompt="", timeout_s=-1.0, retries=-1)
+    assert task_problem(spec, LIMITS) == "claude task: prompt is missing or empty"
+
+
+@pytest.mark.parametrize(
+    ("specs", "problem"),
+    [
+        ([], "submit: no tasks"),
+        ([claude()], None),
+        ([claude(), exec_(), claude()], None),
+        ([claude()] * 4, "submit: 4 tasks exceeds limits.max_batch=3"),
+        ([claude(prompt="")], "claude task: prompt is missing or empty"),  # one task: no prefix
+        ([claude(), exec_(argv=[])], "task 2: exec task: argv is missing or empty"),
+        ([claude(retries=-2), exec_(argv=[])], "task 1: retries: must be >= 0, got -2"),
+    ],
+)
+def test_batch_problem_table(specs: list[TaskSpec], problem: str | None) -> None:
+    assert batch_problem(specs, LIMITS) == problem
+
+
+def test_default_limits_accept_a_large_but_sane_task() -> None:
+    limits = Config().limits
+    assert task_problem(claude(prompt="x" * (1 << 20)), limits) is None
+    assert task_problem(claude(prompt="x" * ((1 << 20) + 1)), limits) is not None
