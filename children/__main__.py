@@ -5,8 +5,9 @@ signal, then a check that the parent is still the daemon), becomes a subreaper f
 task trees, connects a DEALER to the daemon's ROUTER and hands over to
 `children.worker`. Anything that goes wrong before the loop runs exits with
 `BOOT_FAILURE_EXIT`, so the daemon marks the slot fatal instead of restarting it in a loop.
-Imports the stdlib and `supervisord.procs`/`supervisord.pool` eagerly, the rest inside
-`main()` so that an import error is a boot failure too.
+Imports the stdlib, `children.log` and the pure `supervisord.pool` eagerly, the rest
+(`supervisord.procs` and its psutil included) inside `main()` so that an import error is a
+boot failure too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from children.log import bind, log
-from supervisord import procs
 from supervisord.pool import BOOT_FAILURE_EXIT
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ def boot_process(args: argparse.Namespace) -> None:
     """Process-level setup. Order matters: the death signal first, then the parent
     check, so a daemon dying in between is still noticed."""
     from setproctitle import setproctitle
+
+    from supervisord import procs
 
     setproctitle(f"supd-child {args.identity} idle")
     procs.set_parent_death_signal(signal.SIGTERM)
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return worker.run()
     except BaseException:
         # A bug in the loop must not leave a task tree behind.
+        from supervisord import procs
+
         procs.kill_tree_now(procs.descendants(os.getpid()))
         raise
     finally:

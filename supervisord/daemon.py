@@ -233,7 +233,14 @@ class Daemon:
                 task.move(TaskState.QUEUED)  # RUNNING -> QUEUED (daemon restarted)
                 task.child = None
                 self.journal.saved(task)
-                log("task_recovered", task=task.id, attempts=task.attempts, trace=task.trace_id)
+                # If its child died with the old daemon (kill -9 of both), the tree lives on
+                # under init: end it before the task runs again (SIGKILL after the grace).
+                leftovers = [p.pid for p in procs.tagged(task.id)]
+                if leftovers:
+                    procs.terminate_task(None, leftovers)
+                    self.orphans.append(Orphans(task.id, None, now + self.config.tasks.kill_grace_s))
+                log("task_recovered", task=task.id, attempts=task.attempts, trace=task.trace_id,
+                    leftovers=len(leftovers) or None)
             self.sched.add(task, now)
         self.journal.commit()
         if tasks:

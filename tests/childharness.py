@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -29,6 +30,13 @@ from supervisord import procs
 
 REPO = Path(__file__).resolve().parent.parent
 M = TypeVar("M")
+#: Task ids carry this run's token, so psutil checks never see another run's processes.
+RUN_TOKEN = uuid.uuid4().hex[:8]
+
+
+def tid(name: str) -> str:
+    """A task id unique to this test run."""
+    return f"{name}.{RUN_TOKEN}"
 
 
 def limits(**overrides: object) -> Limits:

@@ -193,7 +193,18 @@ def supd_factory(state_dir: Path) -> Iterator[Any]:
         if d.proc is not None and d.proc.poll() is None:
             pids = [d.proc.pid] + [p.pid for p in descendants_of(d.proc.pid)]
             d.stop()
-            assert_no_leftovers(pids)
+            assert_no_leftovers(pids, journaled_ids(d.state_dir))
+
+
+def journaled_ids(state_dir: Path) -> set[str]:
+    """Every task id this daemon's journal knows: the tags its task processes carried."""
+    import sqlite3
+
+    db = state_dir / "tasks.db"
+    if not db.exists():
+        return set()
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM tasks")}
 
 
 @pytest.fixture(scope="session")

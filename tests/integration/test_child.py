@@ -22,7 +22,7 @@ import pytest
 from proto.children import Cancel, Dispatch, Progress, Result, Started, Stop
 from proto.task import TaskSpec
 from supervisord import procs
-from tests.childharness import REPO, ChildHarness, exec_dispatch, limits
+from tests.childharness import REPO, ChildHarness, exec_dispatch, limits, tid
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -80,7 +80,7 @@ def _wait_tree(h: ChildHarness, task_id: str, count: int = 2) -> list[psutil.Pro
 
 
 def test_echo_starts_then_succeeds(child: ChildHarness) -> None:
-    result, seen = child.run(exec_dispatch("t-echo", ["echo", "hi"]))
+    result, seen = child.run(exec_dispatch(tid("t-echo"), ["echo", "hi"]))
     assert [type(m) for m in seen] == [Started]
     started = seen[0]
     assert isinstance(started, Started) and started.pid == started.pgid
@@ -91,7 +91,8 @@ def test_echo_starts_then_succeeds(child: ChildHarness) -> None:
 
 
 def test_exit_1_is_failed_exit(child: ChildHarness) -> None:
-    result, _ = child.run(exec_dispatch("t-exit", [PY, "-c", "import sys; print('oops', file=sys.stderr); sys.exit(1)"]))
+    script = "import sys; print('oops', file=sys.stderr); sys.exit(1)"
+    result, _ = child.run(exec_dispatch(tid("t-exit"), [PY, "-c", script]))
     assert result.state == "failed"
     assert result.outcome.error is not None and result.outcome.error.kind == "exit"
     assert result.outcome.error.message == "exited with 1"
@@ -99,7 +100,7 @@ def test_exit_1_is_failed_exit(child: ChildHarness) -> None:
 
 
 def test_missing_binary_is_failed_spawn(child: ChildHarness) -> None:
-    result, seen = child.run(exec_dispatch("t-missing", ["/nonexistent/supd-nope", "x"]))
+    result, seen = child.run(exec_dispatch(tid("t-missing"), ["/nonexistent/supd-nope", "x"]))
     assert seen == []  # never started
     assert result.state == "failed"
     assert result.outcome.error is not None and result.outcome.error.kind == "spawn"
@@ -107,17 +108,17 @@ def test_missing_binary_is_failed_spawn(child: ChildHarness) -> None:
 
 
 def test_input_goes_to_stdin(child: ChildHarness) -> None:
-    result, _ = child.run(exec_dispatch("t-cat", ["cat"], input="hello\nworld\n"))
+    result, _ = child.run(exec_dispatch(tid("t-cat"), ["cat"], input="hello\nworld\n"))
     assert result.state == "succeeded" and result.outcome.result == "hello\nworld\n"
     # Far larger than a pipe: writing and reading must interleave in the poll loop.
     big = "".join(f"{i:07d}\n" for i in range(400_000))  # 3.2 MB
-    result, _ = child.run(exec_dispatch("t-cat-big", ["cat"], input=big, output_cap_bytes=8 << 20))
+    result, _ = child.run(exec_dispatch(tid("t-cat-big"), ["cat"], input=big, output_cap_bytes=8 << 20))
     assert result.state == "succeeded" and result.outcome.result == big
 
 
 def test_output_cap_truncates_and_keeps_draining(child: ChildHarness) -> None:
     flood = [PY, "-c", "import sys; sys.stdout.write('x' * 5_000_000); sys.stderr.write('e' * 300_000)"]
-    result, _ = child.run(exec_dispatch("t-flood", flood, output_cap_bytes=100_000))
+    result, _ = child.run(exec_dispatch(tid("t-flood"), flood, output_cap_bytes=100_000))
     assert result.state == "succeeded"  # it never blocked on a full pipe
     assert result.outcome.truncated
     assert result.outcome.result == "x" * 100_000
@@ -126,10 +127,10 @@ def test_output_cap_truncates_and_keeps_draining(child: ChildHarness) -> None:
 
 def test_env_and_cwd(child: ChildHarness, tmp_path: Path) -> None:
     script = "import os; print(os.getcwd(), os.environ['SUPD_TASK_ID'], os.environ['FOO'], os.environ['BAR'])"
-    d = exec_dispatch("t-env", [PY, "-c", script], cwd=str(tmp_path), env={"FOO": "spec"})
+    d = exec_dispatch(tid("t-env"), [PY, "-c", script], cwd=str(tmp_path), env={"FOO": "spec"})
     d = Dispatch(task_id=d.task_id, attempt=1, spec=d.spec, limits=d.limits, env={"FOO": "dispatch", "BAR": "b"})
     result, _ = child.run(d)
-    assert result.outcome.result == f"{tmp_path} t-env spec b\n"
+    assert result.outcome.result == f"{tmp_path} {d.task_id} spec b\n"
 
 
 # ---- timeouts --------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_env_and_cwd(child: ChildHarness, tmp_path: Path) -> None:
 
 def test_wall_timeout(child: ChildHarness) -> None:
     t0 = time.monotonic()
-    result, _ = child.run(exec_dispatch("t-wall", ["sleep", "30"], timeout_s=0.5, kill_grace_s=0.5))
+    result, _ = child.run(exec_dispatch(tid("t-wall"), ["sleep", "30"], timeout_s=0.5, kill_grace_s=0.5))
     elapsed = time.monotonic() - t0
     assert result.state == "timed_out"
     assert result.outcome.error is not None and result.outcome.error.kind == "timeout"
@@ -149,7 +150,7 @@ def test_wall_timeout(child: ChildHarness) -> None:
 def test_stall_timeout(child: ChildHarness) -> None:
     script = "import time; print('one line', flush=True); time.sleep(30)"
     t0 = time.monotonic()
-    result, _ = child.run(exec_dispatch("t-stall", [PY, "-c", script], stall_timeout_s=0.5))
+    result, _ = child.run(exec_dispatch(tid("t-stall"), [PY, "-c", script], stall_timeout_s=0.5))
     assert result.state == "timed_out"
     assert result.outcome.error is not None and result.outcome.error.kind == "stall"
     assert result.outcome.error.message == "no output for 0.5s"
@@ -159,7 +160,7 @@ def test_stall_timeout(child: ChildHarness) -> None:
 
 def test_output_keeps_stall_away(child: ChildHarness) -> None:
     script = "import time\nfor i in range(8):\n    print(i, flush=True); time.sleep(0.1)"
-    result, _ = child.run(exec_dispatch("t-busy", [PY, "-c", script], stall_timeout_s=0.4))
+    result, _ = child.run(exec_dispatch(tid("t-busy"), [PY, "-c", script], stall_timeout_s=0.4))
     assert result.state == "succeeded"
 
 
@@ -167,12 +168,12 @@ def test_output_keeps_stall_away(child: ChildHarness) -> None:
 
 
 def test_cancel_kills_a_tree_that_ignores_sigterm_and_escaped(child: ChildHarness) -> None:
-    child.send(exec_dispatch("t-tree", [PY, "-c", TREE, "stay"], kill_grace_s=0.5))
+    child.send(exec_dispatch(tid("t-tree"), [PY, "-c", TREE, "stay"], kill_grace_s=0.5))
     started, _ = child.until(Started)
-    tree = _wait_tree(child, "t-tree")
+    tree = _wait_tree(child, tid("t-tree"))
     assert any(p.pid != started.pid and _sid(p) != started.pgid for p in tree), "grandchild did not escape"
     t0 = time.monotonic()
-    child.send(Cancel(task_id="t-tree", reason="user"))
+    child.send(Cancel(task_id=tid("t-tree"), reason="user"))
     result, _ = child.until(Result)
     elapsed = time.monotonic() - t0
     assert result.state == "cancelled"
@@ -180,40 +181,40 @@ def test_cancel_kills_a_tree_that_ignores_sigterm_and_escaped(child: ChildHarnes
     assert result.outcome.signal == signal.SIGKILL  # SIGTERM was ignored
     assert result.outcome.result == "tree ready\n"
     assert 0.5 <= elapsed < 1.5
-    assert procs.tagged("t-tree") == [] and not any(p.is_running() for p in tree)
+    assert procs.tagged(tid("t-tree")) == [] and not any(p.is_running() for p in tree)
     _no_zombies_or_children(child)
 
 
 def test_leftovers_of_a_finished_task_are_killed(child: ChildHarness) -> None:
     t0 = time.monotonic()
-    result, _ = child.run(exec_dispatch("t-left", [PY, "-c", TREE, "exit"], kill_grace_s=5.0))
+    result, _ = child.run(exec_dispatch(tid("t-left"), [PY, "-c", TREE, "exit"], kill_grace_s=5.0))
     # The task succeeded; the escaped grandchild holding its stdout was killed at once,
     # not after the (long) kill grace.
     assert result.state == "succeeded" and result.outcome.result == "tree ready\n"
     assert time.monotonic() - t0 < 2.0
-    assert procs.tagged("t-left") == []
+    assert procs.tagged(tid("t-left")) == []
     _no_zombies_or_children(child)
 
 
 def test_dispatch_while_busy_and_foreign_cancel(child: ChildHarness) -> None:
-    child.send(exec_dispatch("t-long", ["sleep", "30"]))
+    child.send(exec_dispatch(tid("t-long"), ["sleep", "30"]))
     child.until(Started)
-    child.send(exec_dispatch("t-other", ["echo", "no"]))
+    child.send(exec_dispatch(tid("t-other"), ["echo", "no"]))
     busy, _ = child.until(Result)
-    assert busy.task_id == "t-other" and busy.state == "failed"
+    assert busy.task_id == tid("t-other") and busy.state == "failed"
     assert busy.outcome.error is not None and busy.outcome.error.kind == "worker_busy"
-    child.send(Cancel(task_id="t-other"))  # not the running task: ignored
+    child.send(Cancel(task_id=tid("t-other")))  # not the running task: ignored
     child.pump(0.2)
-    assert not any(isinstance(m, Result) and m.task_id == "t-long" for m in child.messages)
-    child.send(Cancel(task_id="t-long"))
+    assert not any(isinstance(m, Result) and m.task_id == tid("t-long") for m in child.messages)
+    child.send(Cancel(task_id=tid("t-long")))
     result, _ = child.until(Result)
-    assert result.task_id == "t-long" and result.state == "cancelled"
+    assert result.task_id == tid("t-long") and result.state == "cancelled"
 
 
 def test_garbage_frame_is_ignored(child: ChildHarness) -> None:
     child.send_raw(b"\xc1\xffnot msgpack")
     child.send_raw(b"\x81\xa4type\xa6Bogus!")  # valid msgpack, unknown tag
-    result, _ = child.run(exec_dispatch("t-after-garbage", ["echo", "still here"]))
+    result, _ = child.run(exec_dispatch(tid("t-after-garbage"), ["echo", "still here"]))
     assert result.state == "succeeded" and result.outcome.result == "still here\n"
 
 
@@ -226,35 +227,35 @@ def test_stop_when_idle_exits_0(child: ChildHarness) -> None:
 
 
 def test_stop_when_busy_reports_shutdown_then_exits_0(child: ChildHarness) -> None:
-    child.send(exec_dispatch("t-stop", [PY, "-c", TREE, "stay"]))
+    child.send(exec_dispatch(tid("t-stop"), [PY, "-c", TREE, "stay"]))
     child.until(Started)
-    _wait_tree(child, "t-stop")
+    _wait_tree(child, tid("t-stop"))
     child.send(Stop())
     result, _ = child.until(Result)
     assert result.state == "cancelled"
     assert result.outcome.error is not None and result.outcome.error.kind == "shutdown"
     assert child.wait_exit(5) == 0
-    assert procs.tagged("t-stop") == []
+    assert procs.tagged(tid("t-stop")) == []
 
 
 def test_sigterm_kills_the_tree_and_exits_0(child: ChildHarness) -> None:
-    child.send(exec_dispatch("t-sigterm", [PY, "-c", TREE, "stay"]))
+    child.send(exec_dispatch(tid("t-sigterm"), [PY, "-c", TREE, "stay"]))
     child.until(Started)
-    _wait_tree(child, "t-sigterm")
+    _wait_tree(child, tid("t-sigterm"))
     child.proc.send_signal(signal.SIGTERM)
     result, _ = child.until(Result)
     assert result.outcome.error is not None and result.outcome.error.kind == "shutdown"
     assert child.wait_exit(5) == 0
-    assert procs.tagged("t-sigterm") == []
+    assert procs.tagged(tid("t-sigterm")) == []
 
 
 def test_daemon_loss_kills_the_tree_and_exits() -> None:
     h = ChildHarness(heartbeat_s=0.2, liveness=3)
     try:
         h.hello()
-        h.send(exec_dispatch("t-lost", [PY, "-c", TREE, "stay"], kill_grace_s=5.0))
+        h.send(exec_dispatch(tid("t-lost"), [PY, "-c", TREE, "stay"], kill_grace_s=5.0))
         h.until(Started)
-        _wait_tree(h, "t-lost")
+        _wait_tree(h, tid("t-lost"))
         h.silent = True
         t0 = time.monotonic()
         code = h.wait_exit(5)
@@ -284,7 +285,7 @@ def _sid(p: psutil.Process) -> int | None:
 
 def _name(p: psutil.Process) -> str:
     try:
-        return p.name()
+        return str(p.name())
     except psutil.NoSuchProcess:
         return ""
 
@@ -332,7 +333,7 @@ def claude_dispatch(task_id: str, prompt: str, url: str, home: Path, **spec_fiel
 
 @needs_claude
 def test_claude_success(child: ChildHarness, fakeapi_url: str, tmp_path: Path) -> None:
-    result, seen = child.run(claude_dispatch("c-ok", "hello child", fakeapi_url, tmp_path), timeout_s=25)
+    result, seen = child.run(claude_dispatch(tid("c-ok"), "hello child", fakeapi_url, tmp_path), timeout_s=25)
     assert result.state == "succeeded", result
     o = result.outcome
     assert o.result == "ECHO: hello child" and o.is_error is False and o.exit_code == 0
@@ -347,7 +348,7 @@ def test_claude_success(child: ChildHarness, fakeapi_url: str, tmp_path: Path) -
 @needs_claude
 def test_claude_auth_failure_is_quick(child: ChildHarness, fakeapi_url: str, tmp_path: Path) -> None:
     t0 = time.monotonic()
-    result, _ = child.run(claude_dispatch("c-401", "[[status:401]]", fakeapi_url, tmp_path), timeout_s=25)
+    result, _ = child.run(claude_dispatch(tid("c-401"), "[[status:401]]", fakeapi_url, tmp_path), timeout_s=25)
     assert result.state == "failed"
     assert result.outcome.error is not None and result.outcome.error.kind == "auth"
     assert result.outcome.api_error_status == 401 and result.outcome.is_error is True
@@ -356,16 +357,17 @@ def test_claude_auth_failure_is_quick(child: ChildHarness, fakeapi_url: str, tmp
 
 @needs_claude
 def test_claude_cancel_reaches_the_bash_tool(child: ChildHarness, fakeapi_url: str, tmp_path: Path) -> None:
-    d = claude_dispatch("c-bash", "[[bash:echo tool started; sleep 45; echo tool done]]", fakeapi_url, tmp_path, allowed_tools=["Bash"])
+    prompt = "[[bash:echo tool started; sleep 45; echo tool done]]"
+    d = claude_dispatch(tid("c-bash"), prompt, fakeapi_url, tmp_path, allowed_tools=["Bash"])
     child.send(d)
     started, _ = child.until(Started, 25)
-    assert child.wait_for(lambda: "sleep" in _names("c-bash"), 15), "the Bash tool never ran"
-    sleeper = next(p for p in procs.tagged("c-bash") if _name(p) == "sleep")
+    assert child.wait_for(lambda: "sleep" in _names(tid("c-bash")), 15), "the Bash tool never ran"
+    sleeper = next(p for p in procs.tagged(tid("c-bash")) if _name(p) == "sleep")
     assert _sid(sleeper) != started.pgid  # the CLI ran it in a session of its own
-    child.send(Cancel(task_id="c-bash"))
+    child.send(Cancel(task_id=tid("c-bash")))
     result, _ = child.until(Result, 10)
     assert result.state == "cancelled"
-    assert procs.tagged("c-bash") == []
+    assert procs.tagged(tid("c-bash")) == []
 
 
 # ---- claude tasks against a scripted stand-in CLI (deterministic edge cases) -----------
@@ -402,7 +404,7 @@ def scripted_claude(task_id: str, mode: str, **limit_overrides: object) -> Dispa
 
 def test_claude_result_line_is_completion_even_if_the_cli_hangs(child: ChildHarness) -> None:
     t0 = time.monotonic()
-    result, seen = child.run(scripted_claude("s-hang", "hang", result_grace_s=0.3, kill_grace_s=0.3))
+    result, seen = child.run(scripted_claude(tid("s-hang"), "hang", result_grace_s=0.3, kill_grace_s=0.3))
     assert result.state == "succeeded"
     assert result.outcome.signal == signal.SIGTERM  # killed after the result grace
     assert result.outcome.result == (
@@ -414,27 +416,27 @@ def test_claude_result_line_is_completion_even_if_the_cli_hangs(child: ChildHarn
 
 
 def test_claude_without_result_line_fails_with_stderr(child: ChildHarness) -> None:
-    result, _ = child.run(scripted_claude("s-nores", "no-result"))
+    result, _ = child.run(scripted_claude(tid("s-nores"), "no-result"))
     assert result.state == "failed" and result.outcome.exit_code == 1
     assert result.outcome.error is not None and result.outcome.error.kind == "claude"
     assert result.outcome.error.message == "claude exited with 1 without a result line: Error: boom"
 
 
 def test_claude_stall_mid_stream(child: ChildHarness) -> None:
-    result, seen = child.run(scripted_claude("s-stall", "stall", stall_timeout_s=0.5))
+    result, seen = child.run(scripted_claude(tid("s-stall"), "stall", stall_timeout_s=0.5))
     assert result.state == "timed_out"
     assert result.outcome.error is not None and result.outcome.error.kind == "stall"
     assert [m.event for m in seen if isinstance(m, Progress)] == ["system/init"]
 
 
 def test_claude_half_lines_are_not_a_sign_of_life(child: ChildHarness) -> None:
-    result, _ = child.run(scripted_claude("s-dribble", "dribble", stall_timeout_s=0.6))
+    result, _ = child.run(scripted_claude(tid("s-dribble"), "dribble", stall_timeout_s=0.6))
     assert result.state == "timed_out"
     assert result.outcome.error is not None and result.outcome.error.kind == "stall"
 
 
 def test_claude_without_command_is_a_spawn_failure(child: ChildHarness) -> None:
-    d = scripted_claude("s-nocmd", "x")
+    d = scripted_claude(tid("s-nocmd"), "x")
     d = Dispatch(task_id=d.task_id, attempt=1, spec=d.spec, limits=d.limits, claude_command=[])
     result, _ = child.run(d)
     assert result.state == "failed"

@@ -4,10 +4,12 @@ the size limits of `[limits]` through the real socket, and the environment filte
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -219,3 +221,122 @@ def test_task_env_excludes_the_daemons_own_and_claude_session_variables(supd_fac
             assert "SUPD_SECRET" not in child and "CLAUDECODE" not in child and "NOTIFY_SOCKET" not in child
     finally:
         shutil.rmtree(notify_dir, ignore_errors=True)
+
+
+# ---- hostile frames at a live daemon ---------------------------------------------
+
+
+def hostile_frames(rng: random.Random, n: int) -> list[bytes]:
+    """Random bytes, truncated and bit-flipped valid requests, valid msgpack of the wrong
+    shape, and the two inputs msgspec answers with non-DecodeErrors: none decodes."""
+    valid = [msgspec.msgpack.encode(m) for m in (
+        ctl.Submit(tasks=[TaskSpec(kind="exec", argv=["true"])]), ctl.Wait(ids=["t1"]), ctl.Get(id="t1"),
+        ctl.List(limit=2), ctl.Status(), ctl.Health())]
+    tags = ["Submit", "Wait", "Get", "Status", "Scale", "Shutdown", "Dispatch", "Result", "", "x"]
+
+    def junk(depth: int = 0) -> object:
+        keys = ["type", "tasks", "ids", "id", "kind", "argv", "limit", "children", "timeout_s", "q"]
+        options = [
+            lambda: None, lambda: rng.random() < 0.5, lambda: rng.randrange(-(2**63), 2**64),
+            lambda: rng.random() * 1e6 - 5e5,
+            lambda: "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(12))),
+            lambda: [junk(depth + 1) for _ in range(rng.randrange(4))],
+            lambda: {rng.choice(keys): junk(depth + 1) for _ in range(rng.randrange(4))},
+            lambda: {"type": rng.choice(tags), **{rng.choice(keys): junk(depth + 1) for _ in range(rng.randrange(3))}},
+        ]
+        return rng.choice(options if depth < 3 else options[:5])()
+
+    frames = [b"", b"\x81\xa4type\xa2\xff\xfe", b"\x82\xa4type\xa6Status\xa1a" + b"\x91" * 5000 + b"\xc0"]
+    while len(frames) < n:
+        kind = rng.randrange(4)
+        if kind == 0:
+            frames.append(rng.randbytes(rng.randrange(1, 300)))
+        elif kind == 1:
+            frame = rng.choice(valid)
+            frames.append(frame[:rng.randrange(len(frame))])
+        elif kind == 2:
+            frame = bytearray(rng.choice(valid))
+            frame[rng.randrange(len(frame))] ^= rng.randrange(1, 256)
+            frames.append(bytes(frame))
+        else:
+            frames.append(msgspec.msgpack.encode(junk()))
+    decoder = msgspec.msgpack.Decoder(ctl.Request)
+    hostile = []
+    for frame in frames:
+        try:
+            decoder.decode(frame)
+        except Exception:
+            hostile.append(frame)  # only what the daemon must refuse (a random valid Shutdown would be obeyed)
+    return hostile
+
+
+def test_hostile_frames_get_errors_and_the_daemon_keeps_serving(supd_factory):
+    d = supd_factory(children=2).start()
+    pids = d.children_pids()
+    ctx = zmq.Context.instance()
+    rng = random.Random(20250601)
+    frames = hostile_frames(rng, 300)
+    assert len(frames) >= 250
+
+    ctl_sock = ctx.socket(zmq.DEALER)
+    ctl_sock.setsockopt(zmq.LINGER, 0)
+    ctl_sock.connect(f"ipc://{d.state_dir / 'control.sock'}")
+    for i, frame in enumerate(frames):
+        if i % 10 == 0:  # an extra envelope frame must come back with the reply
+            ctl_sock.send_multipart([b"hop%d" % i, frame])
+        else:
+            ctl_sock.send(frame)
+    replies = []
+    while len(replies) < len(frames) and ctl_sock.poll(10_000):
+        replies.append(ctl_sock.recv_multipart())
+    ctl_sock.close()
+    assert len(replies) == len(frames), f"{len(frames) - len(replies)} frames got no answer"
+    decoded = [msgspec.msgpack.decode(r[-1], type=ctl.Reply) for r in replies]
+    assert all(isinstance(r, ctl.Error) and r.kind == "bad_request" for r in decoded)
+    assert sorted(r[0] for r in replies if len(r) == 2) == sorted(b"hop%d" % i for i in range(0, len(frames), 10))
+
+    # The children socket: a stranger DEALER with a made-up identity.
+    child_sock = ctx.socket(zmq.DEALER)
+    child_sock.setsockopt(zmq.LINGER, 0)
+    child_sock.setsockopt(zmq.IDENTITY, b"w97.1")
+    child_sock.connect(f"ipc://{d.state_dir / 'children.sock'}")
+    from proto import children as cp
+    strangers = [msgspec.msgpack.encode(m) for m in (
+        cp.Hello(protocol=1, slot="w97", pid=1), cp.Heartbeat(),
+        cp.Result(task_id="t-none", attempt=1, state="succeeded", outcome=cp.Outcome(), started_at=0, finished_at=0))]
+    for frame in hostile_frames(rng, 80) + strangers:
+        child_sock.send(frame)
+    child_sock.send_multipart([b"a", b"b"])  # three frames at the ROUTER
+    deadline = time.monotonic() + 20
+    while "event=stranger_child" not in d.log():
+        assert time.monotonic() < deadline, d.log()[-2000:]
+        time.sleep(0.05)
+    child_sock.close()
+
+    assert d.proc is not None and d.proc.poll() is None
+    status = d.info(ctl.Status())
+    assert status["phase"] == "running" and [c["state"] for c in status["children"]] == ["idle", "idle"]
+    assert d.children_pids() == pids, "hostile frames must not disturb the pool"
+    (task,) = d.wait(d.submit(TaskSpec(kind="exec", argv=["echo", "still here"])))
+    assert task.state == "succeeded" and task.result == "still here\n"
+    assert "event=child_frame_dropped" in d.log()
+
+
+@pytest.mark.parametrize("request_", [
+    ctl.Wait(ids=["nope"], timeout_s=float("nan")), ctl.Wait(ids=[], timeout_s=float("inf")),
+    ctl.Wait(ids=[], timeout_s=-1e308), ctl.List(limit=2**63 - 1), ctl.List(state="", limit=-5),
+    ctl.Get(id=""), ctl.Cancel(id="\x00" * 1000), ctl.Scale(children=-(2**63)),
+    ctl.Submit(tasks=[TaskSpec(kind="exec", argv=["true"], timeout_s=float("inf"))]),
+    ctl.Submit(tasks=[TaskSpec(kind="exec", argv=["true"], timeout_s=float("nan"))]),
+    ctl.Submit(tasks=[TaskSpec(kind="exec", argv=["true"], priority=2**63 - 1, retries=2**62)]),
+    ctl.Submit(tasks=[TaskSpec(kind="exec", argv=["true"], stall_timeout_s=1e-300)]),
+    ctl.Submit(tasks=[]), ctl.Submit(tasks=[TaskSpec(kind="exec", argv=["true"], cwd="/nonexistent\x01")]),
+], ids=lambda r: msgspec.json.encode(r).decode()[:60])
+def test_well_formed_requests_with_extreme_values_never_kill_the_daemon(supd_factory, request_):
+    d = supd_factory(children=1).start()
+    reply = d.request(request_, timeout_s=15)
+    assert isinstance(reply, (ctl.Error, ctl.Tasks, ctl.Accepted, ctl.Ok)), reply
+    assert d.proc is not None and d.proc.poll() is None, d.log()[-3000:]
+    assert d.info(ctl.Status())["phase"] == "running"
+    (task,) = d.wait(d.submit(TaskSpec(kind="exec", argv=["true"])), timeout_s=30)
+    assert task.state == "succeeded"
