@@ -234,8 +234,13 @@ class RunningTask:
         self._check_done()
 
     def stop(self, state: TaskState, error: TaskError, now: float, grace_s: float | None = None) -> None:
-        """Timeout or cancel: record why (the first reason wins) and start the escalation."""
-        if self.verdict is None:
+        """Timeout, cancel or shutdown: record why and start the escalation.
+
+        The first reason wins. A task whose outcome is already known (its main process
+        exited, or Claude printed its result line) keeps that outcome: the stop only ends
+        what is left of it, so finished work is never reported as cancelled.
+        """
+        if self.verdict is None and self.returncode is None and not self.executor.result_seen:
             self.verdict = (state, error)
         self.wall_at = self.stall_at = self.grace_at = None
         grace = self.limits.kill_grace_s if grace_s is None else min(grace_s, self.limits.kill_grace_s)

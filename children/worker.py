@@ -38,8 +38,6 @@ DAEMON_LOST_EXIT = 4
 EXIT_GRACE_S = 1.0
 #: How long a final Result may wait in the socket when we exit (LINGER is 0 otherwise).
 EXIT_LINGER_MS = 1000
-#: Not in `proto.task.ErrorKind`: a Dispatch reached a child that is already busy.
-WORKER_BUSY = "worker_busy"
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,8 @@ class Worker:
         cfg = self.config
         silent_s = now - self.daemon_seen
         if self.exiting is None and (silent_s > cfg.heartbeat_s * cfg.liveness or os.getppid() != cfg.daemon_pid):
-            self._leave(DAEMON_LOST_EXIT, f"daemon lost (silent {silent_s:.1f}s)", EXIT_GRACE_S, now)
+            why = f"daemon lost (silent {silent_s:.1f}s, parent {os.getppid()})"
+            self._leave(DAEMON_LOST_EXIT, why, EXIT_GRACE_S, now)
         if now >= self.last_sent + cfg.heartbeat_s and self.exit_code is None:
             task_id = self.task.task_id if self.task else None
             self.send(Heartbeat(task_id=task_id, rss_bytes=procs.rss_bytes(os.getpid())))
@@ -199,7 +198,7 @@ class Worker:
         if self.task is not None or self.exiting is not None:
             busy_with = self.task.task_id if self.task else "exiting"
             log("dispatch_refused", task=msg.task_id, busy_with=busy_with)
-            error = TaskError(kind=WORKER_BUSY, message=f"child {self.config.identity} is busy ({busy_with})")
+            error = TaskError(kind=ErrorKind.WORKER_BUSY, message=f"child {self.config.identity} is busy ({busy_with})")
             stamp = time.time()
             self.send(Result(task_id=msg.task_id, attempt=msg.attempt, state=TaskState.FAILED.value,
                              outcome=Outcome(error=error), started_at=stamp, finished_at=stamp))

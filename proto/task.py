@@ -81,6 +81,8 @@ class ErrorKind:
     STALL = "stall"
     #: the child process running the task died
     WORKER_LOST = "worker_lost"
+    #: a Dispatch reached a child that was already running a task (retryable)
+    WORKER_BUSY = "worker_busy"
     #: cancelled by a client or by shutdown
     CANCELLED = "cancelled"
     #: the daemon stopped before the task could finish (drain limit)
@@ -104,7 +106,7 @@ class ErrorKind:
     #: Claude: exited without a result line, or an unclassified error result
     CLAUDE = "claude"
 
-    RETRYABLE = frozenset({WORKER_LOST, STALL, OVERLOADED, RATE_LIMITED, API_ERROR, NETWORK})
+    RETRYABLE = frozenset({WORKER_LOST, WORKER_BUSY, STALL, OVERLOADED, RATE_LIMITED, API_ERROR, NETWORK})
     #: failures that say the Claude backend is unhealthy (feed the circuit breaker)
     INFRASTRUCTURE = frozenset({OVERLOADED, RATE_LIMITED, API_ERROR, NETWORK, STALL})
 

@@ -18,7 +18,6 @@ import zmq.auth.asyncio
 
 from supervisord.config import SecurityConfig
 
-
 #: The ZAP domain of supd's CURVE sockets; the authenticator checks keys for it alone.
 ZAP_DOMAIN = "supd"
 

@@ -77,7 +77,7 @@ def should_retry(task: Task, outcome: Outcome) -> bool:
 
 
 #: Failure classes that say nothing about the Claude backend's health.
-NEUTRAL = frozenset({ErrorKind.CANCELLED, ErrorKind.SHUTDOWN, ErrorKind.WORKER_LOST, ErrorKind.SPAWN,
+NEUTRAL = frozenset({ErrorKind.CANCELLED, ErrorKind.SHUTDOWN, ErrorKind.WORKER_LOST, ErrorKind.WORKER_BUSY, ErrorKind.SPAWN,
                      ErrorKind.TIMEOUT})
 
 

@@ -415,6 +415,15 @@ def test_claude_result_line_is_completion_even_if_the_cli_hangs(child: ChildHarn
     assert time.monotonic() - t0 < 2.0
 
 
+def test_cancel_after_the_result_line_keeps_the_result(child: ChildHarness) -> None:
+    child.send(scripted_claude(tid("s-late"), "hang", result_grace_s=20.0, kill_grace_s=0.3))
+    assert child.wait_for(lambda: any(isinstance(m, Progress) and m.event == "result/success"
+                                      for m in child.messages), 10)
+    child.send(Cancel(task_id=tid("s-late")))
+    result, _ = child.until(Result, 5)
+    assert result.state == "succeeded" and result.outcome.signal == signal.SIGTERM
+
+
 def test_claude_without_result_line_fails_with_stderr(child: ChildHarness) -> None:
     result, _ = child.run(scripted_claude(tid("s-nores"), "no-result"))
     assert result.state == "failed" and result.outcome.exit_code == 1

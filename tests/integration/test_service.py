@@ -3,14 +3,16 @@ systemd would), SIGHUP / `supctl reload` and `supctl scale` applied live."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import signal
 import socket
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,7 +37,7 @@ class NotifySocket:
         self.sock.settimeout(timeout_s)
         try:
             data = self.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return None
         fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
         self.seen.append((time.monotonic(), fields))
@@ -118,7 +120,7 @@ def test_sd_notify_ready_status_watchdog_and_stopping(supd_factory, notify):
     idle = notify.collect(2.0)
     pings = [t for t, m in idle if m.get("WATCHDOG") == "1"]
     assert len(pings) >= 4, idle
-    gap = statistics.median(b - a for a, b in zip(pings, pings[1:]))
+    gap = statistics.median(b - a for a, b in itertools.pairwise(pings))
     assert 0.1 <= gap < 0.4, f"watchdog median gap {gap:.3f}s for WATCHDOG_USEC=0.4s"
     assert not any("STATUS" in m for _, m in idle), f"STATUS repeated while nothing changed: {idle}"
 

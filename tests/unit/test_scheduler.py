@@ -190,7 +190,7 @@ def test_retry_delay_is_full_jitter(attempt: int, rand: float) -> None:
     assert delay == pytest.approx(ceiling * rand)
 
 
-RETRYABLE = [ErrorKind.WORKER_LOST, ErrorKind.STALL, ErrorKind.OVERLOADED, ErrorKind.RATE_LIMITED,
+RETRYABLE = [ErrorKind.WORKER_LOST, ErrorKind.WORKER_BUSY, ErrorKind.STALL, ErrorKind.OVERLOADED, ErrorKind.RATE_LIMITED,
              ErrorKind.API_ERROR, ErrorKind.NETWORK]
 NOT_RETRYABLE = [ErrorKind.AUTH, ErrorKind.INVALID_REQUEST, ErrorKind.MAX_TURNS, ErrorKind.EXIT,
                  ErrorKind.BUDGET, ErrorKind.SPAWN, ErrorKind.TIMEOUT, ErrorKind.CANCELLED,
@@ -396,7 +396,7 @@ def test_room_comes_back_when_a_task_is_taken_or_cancelled() -> None:
 
 INFRA = sorted(ErrorKind.INFRASTRUCTURE)
 NOT_INFRA = [ErrorKind.AUTH, ErrorKind.INVALID_REQUEST, ErrorKind.MAX_TURNS, ErrorKind.EXIT, ErrorKind.BUDGET,
-             ErrorKind.CLAUDE, ErrorKind.WORKER_LOST, ErrorKind.TIMEOUT, ErrorKind.CANCELLED,
+             ErrorKind.CLAUDE, ErrorKind.WORKER_LOST, ErrorKind.WORKER_BUSY, ErrorKind.TIMEOUT, ErrorKind.CANCELLED,
              ErrorKind.SHUTDOWN, ErrorKind.SPAWN]
 
 
