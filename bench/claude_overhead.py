@@ -13,9 +13,9 @@ import subprocess
 import time
 import uuid
 
+import fakeapi
 from common import Daemon, clean_env, print_table, short_tmpdir, toml_table, write_result
 
-import fakeapi
 from proto import control as ctl
 from proto.task import TaskSpec
 from supervisord import claude_cli
@@ -36,7 +36,8 @@ def through_supd(d: Daemon, prompt: str) -> float:
 def direct(cli: list[str], env: dict[str, str], prompt: str) -> float:
     argv = [*cli, "-p", "--output-format=stream-json", "--verbose", f"--model={MODEL}", "--", prompt]
     t0 = time.perf_counter()
-    out = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                         check=False)
     elapsed = time.perf_counter() - t0
     assert out.returncode == 0 and '"is_error":false' in out.stdout, out.stdout[-500:] + out.stderr[-500:]
     return elapsed

@@ -27,8 +27,8 @@ for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from proto import control as ctl  # noqa: E402
-from supervisord.client import Client  # noqa: E402
+from proto import control as ctl
+from supervisord.client import Client
 
 
 def short_tmpdir(prefix: str) -> Path:
@@ -64,7 +64,7 @@ class Daemon:
     def events_endpoint(self) -> str:
         return f"ipc://{self.state_dir / 'events.sock'}"
 
-    def start(self, ready_timeout_s: float = 120.0) -> "Daemon":
+    def start(self, ready_timeout_s: float = 120.0) -> Daemon:
         argv = [sys.executable, "-m", "supervisord.main", "--state-dir", str(self.state_dir),
                 "--children", str(self.children)]
         if self.config:
@@ -129,7 +129,7 @@ class Daemon:
         shutil.rmtree(self.state_dir, ignore_errors=True)
         return self.proc.returncode
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -165,7 +165,7 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
         t.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
         t.add_row(*[fmt(x) for x in row])
-    Console().print(t)
+    Console(width=160).print(t)
 
 
 def fmt(x: Any) -> str:

@@ -12,9 +12,9 @@ import argparse
 import sys
 import time
 
+import fakeapi
 from common import Daemon, short_tmpdir, toml_table
 
-import fakeapi
 from supervisord import benchcmd
 from supervisord.client import Client
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
+import baselines
 import psutil
 from common import Daemon, print_table, write_result
-
-import baselines
 
 
 def cpu_s(p: psutil.Process) -> float:

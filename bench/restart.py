@@ -16,10 +16,9 @@ import os
 import signal
 import time
 
+import baselines
 import zmq
 from common import Daemon, pct, print_table, write_result
-
-import baselines
 
 POLL_S = 0.005
 SAMPLE_TIMEOUT_S = 15.0

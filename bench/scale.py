@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import psutil
 from common import Daemon, print_table, write_result
@@ -27,14 +28,24 @@ def memory(pid: int) -> dict[str, float]:
             "children_uss_total_mib": sum(uss) / 2**20, "child_rss_mib": sum(rss) / len(rss) / 2**20 if rss else 0}
 
 
-def children_startup(n: int) -> dict[str, float]:
+def children_startup(n: int, timeout_s: float) -> dict[str, Any]:
+    """Time from `supd --children n` to all idle; if that never happens, say how far it got."""
     t0 = time.monotonic()
     d = Daemon(children=n)
     try:
-        d.start(ready_timeout_s=300)
+        try:
+            d.start(ready_timeout_s=timeout_s)
+        except RuntimeError:
+            log = d.log_path.read_text(errors="replace")
+            pool = d.status()["pool"] if d.client else {}
+            return {"children": n, "startup_s": None, "all_ready": False, "timeout_s": timeout_s,
+                    "idle_at_timeout": pool.get("idle"), "spawns": log.count("event=child_spawned"),
+                    "children_left_daemon_lost": log.count("daemon lost")}
         startup = time.monotonic() - t0
         assert d.proc is not None
-        return {"children": n, "startup_s": startup, **memory(d.proc.pid)}
+        log = d.log_path.read_text(errors="replace")
+        return {"children": n, "startup_s": startup, "all_ready": True, "spawns": log.count("event=child_spawned"),
+                **memory(d.proc.pid)}
     finally:
         d.stop()
 
@@ -82,18 +93,21 @@ def drain(total: int, batch: int, children: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--children", type=int, default=256)
+    p.add_argument("--children", default="64,256", help="comma-separated pool sizes to start")
+    p.add_argument("--ready-timeout", type=float, default=90.0)
     p.add_argument("--queue", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--drain", type=int, default=10_000)
     a = p.parse_args(argv)
-    results = {"children": children_startup(a.children), "queue": queue(a.queue, a.batch),
-               "drain": drain(a.drain, a.batch, 8)}
-    c, q, dr = results["children"], results["queue"], results["drain"]
-    print_table(f"{a.children} children", ["start-up s", "daemon RSS MiB", "children RSS MiB", "children USS MiB",
-                                           "RSS/child MiB"],
-                [[c["startup_s"], c["daemon_rss_mib"], c["children_rss_total_mib"], c["children_uss_total_mib"],
-                  c["child_rss_mib"]]])
+    sizes = [int(x) for x in a.children.split(",")]
+    results: dict[str, Any] = {"children": [children_startup(n, a.ready_timeout) for n in sizes],
+                               "queue": queue(a.queue, a.batch), "drain": drain(a.drain, a.batch, 8)}
+    q, dr = results["queue"], results["drain"]
+    print_table("children start-up", ["children", "all ready", "start-up s", "spawns", "daemon RSS MiB",
+                                      "children RSS MiB", "children USS MiB", "RSS/child MiB"],
+                [[c["children"], c["all_ready"], c["startup_s"], c["spawns"], c.get("daemon_rss_mib"),
+                  c.get("children_rss_total_mib"), c.get("children_uss_total_mib"), c.get("child_rss_mib")]
+                 for c in results["children"]])
     print_table(f"{q['tasks']:,} queued tasks (no children)", ["submit s", "submits/s", "RSS empty MiB",
                                                                "RSS queued MiB", "Status ms"],
                 [[q["submit_wall_s"], q["submit_per_s"], q["daemon_rss_empty_mib"], q["daemon_rss_queued_mib"],

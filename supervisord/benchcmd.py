@@ -24,7 +24,8 @@ import contextlib
 import random
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from proto import control as ctl
 from proto.task import TaskSpec, TaskView

@@ -231,9 +231,9 @@ def reload(d: "Daemon", envelope: Envelope | None = None, req: ctl.Reload | None
     d.breaker.threshold, d.breaker.open_s = new.breaker.threshold, new.breaker.open_s
     d.claude = claude_cli.resolve(new.claude.command, d.environ.get("PATH"))
     d.child_env = taskenv.child_environ(d.environ, frozenset(new.security.pass_env))  # for children spawned from now
-    apply_size(d, new.daemon.children)
+    apply_size(d, new.daemon.children)  # the file wins over --children and earlier `scale`s
     d.notifier.ready()
-    log("reloaded", config=d.config_path, children=new.daemon.children)
+    log("reloaded", config=d.config_path, children=d.pool.size)
     return ctl.Ok(message=f"reloaded {d.config_path}")
 
 

@@ -228,6 +228,7 @@ class Daemon:
         """Re-queue what a previous daemon accepted and did not finish."""
         now = self.clock()
         tasks = self.journal.unfinished()
+        leftovers_by_task = procs.tagged_by_task() if any(t.state is TaskState.RUNNING for t in tasks) else {}
         for task in tasks:
             if task.state is TaskState.RUNNING:
                 task.move(TaskState.QUEUED)  # RUNNING -> QUEUED (daemon restarted)
@@ -235,7 +236,7 @@ class Daemon:
                 self.journal.saved(task)
                 # If its child died with the old daemon (kill -9 of both), the tree lives on
                 # under init: end it before the task runs again (SIGKILL after the grace).
-                leftovers = [p.pid for p in procs.tagged(task.id)]
+                leftovers = [p.pid for p in leftovers_by_task.get(task.id, [])]
                 if leftovers:
                     procs.terminate_task(None, leftovers)
                     self.orphans.append(Orphans(task.id, None, now + self.config.tasks.kill_grace_s))

@@ -204,6 +204,23 @@ def tagged(task_id: str, among: list[psutil.Process] | None = None) -> list[psut
     return [p for p in pool if p.pid != me and _has_tag(p, task_id, uid)]
 
 
+def tagged_by_task() -> dict[str, list[psutil.Process]]:
+    """One scan of the process table: our uid's tagged processes, grouped by task id
+    (for recovery, where many task ids are looked up at once)."""
+    uid, me = os.getuid(), os.getpid()
+    found: dict[str, list[psutil.Process]] = {}
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == me or proc.uids().real != uid:
+                continue
+            tag = proc.environ().get(TASK_ENV)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if tag:
+            found.setdefault(tag, []).append(proc)
+    return found
+
+
 def _signal_all(pgid: int | None, pids: Iterable[Target], sig: int) -> int:
     sent = 0
     if pgid is not None and pgid > 1:

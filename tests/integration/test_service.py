@@ -4,11 +4,13 @@ systemd would), SIGHUP / `supctl reload` and `supctl scale` applied live."""
 from __future__ import annotations
 
 import itertools
+import queue
 import shutil
 import signal
 import socket
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,24 +26,39 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class NotifySocket:
-    """What systemd's end of $NOTIFY_SOCKET sees: datagrams of KEY=value lines, timestamped."""
+    """What systemd's end of $NOTIFY_SOCKET sees: datagrams of KEY=value lines, timestamped.
+
+    Like systemd, it reads all the time (a thread): a unix datagram queue holds only ~10
+    messages, and a reader that pauses would make the daemon's sends fail with EAGAIN."""
 
     def __init__(self) -> None:
         self.dir = short_tmpdir("supd-n-")
         self.path = str(self.dir / "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
         self.seen: list[tuple[float, dict[str, str]]] = []
+        self._queue: queue.Queue[tuple[float, dict[str, str]]] = queue.Queue()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, OSError):
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self._queue.put((time.monotonic(), fields))
 
     def next(self, timeout_s: float = 20.0) -> dict[str, str] | None:
-        self.sock.settimeout(timeout_s)
         try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
+            item = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
             return None
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-        self.seen.append((time.monotonic(), fields))
-        return fields
+        self.seen.append(item)
+        return item[1]
 
     def until(self, key: str, value: str | None = None, timeout_s: float = 20.0) -> dict[str, str]:
         deadline = time.monotonic() + timeout_s
@@ -59,6 +76,8 @@ class NotifySocket:
         return self.seen[start:]
 
     def close(self) -> None:
+        self._stop.set()
+        self._reader.join(2)
         self.sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
