@@ -112,8 +112,10 @@ class RunningTask:
 
     def on_sigchld(self, now: float) -> None:
         """A child of ours changed state: maybe an adopted orphan died; reap it."""
-        self._reap_orphans()
-        self._check_done()
+        if self.returncode is None:
+            self._reap_orphans()
+        else:
+            self._check_done()
 
     # ---- output ----------------------------------------------------------------------
 
@@ -185,7 +187,6 @@ class RunningTask:
         self._close_pidfd()
         self._close_stdin()
         self.wall_at = self.stall_at = self.grace_at = None
-        log("task_exited", task=self.task_id, task_pid=self.pid, returncode=rc)
         # Take what is already in the pipes, then end whatever the task left behind (a
         # leftover holding the pipe open would otherwise keep us from EOF forever).
         for fd in (self.out_fd, self.err_fd):
@@ -199,17 +200,21 @@ class RunningTask:
             os.close(self.pidfd)
             self.pidfd = None
 
-    def _reap_orphans(self) -> None:
-        """Reap adopted orphans by pid (never waitpid(-1)); the main pid is the pidfd's."""
+    def _reap_orphans(self) -> bool:
+        """Reap adopted orphans by pid (never waitpid(-1)); the main pid is the pidfd's.
+        Returns True if any child of ours is still alive."""
+        alive = False
         for pid in procs.children_pids(os.getpid()):
-            if pid != self.pid or self.pidfd is None:
-                procs.reap(pid)
+            if pid == self.pid and self.pidfd is not None:
+                alive = True
+            elif procs.reap(pid) is None:
+                alive = True
+        return alive
 
     def _check_done(self) -> None:
         if self.finished or self.returncode is None or self.out_fd is not None or self.err_fd is not None:
             return
-        self._reap_orphans()
-        if procs.children_pids(os.getpid()):
+        if self._reap_orphans():
             return  # a SIGCHLD will tell us when the rest is gone
         self.finished = True
         self.kill_at = self.recheck_at = self.give_up_at = None

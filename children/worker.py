@@ -36,6 +36,9 @@ DAEMON_LOST_EXIT = 4
 #: The cap on the kill grace when leaving on SIGTERM or daemon loss (a Stop uses the
 #: task's own kill_grace_s: the daemon asked and is waiting).
 EXIT_GRACE_S = 1.0
+#: The child's own heartbeat is a fallback for when the daemon's pings (every heartbeat_s,
+#: answered at once) are late; it fires after this many intervals of our silence.
+OWN_BEAT_FACTOR = 1.5
 #: How long a final Result may wait in the socket when we exit (LINGER is 0 otherwise).
 EXIT_LINGER_MS = 1000
 
@@ -104,7 +107,7 @@ class Worker:
 
     def _timeout_ms(self, now: float) -> int:
         cfg = self.config
-        deadlines = [self.last_sent + cfg.heartbeat_s]
+        deadlines = [self.last_sent + cfg.heartbeat_s * OWN_BEAT_FACTOR]
         if self.exiting is None:  # once leaving, liveness is moot (and past: no busy loop)
             deadlines.append(self.daemon_seen + cfg.heartbeat_s * cfg.liveness)
         if self.task is not None and (task_at := self.task.next_deadline()) is not None:
@@ -163,9 +166,12 @@ class Worker:
         if self.exiting is None and (silent_s > cfg.heartbeat_s * cfg.liveness or os.getppid() != cfg.daemon_pid):
             why = f"daemon lost (silent {silent_s:.1f}s, parent {os.getppid()})"
             self._leave(DAEMON_LOST_EXIT, why, EXIT_GRACE_S, now)
-        if now >= self.last_sent + cfg.heartbeat_s and self.exit_code is None:
-            task_id = self.task.task_id if self.task else None
-            self.send(Heartbeat(task_id=task_id, rss_bytes=procs.rss_bytes(os.getpid())))
+        if now >= self.last_sent + cfg.heartbeat_s * OWN_BEAT_FACTOR and self.exit_code is None:
+            self._beat()
+
+    def _beat(self) -> None:
+        task_id = self.task.task_id if self.task else None
+        self.send(Heartbeat(task_id=task_id, rss_bytes=procs.rss_bytes(os.getpid())))
 
     # ---- messages --------------------------------------------------------------------
 
@@ -192,7 +198,10 @@ class Worker:
             case Stop():
                 self._leave(0, f"stop: {msg.reason}", None, now)
             case Heartbeat():
-                pass
+                # Answer the daemon's ping at once: all children's beats then reach the hub
+                # together (one wake-up, not one per child), and our own timer stays a fallback.
+                if now >= self.last_sent + self.config.heartbeat_s / 2 and self.exit_code is None:
+                    self._beat()
 
     def _on_dispatch(self, msg: Dispatch, now: float) -> None:
         if self.task is not None or self.exiting is not None:

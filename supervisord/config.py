@@ -25,7 +25,7 @@ class _Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 class DaemonConfig(_Section):
     children: int = 4
     drain_s: float = 60.0
-    heartbeat_s: float = 1.0
+    heartbeat_s: float = 2.0
     liveness: int = 5
     max_queued: int = 100_000
     runtime_dir: str | None = None

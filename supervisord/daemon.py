@@ -36,6 +36,7 @@ from supervisord.control import ControlServer
 from supervisord.eventbus import EventBus
 from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, SignalReceived, TimerFired
 from supervisord.journal import Journal, view
+from supervisord import logs
 from supervisord.logs import log
 from supervisord.metrics import Metrics
 from supervisord.pool import ChildState, Due, Policy, Pool, Slot
@@ -167,6 +168,7 @@ class Daemon:
         finally:
             self._close()
         log("daemon_stopped", pid=os.getpid())
+        logs.flush()
         return 0
 
     async def _loop(self) -> None:
@@ -194,6 +196,7 @@ class Daemon:
         self._maybe_ready()
         self._arm_timer(now)
         self._retitle()
+        logs.flush()
 
     def _handle(self, event: Event) -> None:
         match event:
@@ -295,7 +298,7 @@ class Daemon:
                 self.pool.seen(slot, now)
                 self.task_pgid[task_id] = pgid
                 self.task_pid[task_id] = pid
-                log("task_process", task=task_id, child=identity, pid=pid, pgid=pgid)
+                log("task_process", logging.DEBUG, task=task_id, child=identity, pid=pid, pgid=pgid)
                 self.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
             case cp.Progress(task_id=task_id, event=kind, summary=summary):
                 self.pool.seen(slot, now)

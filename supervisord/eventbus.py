@@ -21,7 +21,7 @@ import zmq.asyncio
 class EventBus:
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.sock = ctx.socket(zmq.PUB)
+        self.sock: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.PUB)  # plain: a PUB only sends, never waits
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 10_000)
         old = os.umask(0o177)

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return uvloop.run(run())
     except Exception:
         logs.log("daemon_crashed", level=40, error=repr(sys.exc_info()[1]))
+        logs.flush()
         raise
 
 

@@ -26,7 +26,9 @@ class ChildTransport:
                  max_message_bytes: int) -> None:
         self.endpoint = endpoint
         self.inbox = inbox
-        self.sock = ctx.socket(zmq.ROUTER)
+        # A plain (not zmq.asyncio) socket on the loop's reader: this is the hot path, and
+        # zmq.asyncio builds a future per message. See `_drain` for the edge-trigger rules.
+        self.sock: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
@@ -35,15 +37,30 @@ class ChildTransport:
         self.sock.bind(endpoint)
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(cp.ChildMessage)
-        self._reader: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd = self.sock.getsockopt(zmq.FD)
+        self._drain_pending = False
         self.dropped = 0
 
     def start(self) -> None:
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._drain)
+        self._schedule_drain()  # what arrived before we were watching
 
-    async def _read(self) -> None:
-        while True:
-            frames = await self.sock.recv_multipart()
+    def _schedule_drain(self) -> None:
+        if not self._drain_pending and self._loop is not None:
+            self._drain_pending = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """ZMQ's FD is edge-triggered: take every message there is (until EAGAIN) so it can
+        signal again; after 1024, yield to the loop and come back."""
+        self._drain_pending = False
+        for _ in range(1024):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             if len(frames) != 2:
                 self._drop(frames[0] if frames else b"?", f"{len(frames)} frames")
                 continue
@@ -54,6 +71,7 @@ class ChildTransport:
                 self._drop(identity, str(e))
                 continue
             self.inbox.put_nowait(ChildSaid(identity.decode(errors="replace"), message))
+        self._schedule_drain()
 
     def _drop(self, identity: bytes, why: str) -> None:
         self.dropped += 1
@@ -66,8 +84,12 @@ class ChildTransport:
         except zmq.ZMQError as e:
             log("child_send_failed", logging.DEBUG, child=identity, error=e.strerror)
             return False
+        finally:
+            # A send can consume the FD's edge for input that arrived meanwhile: look again.
+            if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._schedule_drain()
 
     def close(self) -> None:
-        if self._reader:
-            self._reader.cancel()
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd)
         self.sock.close(linger=0)
