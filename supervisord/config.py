@@ -28,6 +28,7 @@ class DaemonConfig(_Section):
     heartbeat_s: float = 2.0
     liveness: int = 5
     max_queued: int = 100_000
+    max_starting: int = 8
     runtime_dir: str | None = None
     log_level: str = "info"
 
@@ -118,6 +119,7 @@ _POSITIVE = {
     "daemon.heartbeat_s": lambda c: c.daemon.heartbeat_s > 0,
     "daemon.liveness": lambda c: c.daemon.liveness >= 1,
     "daemon.max_queued": lambda c: c.daemon.max_queued >= 1,
+    "daemon.max_starting": lambda c: c.daemon.max_starting >= 1,
     "tasks.timeout_s": lambda c: c.tasks.timeout_s > 0,
     "tasks.stall_timeout_s": lambda c: c.tasks.stall_timeout_s > 0,
     "tasks.kill_grace_s": lambda c: c.tasks.kill_grace_s >= 0,

@@ -44,6 +44,9 @@ class Policy:
     heartbeat_s: float = 1.0
     liveness: int = 5
     boot_timeout_s: float = 30.0
+    #: children booting at once: a larger pool starts in waves, so boots on a small machine
+    #: do not starve each other (and the hub) past their timeouts
+    max_starting: int = 8
     backoff_base_s: float = 0.1
     backoff_max_s: float = 30.0
     stable_after_s: float = 10.0
@@ -269,9 +272,12 @@ class Pool:
     def due(self, now: float) -> list[Due]:
         out: list[Due] = []
         p = self.policy
+        starting = sum(1 for s in self.slots if s.state is ChildState.STARTING)
         for slot in self.slots:
             if slot.state is ChildState.BACKOFF and not slot.retire and slot.respawn_at <= now:
-                out.append(Due("spawn", slot, "respawn"))
+                if starting < p.max_starting:  # the rest wait for a Hello (an event) to free a place
+                    starting += 1
+                    out.append(Due("spawn", slot, "respawn"))
             elif slot.state is ChildState.STARTING and now - slot.spawned_at > p.boot_timeout_s:
                 out.append(Due("kill", slot, f"no hello in {p.boot_timeout_s:g}s"))
             elif slot.state in (ChildState.IDLE, ChildState.BUSY) and now - slot.last_seen > p.heartbeat_s * p.liveness:

@@ -86,6 +86,7 @@ RANGES = [
     ("daemon.heartbeat_s", 0.0, 0.01),
     ("daemon.liveness", 0, 1),
     ("daemon.max_queued", 0, 1),
+    ("daemon.max_starting", 0, 1),
     ("tasks.timeout_s", 0.0, 0.01),
     ("tasks.timeout_s", -1.0, 0.01),
     ("tasks.stall_timeout_s", 0.0, 0.01),

@@ -665,3 +665,17 @@ def test_simulated_hub_never_applies_the_same_action_twice(seed: int) -> None:
         nd = pool.next_deadline()
         assert nd is None or nd >= now, (nd, now)  # a past deadline would be something due
         assert all(s.state is not C.BACKOFF or s.respawn_at > now or s.retire for s in pool.slots)
+
+
+def test_a_big_pool_boots_in_waves_of_max_starting() -> None:
+    pool = Pool(Policy(max_starting=3))
+    pool.resize(10, 0.0)
+    spawns = [d for d in pool.due(0.0) if d.action == "spawn"]
+    assert len(spawns) == 3
+    for i, due in enumerate(spawns):
+        pool.spawning(due.slot)
+        pool.spawned(due.slot, 100 + i, 0.0)
+    assert [d for d in pool.due(0.1) if d.action == "spawn"] == []  # all places taken
+    pool.hello(spawns[0].slot, 0.2, 0.0)
+    (more,) = [d for d in pool.due(0.2) if d.action == "spawn"]
+    assert more.slot.state is ChildState.BACKOFF and more.slot not in [d.slot for d in spawns]
