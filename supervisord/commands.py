@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 from proto import control as ctl
 from proto.task import ErrorKind, TaskState
 from supervisord import config as config_mod
-from supervisord import claude_cli, taskenv, traceids, validate
+from supervisord import childcare, claude_cli, taskenv, traceids, validate
 from supervisord.logs import log
 from supervisord.scheduler import Breaker, Task
 
@@ -208,7 +208,7 @@ def scale(d: "Daemon", envelope: Envelope, req: ctl.Scale) -> ctl.Reply:
 def apply_size(d: "Daemon", n: int) -> None:
     now = d.clock()
     for due in d.pool.resize(n, now):
-        d._stop_child(due.slot, now, due.reason)
+        childcare.stop(d, due.slot, now, due.reason)
     log("pool_scaled", children=n)
 
 

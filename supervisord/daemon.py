@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import os
 import random
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +24,16 @@ import setproctitle
 import zmq
 import zmq.asyncio
 
-from proto import PROTOCOL_VERSION
 from proto import children as cp
 from proto import control as ctl
-from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord import claude_cli, curve, procs, taskenv, traceids
+from proto.task import ErrorKind, Outcome, TaskState
+from supervisord import childcare, claude_cli, curve, logs, procs, taskenv, traceids
+from supervisord.childcare import Orphans
 from supervisord.config import Config
 from supervisord.control import ControlServer
 from supervisord.eventbus import EventBus
 from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, SignalReceived, TimerFired
 from supervisord.journal import Journal, view
-from supervisord import logs
 from supervisord.logs import log
 from supervisord.metrics import Metrics
 from supervisord.pool import ChildState, Due, Policy, Pool, Slot
@@ -81,15 +78,6 @@ class Waiter:
     envelope: tuple[bytes, ...]
     ids: list[str]
     pending: set[str]
-    deadline: float
-
-
-@dataclass(slots=True)
-class Orphans:
-    """A task tree whose child is gone: SIGTERMed, to be SIGKILLed at `deadline`."""
-
-    task_id: str
-    pgid: int | None
     deadline: float
 
 
@@ -201,9 +189,9 @@ class Daemon:
     def _handle(self, event: Event) -> None:
         match event:
             case ChildSaid(identity, message):
-                self._on_child_message(identity, message)
+                childcare.on_message(self, identity, message)
             case ChildExited(identity, pid, returncode):
-                self._on_child_exit(identity, pid, returncode)
+                childcare.on_exit(self, identity, pid, returncode)
             case RequestReceived(envelope, request):
                 self.commands.handle(self, envelope, request)
             case SignalReceived(signum):
@@ -252,77 +240,7 @@ class Daemon:
 
     # ---- children -------------------------------------------------------------------
 
-    def _spawn(self, slot: Slot, now: float) -> None:
-        identity = self.pool.spawning(slot)
-        d = self.config.daemon
-        argv = [sys.executable, "-m", "children", "--endpoint", self.paths.children, "--identity", identity,
-                "--daemon-pid", str(os.getpid()), "--heartbeat-s", str(d.heartbeat_s), "--liveness", str(d.liveness)]
-        try:
-            proc = procs.spawn(argv, env=self.child_env, cwd=None, stdin_data=False, new_session=True, capture=False)
-            pidfd = procs.pidfd_open(proc.pid)
-        except OSError as e:
-            self.pool.spawn_failed(slot, f"spawn failed: {e}")
-            log("child_fatal", logging.ERROR, child=identity, reason=slot.fatal_reason)
-            return
-        loop = asyncio.get_running_loop()
-        loop.add_reader(pidfd, self._on_pidfd, identity, proc.pid, pidfd)
-        self.pool.spawned(slot, proc.pid, now)
-        log("child_spawned", child=identity, pid=proc.pid, state=slot.state.value)
-        self.events.publish(f"child/{identity}/spawned", child=identity, pid=proc.pid)
-        self.tracer.child_event("spawn", identity, proc.pid)
-
-    def _on_pidfd(self, identity: str, pid: int, pidfd: int) -> None:
-        asyncio.get_running_loop().remove_reader(pidfd)
-        os.close(pidfd)
-        self.inbox.put_nowait(ChildExited(identity, pid, procs.reap(pid)))
-
-    def _on_child_message(self, identity: str, message: cp.ChildMessage) -> None:
-        slot = self.pool.find(identity)
-        if slot is None or slot.pid is None:
-            log("stranger_child", logging.WARNING, child=identity)
-            self.transport.send(identity, cp.Stop(reason="unknown child"))
-            return
-        now = self.clock()
-        match message:
-            case cp.Heartbeat(rss_bytes=rss):
-                self.pool.seen(slot, now, rss)
-            case cp.Hello(protocol=protocol, pid=pid):
-                self.pool.seen(slot, now)
-                if protocol != PROTOCOL_VERSION or pid != slot.pid:
-                    log("child_refused", logging.ERROR, child=identity, protocol=protocol, pid=pid)
-                    self._kill_child(slot, now, "protocol mismatch")
-                elif self.pool.hello(slot, now, self.rand()):
-                    log("child_ready", child=identity, pid=pid, state=slot.state.value)
-                    self.events.publish(f"child/{identity}/ready", child=identity, pid=pid)
-            case cp.Started(task_id=task_id, pid=pid, pgid=pgid):
-                self.pool.seen(slot, now)
-                self.task_pgid[task_id] = pgid
-                self.task_pid[task_id] = pid
-                log("task_process", logging.DEBUG, task=task_id, child=identity, pid=pid, pgid=pgid)
-                self.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
-            case cp.Progress(task_id=task_id, event=kind, summary=summary):
-                self.pool.seen(slot, now)
-                self.events.publish(f"task/{task_id}/progress", task=task_id, event=kind, summary=summary)
-            case cp.Result():
-                self.pool.seen(slot, now)
-                self._on_result(slot, message, now)
-
-    def _on_result(self, slot: Slot, msg: cp.Result, now: float) -> None:
-        task = self.sched.tasks.get(msg.task_id)
-        if task is None or task.child != slot.identity or task.state is not TaskState.RUNNING:
-            log("stale_result", logging.WARNING, task=msg.task_id, child=slot.identity)
-            return
-        self.task_pgid.pop(task.id, None)
-        try:
-            state = TaskState(msg.state)
-        except ValueError:
-            state = TaskState.FAILED
-        self._finish(task, state, msg.outcome, now, started_at=msg.started_at, finished_at=msg.finished_at)
-        due = self.pool.released(slot, now)
-        if due is not None:
-            self._stop_child(due.slot, now, due.reason)
-
-    def _finish(self, task: Task, state: TaskState, outcome: Outcome, now: float,
+    def finish(self, task: Task, state: TaskState, outcome: Outcome, now: float,
                 started_at: float | None = None, finished_at: float | None = None) -> None:
         """One attempt ended: breaker, retry or final state, journal, waiters, metrics."""
         error_kind = outcome.error.kind if outcome.error else None
@@ -334,7 +252,7 @@ class Daemon:
             task.started_at = started_at
         pid = self.task_pid.pop(task.id, None)
         self.tracer.attempt_finished(task, state.value, outcome, time.time_ns(), pid)
-        if error_kind == ErrorKind.SHUTDOWN and self.phase in (Phase.DRAINING, Phase.STOPPING):
+        if error_kind == ErrorKind.SHUTDOWN and self.winding_down:
             task.outcome = outcome
             self.sched.requeue(task, now)  # RUNNING -> QUEUED: runs again on the next start
             self.journal.saved(task)
@@ -379,59 +297,6 @@ class Daemon:
     def task_view(self, task_id: str) -> ctl.TaskView | None:
         live = self.sched.tasks.get(task_id)
         return view(live) if live else self.journal.get(task_id)
-
-    def _on_child_exit(self, identity: str, pid: int, returncode: int | None) -> None:
-        slot = self.pool.find(identity)
-        if slot is None or slot.pid != pid:
-            return
-        now = self.clock()
-        task_id = slot.task_id
-        exit_ = self.pool.exited(slot, returncode, now, self.rand())
-        log("child_exited", child=identity, pid=pid, returncode=returncode, verdict=exit_.verdict,
-            reason=exit_.reason, state=slot.state.value, task=task_id)
-        self.events.publish(f"child/{identity}/exited", child=identity, pid=pid, returncode=returncode,
-                            verdict=exit_.verdict, reason=exit_.reason)
-        self.tracer.child_event("exit", identity, pid, returncode=returncode, verdict=exit_.verdict)
-        if exit_.verdict == "fatal":
-            self.metrics.child_fatal += 1
-            log("child_fatal", logging.ERROR, child=identity, reason=exit_.reason)
-            self.events.publish(f"child/{identity}/fatal", child=identity, reason=exit_.reason)
-        elif exit_.verdict == "respawn" and exit_.reason != "planned":
-            self.metrics.child_restarts += 1
-        if task_id is not None:
-            self._lost_task(task_id, identity, returncode, now)
-
-    def _lost_task(self, task_id: str, identity: str, returncode: int | None, now: float) -> None:
-        """The child running `task_id` died: kill the task's tree, then retry or fail it."""
-        pgid = self.task_pgid.pop(task_id, None)
-        procs.terminate_task(pgid, [p.pid for p in procs.tagged(task_id)])
-        self.orphans.append(Orphans(task_id, pgid, now + self.config.tasks.kill_grace_s))
-        task = self.sched.tasks.get(task_id)
-        if task is None or task.state is not TaskState.RUNNING:
-            return
-        if self.phase in (Phase.DRAINING, Phase.STOPPING):
-            error = TaskError(kind=ErrorKind.SHUTDOWN, message=f"child {identity} stopped during shutdown")
-        else:
-            error = TaskError(kind=ErrorKind.WORKER_LOST, message=f"child {identity} exited ({returncode}) mid-task")
-        self._finish(task, TaskState.FAILED, Outcome(error=error), now)
-
-    def _orphaned(self, task_id: str) -> list[int]:
-        """Pids tagged `task_id` that no live child owns: what a lost attempt left behind.
-        A retry of the same task carries the same tag but runs under a live child: spared."""
-        owned = {p.pid for slot in self.pool.alive() if slot.pid for p in procs.descendants(slot.pid)}
-        return [p.pid for p in procs.tagged(task_id) if p.pid not in owned]
-
-    def _kill_child(self, slot: Slot, now: float, reason: str) -> None:
-        log("child_kill", logging.WARNING, child=slot.identity, pid=slot.pid, reason=reason)
-        if slot.pid:
-            procs.signal_pid(slot.pid, signal.SIGKILL)
-        self.pool.stopping(slot, None, planned=False)
-
-    def _stop_child(self, slot: Slot, now: float, reason: str) -> None:
-        log("child_stop", child=slot.identity, pid=slot.pid, reason=reason)
-        self.transport.send(slot.identity, cp.Stop(reason=reason))
-        grace = self.config.tasks.kill_grace_s + 2 * self.config.daemon.heartbeat_s
-        self.pool.stopping(slot, now + grace, planned=True)
 
     # ---- dispatch -------------------------------------------------------------------
 
@@ -487,7 +352,7 @@ class Daemon:
             self._apply(due, now)
         for orphan in [o for o in self.orphans if o.deadline <= now]:
             self.orphans.remove(orphan)
-            procs.kill_task(orphan.pgid, self._orphaned(orphan.task_id))
+            procs.kill_task(orphan.pgid, childcare.orphaned(self, orphan.task_id))
         for waiter in [w for w in self.waiters if w.deadline <= now]:
             self.answer_waiter(waiter)
         if now >= self.next_heartbeat:
@@ -503,11 +368,11 @@ class Daemon:
     def _apply(self, due: Due, now: float) -> None:
         if due.action == "spawn":
             if self.phase in (Phase.STARTING, Phase.RUNNING):
-                self._spawn(due.slot, now)
+                childcare.spawn(self, due.slot, now)
         elif due.action == "kill":
-            self._kill_child(due.slot, now, due.reason)
+            childcare.kill(self, due.slot, now, due.reason)
         else:
-            self._stop_child(due.slot, now, due.reason)
+            childcare.stop(self, due.slot, now, due.reason)
 
     def _arm_timer(self, now: float) -> None:
         candidates = [self.pool.next_deadline(), self.sched.next_due(), self.next_heartbeat,
@@ -541,6 +406,11 @@ class Daemon:
         else:
             self.begin_drain(f"signal {signal.Signals(signum).name}")
 
+    @property
+    def winding_down(self) -> bool:
+        """Draining or stopping: a task stopped now is re-queued for the next start, not failed."""
+        return self.phase in (Phase.DRAINING, Phase.STOPPING)
+
     def begin_drain(self, reason: str) -> None:
         if self.phase in (Phase.DRAINING, Phase.STOPPING, Phase.STOPPED):
             return
@@ -564,7 +434,7 @@ class Daemon:
                 self.phase = Phase.STOPPING
                 for slot in self.pool.alive():
                     if slot.state is not ChildState.STOPPING:
-                        self._stop_child(slot, now, "shutdown")
+                        childcare.stop(self, slot, now, "shutdown")
         if self.phase is Phase.STOPPING and not self.pool.alive() and not self.orphans:
             self.phase = Phase.STOPPED
 

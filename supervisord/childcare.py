@@ -1,0 +1,168 @@
+"""Child verbs of the hub: spawn, watch, hear, stop, kill, and mourn a child.
+
+Part of the hub (runs inside its loop, owns no state): functions that read and change
+the `Daemon`'s state (its pool, scheduler, journal) and act through its spokes. The
+pure decisions are `supervisord.pool`'s; this module applies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proto import PROTOCOL_VERSION
+from proto import children as cp
+from proto.task import ErrorKind, Outcome, TaskError, TaskState
+from supervisord import procs
+from supervisord.events import ChildExited
+from supervisord.logs import log
+from supervisord.pool import Slot
+
+if TYPE_CHECKING:
+    from supervisord.daemon import Daemon
+
+
+@dataclass(slots=True)
+class Orphans:
+    """A task tree whose child is gone: SIGTERMed, to be SIGKILLed at `deadline`."""
+
+    task_id: str
+    pgid: int | None
+    deadline: float
+
+
+def spawn(d: "Daemon", slot: Slot, now: float) -> None:
+    identity = d.pool.spawning(slot)
+    cfg = d.config.daemon
+    argv = [sys.executable, "-m", "children", "--endpoint", d.paths.children, "--identity", identity,
+            "--daemon-pid", str(os.getpid()), "--heartbeat-s", str(cfg.heartbeat_s), "--liveness", str(cfg.liveness)]
+    try:
+        proc = procs.spawn(argv, env=d.child_env, cwd=None, stdin_data=False, new_session=True, capture=False)
+        pidfd = procs.pidfd_open(proc.pid)
+    except OSError as e:
+        d.pool.spawn_failed(slot, f"spawn failed: {e}")
+        log("child_fatal", logging.ERROR, child=identity, reason=slot.fatal_reason)
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_reader(pidfd, _on_pidfd, d, identity, proc.pid, pidfd)
+    d.pool.spawned(slot, proc.pid, now)
+    log("child_spawned", child=identity, pid=proc.pid, state=slot.state.value)
+    d.events.publish(f"child/{identity}/spawned", child=identity, pid=proc.pid)
+    d.tracer.child_event("spawn", identity, proc.pid)
+
+
+def _on_pidfd(d: "Daemon", identity: str, pid: int, pidfd: int) -> None:
+    asyncio.get_running_loop().remove_reader(pidfd)
+    os.close(pidfd)
+    d.inbox.put_nowait(ChildExited(identity, pid, procs.reap(pid)))
+
+
+def on_message(d: "Daemon", identity: str, message: cp.ChildMessage) -> None:
+    slot = d.pool.find(identity)
+    if slot is None or slot.pid is None:
+        log("stranger_child", logging.WARNING, child=identity)
+        d.transport.send(identity, cp.Stop(reason="unknown child"))
+        return
+    now = d.clock()
+    match message:
+        case cp.Heartbeat(rss_bytes=rss):
+            d.pool.seen(slot, now, rss)
+        case cp.Hello(protocol=protocol, pid=pid):
+            d.pool.seen(slot, now)
+            if protocol != PROTOCOL_VERSION or pid != slot.pid:
+                log("child_refused", logging.ERROR, child=identity, protocol=protocol, pid=pid)
+                kill(d, slot, now, "protocol mismatch")
+            elif d.pool.hello(slot, now, d.rand()):
+                log("child_ready", child=identity, pid=pid, state=slot.state.value)
+                d.events.publish(f"child/{identity}/ready", child=identity, pid=pid)
+        case cp.Started(task_id=task_id, pid=pid, pgid=pgid):
+            d.pool.seen(slot, now)
+            d.task_pgid[task_id] = pgid
+            d.task_pid[task_id] = pid
+            log("task_process", logging.DEBUG, task=task_id, child=identity, pid=pid, pgid=pgid)
+            d.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
+        case cp.Progress(task_id=task_id, event=kind, summary=summary):
+            d.pool.seen(slot, now)
+            d.events.publish(f"task/{task_id}/progress", task=task_id, event=kind, summary=summary)
+        case cp.Result():
+            d.pool.seen(slot, now)
+            on_result(d, slot, message, now)
+
+
+def on_result(d: "Daemon", slot: Slot, msg: cp.Result, now: float) -> None:
+    task = d.sched.tasks.get(msg.task_id)
+    if task is None or task.child != slot.identity or task.state is not TaskState.RUNNING:
+        log("stale_result", logging.WARNING, task=msg.task_id, child=slot.identity)
+        return
+    d.task_pgid.pop(task.id, None)
+    try:
+        state = TaskState(msg.state)
+    except ValueError:
+        state = TaskState.FAILED
+    d.finish(task, state, msg.outcome, now, started_at=msg.started_at, finished_at=msg.finished_at)
+    due = d.pool.released(slot, now)
+    if due is not None:
+        stop(d, due.slot, now, due.reason)
+
+
+def on_exit(d: "Daemon", identity: str, pid: int, returncode: int | None) -> None:
+    slot = d.pool.find(identity)
+    if slot is None or slot.pid != pid:
+        return
+    now = d.clock()
+    task_id = slot.task_id
+    exit_ = d.pool.exited(slot, returncode, now, d.rand())
+    log("child_exited", child=identity, pid=pid, returncode=returncode, verdict=exit_.verdict,
+        reason=exit_.reason, state=slot.state.value, task=task_id)
+    d.events.publish(f"child/{identity}/exited", child=identity, pid=pid, returncode=returncode,
+                        verdict=exit_.verdict, reason=exit_.reason)
+    d.tracer.child_event("exit", identity, pid, returncode=returncode, verdict=exit_.verdict)
+    if exit_.verdict == "fatal":
+        d.metrics.child_fatal += 1
+        log("child_fatal", logging.ERROR, child=identity, reason=exit_.reason)
+        d.events.publish(f"child/{identity}/fatal", child=identity, reason=exit_.reason)
+    elif exit_.verdict == "respawn" and exit_.reason != "planned":
+        d.metrics.child_restarts += 1
+    if task_id is not None:
+        lost_task(d, task_id, identity, returncode, now)
+
+
+def lost_task(d: "Daemon", task_id: str, identity: str, returncode: int | None, now: float) -> None:
+    """The child running `task_id` died: kill the task's tree, then retry or fail it."""
+    pgid = d.task_pgid.pop(task_id, None)
+    procs.terminate_task(pgid, [p.pid for p in procs.tagged(task_id)])
+    d.orphans.append(Orphans(task_id, pgid, now + d.config.tasks.kill_grace_s))
+    task = d.sched.tasks.get(task_id)
+    if task is None or task.state is not TaskState.RUNNING:
+        return
+    if d.winding_down:
+        error = TaskError(kind=ErrorKind.SHUTDOWN, message=f"child {identity} stopped during shutdown")
+    else:
+        error = TaskError(kind=ErrorKind.WORKER_LOST, message=f"child {identity} exited ({returncode}) mid-task")
+    d.finish(task, TaskState.FAILED, Outcome(error=error), now)
+
+
+def orphaned(d: "Daemon", task_id: str) -> list[int]:
+    """Pids tagged `task_id` that no live child owns: what a lost attempt left behind.
+    A retry of the same task carries the same tag but runs under a live child: spared."""
+    owned = {p.pid for slot in d.pool.alive() if slot.pid for p in procs.descendants(slot.pid)}
+    return [p.pid for p in procs.tagged(task_id) if p.pid not in owned]
+
+
+def kill(d: "Daemon", slot: Slot, now: float, reason: str) -> None:
+    log("child_kill", logging.WARNING, child=slot.identity, pid=slot.pid, reason=reason)
+    if slot.pid:
+        procs.signal_pid(slot.pid, signal.SIGKILL)
+    d.pool.stopping(slot, None, planned=False)
+
+
+def stop(d: "Daemon", slot: Slot, now: float, reason: str) -> None:
+    log("child_stop", child=slot.identity, pid=slot.pid, reason=reason)
+    d.transport.send(slot.identity, cp.Stop(reason=reason))
+    grace = d.config.tasks.kill_grace_s + 2 * d.config.daemon.heartbeat_s
+    d.pool.stopping(slot, now + grace, planned=True)
