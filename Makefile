@@ -26,7 +26,7 @@ bench: setup
 lint: setup
 	$(BIN)/pip install -q ruff mypy
 	$(BIN)/ruff check supervisord children proto
-	$(BIN)/mypy proto supervisord/pool.py supervisord/scheduler.py
+	$(BIN)/mypy --strict proto supervisord/pool.py supervisord/scheduler.py supervisord/traceids.py supervisord/validate.py supervisord/taskenv.py supervisord/metrics.py supervisord/config.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

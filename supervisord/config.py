@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 
@@ -22,7 +23,7 @@ class _Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     pass
 
 
-class DaemonConfig(_Section):
+class DaemonConfig(_Section, frozen=True):
     children: int = 4
     drain_s: float = 60.0
     heartbeat_s: float = 2.0
@@ -33,7 +34,7 @@ class DaemonConfig(_Section):
     log_level: str = "info"
 
 
-class TaskDefaults(_Section):
+class TaskDefaults(_Section, frozen=True):
     timeout_s: float = 3600.0
     stall_timeout_s: float = 300.0
     result_grace_s: float = 2.0
@@ -44,7 +45,7 @@ class TaskDefaults(_Section):
     output_cap_bytes: int = 1 << 20
 
 
-class RestartConfig(_Section):
+class RestartConfig(_Section, frozen=True):
     backoff_base_s: float = 0.1
     backoff_max_s: float = 30.0
     stable_after_s: float = 10.0
@@ -52,26 +53,26 @@ class RestartConfig(_Section):
     period_s: float = 60.0
 
 
-class RecycleConfig(_Section):
+class RecycleConfig(_Section, frozen=True):
     max_tasks: int = 0
     max_age_s: float = 0.0
     max_age_jitter_s: float = 0.0
     max_rss_mb: float = 0.0
 
 
-class ClaudeConfig(_Section):
+class ClaudeConfig(_Section, frozen=True):
     command: list[str] = []
     env: dict[str, str] = {}
     model: str | None = None
     max_retries: int = 0
 
 
-class BreakerConfig(_Section):
+class BreakerConfig(_Section, frozen=True):
     threshold: int = 3
     open_s: float = 30.0
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(_Section, frozen=True):
     max_message_bytes: int = 16 << 20
     max_prompt_bytes: int = 1 << 20
     max_argv_bytes: int = 256 << 10
@@ -79,18 +80,18 @@ class LimitsConfig(_Section):
     max_batch: int = 10_000
 
 
-class TracingConfig(_Section):
+class TracingConfig(_Section, frozen=True):
     exporter: str = "none"
     endpoint: str | None = None
     service_name: str = "supd"
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(_Section, frozen=True):
     prometheus_port: int = 0
     prometheus_host: str = "127.0.0.1"
 
 
-class SecurityConfig(_Section):
+class SecurityConfig(_Section, frozen=True):
     # CurveZMQ for tcp:// endpoints (ipc needs none): key files as written by zmq.auth.
     server_secret_key: str | None = None
     client_public_keys_dir: str | None = None
@@ -100,7 +101,7 @@ class SecurityConfig(_Section):
     pass_env: list[str] = []
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     daemon: DaemonConfig = DaemonConfig()
     tasks: TaskDefaults = TaskDefaults()
     restart: RestartConfig = RestartConfig()
@@ -113,7 +114,7 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
 
 
-_POSITIVE = {
+_POSITIVE: dict[str, Callable[["Config"], bool]] = {
     "daemon.children": lambda c: c.daemon.children >= 0,
     "daemon.drain_s": lambda c: c.daemon.drain_s >= 0,
     "daemon.heartbeat_s": lambda c: c.daemon.heartbeat_s > 0,

@@ -119,7 +119,7 @@ def restart_delay_s(failures_in_row: int, base_s: float, max_s: float, rand: flo
     """0 for an isolated crash; then exponential with jitter in [ceiling/2, ceiling]."""
     if failures_in_row <= 0:
         return 0.0
-    ceiling = min(max_s, base_s * 2 ** (failures_in_row - 1))
+    ceiling = min(max_s, base_s * 2.0 ** (failures_in_row - 1))
     return ceiling * (0.5 + rand / 2)
 
 

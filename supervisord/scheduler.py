@@ -64,7 +64,7 @@ class Task:
 
 def retry_delay_s(attempt: int, base_s: float, max_s: float, rand: float) -> float:
     """Exponential backoff with full jitter: uniform(0, min(max, base * 2**(attempt-1)))."""
-    ceiling = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    ceiling = min(max_s, base_s * (2.0 ** max(0, attempt - 1)))
     return ceiling * rand
 
 
