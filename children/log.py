@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from supervisord import logfmt
+
 _context: dict[str, object] = {}
 
 
@@ -15,16 +17,8 @@ def bind(**fields: object) -> None:
     _context.update(fields)
 
 
-def _fmt(value: object) -> str:
-    text = str(value)
-    if text == "" or any(c in text for c in ' "=\n\t'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return text
-
-
 def log(event: str, **fields: object) -> None:
     """Write `supd-child event=EVENT k=v ...` (None values are left out)."""
     items = {**_context, **fields}
-    parts = [f"{k}={_fmt(v)}" for k, v in items.items() if v is not None]
-    sys.stderr.write(" ".join(["supd-child", f"event={event}", *parts]) + "\n")
+    sys.stderr.write(" ".join(["supd-child", f"event={event}", *logfmt.fields(items)]) + "\n")
     sys.stderr.flush()

@@ -29,7 +29,7 @@ from typing import Any
 
 from proto import control as ctl
 from proto.task import TaskSpec, TaskView
-from supervisord.client import Client
+from supervisord.client import Client, RequestFailed, expect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 POLL_S = 0.25  # how often the progress bar refreshes (a Wait returns early when all are done)
@@ -102,16 +102,8 @@ def trace_problems(name: str, tasks: list[TaskView], one_batch: bool) -> list[st
 # ---- talking to the daemon ---------------------------------------------------------
 
 
-def _expect(reply: ctl.Reply, kind: type) -> Any:
-    if isinstance(reply, ctl.Error):
-        raise BenchError(f"{reply.kind}: {reply.message}")
-    if not isinstance(reply, kind):
-        raise BenchError(f"unexpected reply {type(reply).__name__}")
-    return reply
-
-
 def status(c: Client) -> dict[str, Any]:
-    return dict(_expect(c.request(ctl.Status()), ctl.Info).data)
+    return dict(expect(c.request(ctl.Status()), ctl.Info).data)
 
 
 def wait_pool_ready(c: Client, size: int, timeout_s: float = 60.0) -> None:
@@ -137,7 +129,7 @@ def wait_all(c: Client, ids: list[str], on_done: Callable[[int], None], timeout_
     while pending:
         if deadline is not None and time.monotonic() > deadline:
             raise BenchError(f"{len(pending)} tasks still unfinished after {timeout_s:g}s")
-        reply = _expect(c.request(ctl.Wait(ids=pending, timeout_s=POLL_S), timeout_s=POLL_S + c.timeout_s),
+        reply = expect(c.request(ctl.Wait(ids=pending, timeout_s=POLL_S), timeout_s=POLL_S + c.timeout_s),
                         ctl.Tasks)
         fresh = [t for t in reply.tasks if t.id not in done]
         done.update((t.id, t) for t in fresh)
@@ -148,7 +140,7 @@ def wait_all(c: Client, ids: list[str], on_done: Callable[[int], None], timeout_
 
 
 def submit(c: Client, specs: list[TaskSpec], parent: str) -> list[str]:
-    return list(_expect(c.request(ctl.Submit(tasks=specs, traceparent=parent)), ctl.Accepted).ids)
+    return list(expect(c.request(ctl.Submit(tasks=specs, traceparent=parent)), ctl.Accepted).ids)
 
 
 def run_sequential(c: Client, make: Callable[[int], TaskSpec], n: int, advance: Callable[[int], None],
@@ -263,7 +255,7 @@ def bench(c: Client, a: argparse.Namespace) -> dict[str, Any]:
         if original:
             wait_pool_ready(c, original)
         elif sweep:
-            _expect(c.request(ctl.Scale(children=1)), ctl.Ok)
+            expect(c.request(ctl.Scale(children=1)), ctl.Ok)
             wait_pool_ready(c, 1)
         seq, seq_tasks = run_sequential(c, make, a.tasks, new("sequential", a.tasks), a.wait_timeout)
         report["sequential"] = seq
@@ -276,14 +268,14 @@ def bench(c: Client, a: argparse.Namespace) -> dict[str, Any]:
             points = []
             try:
                 for p in sweep:
-                    _expect(c.request(ctl.Scale(children=p)), ctl.Ok)
+                    expect(c.request(ctl.Scale(children=p)), ctl.Ok)
                     wait_pool_ready(c, p)
                     par, par_tasks = run_parallel(c, make, a.tasks, new(f"parallel P={p}", a.tasks), a.wait_timeout)
                     samples += par_tasks
                     speedup, efficiency = compare(seq, par, p)
                     points.append({"parallelism": p, **par, "speedup": speedup, "efficiency": efficiency})
             finally:
-                _expect(c.request(ctl.Scale(children=original)), ctl.Ok)
+                expect(c.request(ctl.Scale(children=original)), ctl.Ok)
                 if original:
                     wait_pool_ready(c, original)
             report["sweep"] = points
@@ -369,6 +361,9 @@ def cmd_bench(c: Client, a: argparse.Namespace) -> int:
     except BenchError as e:
         print(f"supctl bench: {e}", file=sys.stderr)
         return e.exit_code
+    except RequestFailed as e:
+        print(f"supctl bench: {e}", file=sys.stderr)
+        return EXIT_FAILED
     if a.plot:
         plot(report, a.plot)
     if a.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import zmq
@@ -16,9 +17,24 @@ import zmq
 from proto import DECODE_ERRORS
 from proto import control as ctl
 
+T = TypeVar("T")
+
 
 class ClientError(Exception):
     """The daemon could not be reached or did not answer; the message says which."""
+
+
+class RequestFailed(Exception):
+    """The daemon answered with an `Error` (or a reply of the wrong kind)."""
+
+
+def expect(reply: ctl.Reply, kind: type[T]) -> T:
+    """`reply` if it is a `kind`; the daemon's `Error` (kind: message) raised otherwise."""
+    if isinstance(reply, ctl.Error):
+        raise RequestFailed(f"{reply.kind}: {reply.message}")
+    if not isinstance(reply, kind):
+        raise RequestFailed(f"unexpected reply {type(reply).__name__}")
+    return reply
 
 
 def control_endpoint(state_dir: str | None, runtime_dir: str | None) -> str:

@@ -14,6 +14,8 @@ import logging
 import sys
 import time
 
+from supervisord import logfmt
+
 _LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING", logging.ERROR: "ERROR",
            logging.CRITICAL: "CRITICAL"}
 _threshold = logging.INFO
@@ -23,15 +25,8 @@ _stamp_second = -1
 _stamp_prefix = ""
 
 
-def _fmt(value: object) -> str:
-    text = str(value)
-    if text == "" or any(c in text for c in ' "=\n\t'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return text
-
-
 def line(event: str, **fields: object) -> str:
-    return " ".join([f"event={event}"] + [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None])
+    return " ".join([f"event={event}", *logfmt.fields(fields)])
 
 
 def _stamp(now: float) -> str:

@@ -18,7 +18,7 @@ import msgspec
 
 from proto import control as ctl
 from proto.task import TaskSpec, TaskView
-from supervisord.client import Client, ClientError, control_endpoint
+from supervisord.client import Client, ClientError, RequestFailed, control_endpoint, expect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -117,18 +117,6 @@ def specs_from_file(path: str) -> list[TaskSpec]:
 
 
 # ---- commands ----------------------------------------------------------------------
-
-
-def expect(reply: ctl.Reply, kind: type) -> Any:
-    if isinstance(reply, ctl.Error):
-        raise RequestFailed(f"{reply.kind}: {reply.message}")
-    if not isinstance(reply, kind):
-        raise RequestFailed(f"unexpected reply {type(reply).__name__}")
-    return reply
-
-
-class RequestFailed(Exception):
-    pass
 
 
 def wait_for(c: Client, ids: list[str], timeout_s: float | None) -> tuple[list[TaskView], list[str]]:
