@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
@@ -370,83 +371,21 @@ def test_claude_cancel_reaches_the_bash_tool(child: ChildHarness, fakeapi_url: s
     assert procs.tagged(tid("c-bash")) == []
 
 
-# ---- claude tasks against a scripted stand-in CLI (deterministic edge cases) -----------
-
-#: Prints stream-json like the CLI; the last argv (the prompt, after `--`) picks a mode.
-FAKE_CLAUDE = r"""
-import json, sys, time
-mode = sys.argv[-1]
-def out(obj):
-    print(json.dumps(obj), flush=True)
-out({"type": "system", "subtype": "init", "model": "fake", "tools": ["Bash"], "session_id": "s-1"})
-if mode == "no-result":
-    print("starting\nError: boom", file=sys.stderr, flush=True)
-    sys.exit(1)
-if mode == "stall":
-    time.sleep(60)
-if mode == "dribble":
-    for _ in range(100):
-        sys.stdout.write("x"); sys.stdout.flush(); time.sleep(0.05)
-out({"type": "assistant", "message": {"content": [{"type": "text", "text": "working"}]}})
-out({"type": "result", "subtype": "success", "is_error": False, "result": " ".join(sys.argv[1:]),
-     "num_turns": 1, "total_cost_usd": 0.01, "usage": {"input_tokens": 3, "output_tokens": 4},
-     "session_id": "s-1"})
-if mode == "hang":
-    time.sleep(60)
-"""
-
-
-def scripted_claude(task_id: str, mode: str, **limit_overrides: object) -> Dispatch:
-    spec = TaskSpec(kind="claude", prompt=mode, model="m-1", allowed_tools=["Bash(git *)", "Read"])
-    return Dispatch(task_id=task_id, attempt=1, spec=spec, limits=limits(**limit_overrides),
-                    claude_command=[PY, "-c", FAKE_CLAUDE])
-
-
-def test_claude_result_line_is_completion_even_if_the_cli_hangs(child: ChildHarness) -> None:
-    t0 = time.monotonic()
-    result, seen = child.run(scripted_claude(tid("s-hang"), "hang", result_grace_s=0.3, kill_grace_s=0.3))
-    assert result.state == "succeeded"
-    assert result.outcome.signal == signal.SIGTERM  # killed after the result grace
-    assert result.outcome.result == (
-        "-p --output-format=stream-json --verbose --model=m-1 --allowedTools=Bash(git *),Read -- hang"
-    )
-    assert result.outcome.usage is not None and result.outcome.usage.output_tokens == 4
-    assert [m.event for m in seen if isinstance(m, Progress)] == ["system/init", "assistant", "result/success"]
-    assert time.monotonic() - t0 < 2.0
-
-
-def test_cancel_after_the_result_line_keeps_the_result(child: ChildHarness) -> None:
-    child.send(scripted_claude(tid("s-late"), "hang", result_grace_s=20.0, kill_grace_s=0.3))
-    assert child.wait_for(lambda: any(isinstance(m, Progress) and m.event == "result/success"
-                                      for m in child.messages), 10)
-    child.send(Cancel(task_id=tid("s-late")))
-    result, _ = child.until(Result, 5)
-    assert result.state == "succeeded" and result.outcome.signal == signal.SIGTERM
-
-
-def test_claude_without_result_line_fails_with_stderr(child: ChildHarness) -> None:
-    result, _ = child.run(scripted_claude(tid("s-nores"), "no-result"))
-    assert result.state == "failed" and result.outcome.exit_code == 1
+@needs_claude
+def test_claude_without_result_line_fails_with_its_stderr(child: ChildHarness, fakeapi_url: str, tmp_path: Path) -> None:
+    """The real CLI refusing its arguments prints no result line: the task fails as `claude`
+    with the CLI's exit code and its last stderr line (never as a success by exit code)."""
+    d = claude_dispatch(tid("c-nores"), "hello", fakeapi_url, tmp_path)
+    d = Dispatch(task_id=d.task_id, attempt=1, spec=msgspec.structs.replace(d.spec, permission_mode="not-a-mode"),
+                 limits=d.limits, env=d.env, claude_command=d.claude_command)
+    result, _ = child.run(d, timeout_s=25)
+    assert result.state == "failed" and result.outcome.exit_code not in (None, 0)
     assert result.outcome.error is not None and result.outcome.error.kind == "claude"
-    assert result.outcome.error.message == "claude exited with 1 without a result line: Error: boom"
-
-
-def test_claude_stall_mid_stream(child: ChildHarness) -> None:
-    result, seen = child.run(scripted_claude(tid("s-stall"), "stall", stall_timeout_s=0.5))
-    assert result.state == "timed_out"
-    assert result.outcome.error is not None and result.outcome.error.kind == "stall"
-    assert [m.event for m in seen if isinstance(m, Progress)] == ["system/init"]
-
-
-def test_claude_half_lines_are_not_a_sign_of_life(child: ChildHarness) -> None:
-    result, _ = child.run(scripted_claude(tid("s-dribble"), "dribble", stall_timeout_s=0.6))
-    assert result.state == "timed_out"
-    assert result.outcome.error is not None and result.outcome.error.kind == "stall"
+    assert "without a result line" in result.outcome.error.message
 
 
 def test_claude_without_command_is_a_spawn_failure(child: ChildHarness) -> None:
-    d = scripted_claude(tid("s-nocmd"), "x")
-    d = Dispatch(task_id=d.task_id, attempt=1, spec=d.spec, limits=d.limits, claude_command=[])
-    result, _ = child.run(d)
+    spec = TaskSpec(kind="claude", prompt="x")
+    result, _ = child.run(Dispatch(task_id=tid("s-nocmd"), attempt=1, spec=spec, limits=limits(), claude_command=[]))
     assert result.state == "failed"
     assert result.outcome.error is not None and result.outcome.error.kind == "spawn"
