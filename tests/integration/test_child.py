@@ -8,6 +8,7 @@ exits (and is reaped).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -369,6 +370,58 @@ def test_claude_cancel_reaches_the_bash_tool(child: ChildHarness, fakeapi_url: s
     result, _ = child.until(Result, 10)
     assert result.state == "cancelled"
     assert procs.tagged(tid("c-bash")) == []
+
+
+def lingering(d: Dispatch, marker: Path, **limit_overrides: object) -> Dispatch:
+    """The real CLI, kept alive after its result line by a slow SessionEnd hook (it waits ~1.5 s
+    for hooks, then cancels them): the field report "the process sometimes does not exit after
+    its result line", made reproducible. Left alone, the hook touches `marker` after 1.4 s."""
+    hook = {"type": "command", "command": f"sleep 1.4 && touch {marker}"}
+    settings = json.dumps({"hooks": {"SessionEnd": [{"hooks": [hook]}]}})
+    return Dispatch(task_id=d.task_id, attempt=1, spec=d.spec, limits=limits(timeout_s=25.0, **limit_overrides),
+                    env=d.env, claude_command=[*d.claude_command, "--settings", settings])
+
+
+@needs_claude
+def test_result_line_is_completion_when_the_real_cli_lingers(child: ChildHarness, fakeapi_url: str,
+                                                             tmp_path: Path) -> None:
+    marker = tmp_path / "hook-finished"
+    d = lingering(claude_dispatch(tid("c-linger"), "linger", fakeapi_url, tmp_path), marker,
+                  result_grace_s=0.1, kill_grace_s=0.1)
+    result, seen = child.run(d, timeout_s=25)
+    assert result.state == "succeeded" and result.outcome.result == "ECHO: linger"
+    assert any(isinstance(m, Progress) and m.event == "result/success" for m in seen)
+    # Ended by the result grace, not by its own exit: the hook never got to finish, and with
+    # no tagged process left, nothing can finish it later.
+    assert procs.tagged(tid("c-linger")) == []
+    assert not marker.exists()
+
+
+@needs_claude
+def test_left_alone_the_lingering_cli_finishes_its_hook(child: ChildHarness, fakeapi_url: str,
+                                                       tmp_path: Path) -> None:
+    """The control for the two tests around it: with a long result grace the real CLI runs its
+    SessionEnd hook to the end, so a missing marker there means the grace cut it short."""
+    marker = tmp_path / "hook-finished"
+    d = lingering(claude_dispatch(tid("c-alone"), "alone", fakeapi_url, tmp_path), marker, result_grace_s=20.0)
+    result, _ = child.run(d, timeout_s=25)
+    assert result.state == "succeeded" and result.outcome.result == "ECHO: alone"
+    assert marker.exists()
+
+
+@needs_claude
+def test_cancel_after_the_result_line_keeps_the_result(child: ChildHarness, fakeapi_url: str,
+                                                       tmp_path: Path) -> None:
+    marker = tmp_path / "hook-finished"
+    d = lingering(claude_dispatch(tid("c-late"), "late", fakeapi_url, tmp_path), marker, result_grace_s=20.0,
+                  kill_grace_s=0.3)
+    child.send(d)
+    assert child.wait_for(lambda: any(isinstance(m, Progress) and m.event == "result/success"
+                                      for m in child.messages), 20)
+    child.send(Cancel(task_id=tid("c-late")))
+    result, _ = child.until(Result, 10)
+    assert result.state == "succeeded" and result.outcome.result == "ECHO: late"
+    assert procs.tagged(tid("c-late")) == [] and not marker.exists()
 
 
 @needs_claude
