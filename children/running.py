@@ -13,6 +13,7 @@ and `supervisord.procs`; must not import the worker.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import subprocess
 import time
@@ -50,7 +51,7 @@ class Phase(enum.Enum):
 class RunningTask:
     """A spawned task; see the module docstring for the protocol with the loop."""
 
-    def __init__(self, dispatch: Dispatch, popen: subprocess.Popen[bytes], stdin: bytes | None,
+    def __init__(self, dispatch: Dispatch, popen: subprocess.Popen[bytes] | procs.Spawned, stdin: bytes | None,
                  send: Send, now: float) -> None:
         self.task_id, self.attempt, self.limits = dispatch.task_id, dispatch.attempt, dispatch.limits
         self.executor: ExecExecutor | ClaudeExecutor = make_executor(dispatch)
@@ -343,11 +344,19 @@ def spawn_failure(dispatch: Dispatch, exc: OSError, argv: list[str]) -> Result:
                   outcome=outcome, started_at=now, finished_at=now)
 
 
+@functools.cache
+def _base_env() -> dict[str, str]:
+    """The child's own environment, read once: it never changes after boot, and copying
+    `os.environ` (which decodes every entry) per task is measurable on the hot path.
+    `plan_launch` builds a new dict from it; it is never changed in place."""
+    return dict(os.environ)
+
+
 def launch(dispatch: Dispatch, send: Send, now: float) -> RunningTask | Result:
     """Spawn the task in its own session and announce it; a spawn failure is a Result."""
     if dispatch.spec.kind == "claude" and not dispatch.claude_command:
         return spawn_failure(dispatch, OSError(0, "no Claude CLI command given"), ["claude"])
-    plan: Launch = plan_launch(dispatch, dict(os.environ))
+    plan: Launch = plan_launch(dispatch, _base_env())
     if not plan.argv:
         return spawn_failure(dispatch, OSError(0, "empty argv"), plan.argv)
     try:

@@ -142,6 +142,7 @@ class Daemon:
             loop.add_signal_handler(signum, self.inbox.put_nowait, SignalReceived(signum))
         self._recover()
         self.transport.start()
+        self.events.start()
         self.control.start()
         self.prom = None
         if self.config.metrics.prometheus_port > 0:

@@ -6,8 +6,9 @@ the project, and no asyncio. Nothing here sleeps, except `kill_tree_now`, which 
 meant for an emergency exit.
 
 Rules it keeps for everyone:
-- Processes are started through CPython's own spawn path (vfork), never forked
-  from an interpreter that holds threads, and never with a `preexec_fn`.
+- Processes are started through posix_spawn (glibc: clone with CLONE_VFORK) or
+  CPython's own spawn path (vfork), never forked from an interpreter that holds
+  threads, and never with a `preexec_fn`.
 - Reaping is per pid (`waitpid(pid, WNOHANG)`), never `waitpid(-1)`: a status
   stolen from another owner is a lost exit code.
 - Signals to a single pid go through psutil when we have a `psutil.Process`, which
@@ -17,6 +18,7 @@ Rules it keeps for everyone:
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import subprocess
@@ -38,6 +40,7 @@ __all__ = [
     "set_parent_death_signal",
     "signal_group",
     "signal_pid",
+    "Spawned",
     "spawn",
     "tagged",
     "terminate_task",
@@ -72,6 +75,60 @@ def set_parent_death_signal(sig: int) -> None:
     _prctl(_PR_SET_PDEATHSIG, int(sig))
 
 
+class Spawned:
+    """What `spawn` returns: the pid and our ends of its pipes (unbuffered file objects, or
+    None), like the parts of `subprocess.Popen` the callers use."""
+
+    def __init__(self, pid: int, stdin: int | None, stdout: int | None, stderr: int | None) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = os.fdopen(stdin, "wb", buffering=0) if stdin is not None else None
+        self.stdout = os.fdopen(stdout, "rb", buffering=0) if stdout is not None else None
+        self.stderr = os.fdopen(stderr, "rb", buffering=0) if stderr is not None else None
+
+
+def _program(argv0: str, env: dict[str, str]) -> str:
+    """argv[0] resolved like Popen does: a path as given, else searched in the task's PATH."""
+    if os.sep in argv0:
+        return argv0
+    for directory in os.get_exec_path(env):
+        candidate = os.path.join(directory, argv0)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv0)
+
+
+def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_session: bool) -> Spawned:
+    """posix_spawn with pipes: ~70 µs of our CPU per task where Popen spends ~150-220 µs.
+    Our fds are all close-on-exec (Python's default, libzmq's and pidfds' too), so only
+    the three given here reach the task."""
+    program = _program(argv[0], env)
+    ours: list[int] = []
+    theirs: list[int] = []
+    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = []
+    try:
+        if stdin_data:
+            r, w = os.pipe()
+            ours.append(w), theirs.append(r)
+            actions.append((os.POSIX_SPAWN_DUP2, r, 0))
+        else:
+            actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        for target in (1, 2):
+            r, w = os.pipe()
+            ours.append(r), theirs.append(w)
+            actions.append((os.POSIX_SPAWN_DUP2, w, target))
+        pid = os.posix_spawn(program, argv, env, file_actions=actions, setsid=new_session)
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        raise
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    stdin = ours.pop(0) if stdin_data else None
+    return Spawned(pid, stdin, ours[0], ours[1])
+
+
 def spawn(
     argv: list[str],
     *,
@@ -80,14 +137,17 @@ def spawn(
     stdin_data: bool,
     new_session: bool,
     capture: bool = True,
-) -> subprocess.Popen[bytes]:
-    """Start `argv` (no shell) through subprocess.Popen's vfork path.
+) -> subprocess.Popen[bytes] | Spawned:
+    """Start `argv` (no shell).
 
     stdout/stderr are pipes when `capture`, else inherited; stdin is a pipe when
     `stdin_data`, else /dev/null. `new_session` makes the process a session and group
     leader (pgid == pid). Raises OSError (FileNotFoundError, PermissionError, ...) when
-    the program or `cwd` cannot be used.
+    the program or `cwd` cannot be used. Captured tasks without a `cwd` (the hot path)
+    go through posix_spawn, which has no chdir here; the rest through Popen's vfork path.
     """
+    if capture and cwd is None:
+        return _posix_spawn(argv, env, stdin_data, new_session)
     out = subprocess.PIPE if capture else None
     return subprocess.Popen(
         argv,
