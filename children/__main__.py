@@ -12,14 +12,13 @@ boot failure too.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NamedTuple
 
 from children.log import bind, log
-from supervisord.pool import BOOT_FAILURE_EXIT
+from proto.children import BOOT_FAILURE_EXIT
 
 if TYPE_CHECKING:
     import zmq
@@ -31,33 +30,52 @@ class BootError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse would exit 2; a child with bad arguments must say "boot failure".
-        raise BootError(f"bad arguments: {message}")
+class Args(NamedTuple):
+    endpoint: str  #: the daemon's ROUTER, e.g. ipc:///run/supd/children.sock
+    identity: str  #: slot name and generation, also the DEALER identity (w00.1)
+    daemon_pid: int  #: exit unless this is our parent
+    heartbeat_s: float = 1.0
+    liveness: int = 5  #: heartbeats of daemon silence before leaving
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m children", description="supd child worker")
-    parser.add_argument("--endpoint", required=True, help="the daemon's ROUTER, e.g. ipc:///run/supd/children.sock")
-    parser.add_argument("--identity", required=True, help="slot name, also the DEALER identity (w00.1)")
-    parser.add_argument("--daemon-pid", type=int, required=True, help="exit unless this is our parent")
-    parser.add_argument("--heartbeat-s", type=float, default=1.0)
-    parser.add_argument("--liveness", type=int, default=5, help="heartbeats of daemon silence before leaving")
-    args = parser.parse_args(argv)
+#: Flag -> (field, type). Five flags, written by the daemon, not people: argparse would
+#: cost ~10 ms of the child's boot, which is a crashed child's restart latency.
+_FLAGS: dict[str, tuple[str, type]] = {
+    "--endpoint": ("endpoint", str), "--identity": ("identity", str), "--daemon-pid": ("daemon_pid", int),
+    "--heartbeat-s": ("heartbeat_s", float), "--liveness": ("liveness", int),
+}
+
+
+def parse_args(argv: list[str] | None) -> Args:
+    """`--flag value` or `--flag=value` for each of `_FLAGS`; anything wrong is a BootError."""
+    words = iter(sys.argv[1:] if argv is None else argv)
+    values: dict[str, object] = {}
+    for word in words:
+        flag, eq, inline = word.partition("=")
+        if flag not in _FLAGS:
+            raise BootError(f"bad arguments: unknown option {flag!r} (usage: {__doc__.splitlines()[0]})")
+        raw = inline if eq else next(words, None)
+        if raw is None:
+            raise BootError(f"bad arguments: {flag} needs a value")
+        name, kind = _FLAGS[flag]
+        try:
+            values[name] = kind(raw)
+        except (TypeError, ValueError):
+            raise BootError(f"bad arguments: {flag} needs a {kind.__name__}, got {raw!r}") from None
+    missing = [flag for flag, (name, _) in _FLAGS.items() if name not in values and name not in Args._field_defaults]
+    if missing:
+        raise BootError(f"bad arguments: missing {', '.join(missing)}")
+    args = Args(**values)  # type: ignore[arg-type]
     if args.heartbeat_s <= 0 or args.liveness < 1:
         raise BootError("--heartbeat-s must be > 0 and --liveness >= 1")
     return args
 
 
-def boot_process(args: argparse.Namespace) -> None:
+def boot_process(args: Args) -> None:
     """Process-level setup. Order matters: the death signal first, then the parent
     check, so a daemon dying in between is still noticed."""
-    from setproctitle import setproctitle
-
     from supervisord import procs
 
-    setproctitle(f"supd-child {args.identity} idle")
     procs.set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.daemon_pid:
         raise BootError(f"parent is {os.getppid()}, not the daemon {args.daemon_pid}")

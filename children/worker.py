@@ -5,7 +5,7 @@ Started/Progress/Result), daemon liveness, signals (as a wakeup fd) and the deci
 to exit. A single `zmq.Poller` watches the socket, the wakeup fd and whatever the
 running task asks for; its timeout is the time to the next deadline (heartbeat,
 liveness, the task's timers). Process work is delegated to `children.running`.
-Imports the stdlib, zmq, msgspec, setproctitle, `proto`, `children.running`/`children.log`
+Imports the stdlib, zmq, msgspec, setproctitle (late), `proto`, `children.running`/`children.log`
 and `supervisord.procs`; must not import asyncio or any daemon spoke.
 """
 
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import msgspec
 import zmq
-from setproctitle import setproctitle
 
 import proto
 from children.log import log
@@ -91,6 +90,10 @@ class Worker:
             log("send_dropped", msg=type(msg).__name__)
 
     def _title(self) -> None:
+        # Imported here, first used after Hello: setproctitle imports `logging` (~20 ms), and
+        # the time to Hello is how long a crashed child's slot stays empty.
+        from setproctitle import setproctitle
+
         state = f"busy {self.task.task_id}" if self.task else "idle"
         setproctitle(f"supd-child {self.config.identity} {state}")
 

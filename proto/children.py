@@ -16,6 +16,11 @@ import msgspec
 
 from proto.task import Outcome, TaskSpec
 
+#: A child exits with this when it cannot boot (bad arguments, an import error, no
+#: daemon to talk to): the daemon marks its slot FATAL at once instead of feeding a
+#: restart loop. Part of the protocol: both sides must agree on it.
+BOOT_FAILURE_EXIT = 3
+
 
 # ---- child -> daemon -------------------------------------------------------------
 

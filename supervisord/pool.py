@@ -11,9 +11,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
-#: A child exits with this when it cannot boot (bad config, import error): the slot goes
-#: FATAL at once instead of feeding a restart loop.
-BOOT_FAILURE_EXIT = 3
+from proto.children import BOOT_FAILURE_EXIT  # re-exported: the pool's decisions use it
+
+__all__ = ["BOOT_FAILURE_EXIT", "ChildState", "Due", "Exit", "Policy", "Pool", "Slot", "restart_delay_s"]
 
 
 class ChildState(enum.Enum):
