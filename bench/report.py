@@ -15,8 +15,8 @@ TARGETS = ["speedup", "dispatch", "restart", "idle", "claude_overhead"]
 
 #: What limits a target that is not met (filled from profiling; see BENCHMARKS.md).
 LIMITS: dict[str, str] = {
-    "dispatch": "CPU: ~1.0 ms of child Python (mostly subprocess.Popen) + ~0.4 ms of daemon per task on 2 cores"
-                " that the `true` processes also need; see below",
+    "dispatch": "the 2 cores' CPU: ~1.5 ms per task in all (daemon 0.25, child 0.7 — mostly the kernel's"
+                " spawn work — and the `true` process 0.55), a ~1,330/s ceiling; see below",
     "restart": "the successor child's CPython start-up and imports (children/__main__.py), not the daemon",
     "idle": "1 s heartbeats both ways (daemon.heartbeat_s) with 8 children; at psutil's 10 ms tick resolution",
     "claude_overhead": "within run-to-run noise (stdev 150-250 ms); see below",

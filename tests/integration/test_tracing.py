@@ -236,3 +236,58 @@ def test_tracing_off_still_hands_out_trace_context(supd_factory):
     (task,) = d.wait(d.submit(TaskSpec(kind="exec", argv=["env"])))
     assert "TRACEPARENT=00-" in (task.result or "")
     assert "OTEL_TRACES_EXPORTER" not in (task.result or "")
+
+
+class GrpcOTLPReceiver:
+    """A test-local OTLP/gRPC collector (the TraceService of opentelemetry-proto)."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        self.spans: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (the proto's naming)
+                receiver.add(request.SerializeToString())
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def add(self, body: bytes) -> None:
+        found = OTLPReceiver._from_protobuf(body)
+        with self.lock:
+            self.spans.extend(found)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.spans)
+
+    def close(self) -> None:
+        self.server.stop(grace=None)
+
+
+def test_otlp_grpc_exporter_sends_the_batch_and_attempt_spans(supd_factory):
+    receiver = GrpcOTLPReceiver()
+    try:
+        config = f'[tracing]\nexporter = "otlp-grpc"\nendpoint = "{receiver.url}"\n'
+        d = supd_factory(children=2, config=config).start()
+        ids = d.submit(*[TaskSpec(kind="exec", argv=["true"]) for _ in range(3)])
+        tasks = d.wait(ids)
+        assert d.stop() == 0  # the BatchSpanProcessor flushes on shutdown
+        wanted = {t.span_id for t in tasks} | {tasks[0].parent_span_id}
+        assert _poll(lambda: wanted <= {s["span_id"] for s in receiver.snapshot()}, 30), receiver.snapshot()
+        spans = {s["span_id"]: s for s in receiver.snapshot()}
+        assert spans[tasks[0].parent_span_id]["name"] == "supd.batch"
+        assert all(spans[t.span_id]["trace_id"] == t.trace_id and spans[t.span_id]["parent"] == t.parent_span_id
+                   for t in tasks)
+    finally:
+        receiver.close()
