@@ -206,9 +206,7 @@ class RunningTask:
         Returns True if any child of ours is still alive."""
         alive = False
         for pid in procs.children_pids(os.getpid()):
-            if pid == self.pid and self.pidfd is not None:
-                alive = True
-            elif procs.reap(pid) is None:
+            if pid == self.pid and self.pidfd is not None or procs.reap(pid) is None:
                 alive = True
         return alive
 

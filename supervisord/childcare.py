@@ -36,7 +36,7 @@ class Orphans:
     deadline: float
 
 
-def spawn(d: "Daemon", slot: Slot, now: float) -> None:
+def spawn(d: Daemon, slot: Slot, now: float) -> None:
     identity = d.pool.spawning(slot)
     cfg = d.config.daemon
     argv = [sys.executable, "-m", "children", "--endpoint", d.paths.children, "--identity", identity,
@@ -56,13 +56,13 @@ def spawn(d: "Daemon", slot: Slot, now: float) -> None:
     d.tracer.child_event("spawn", identity, proc.pid)
 
 
-def _on_pidfd(d: "Daemon", identity: str, pid: int, pidfd: int) -> None:
+def _on_pidfd(d: Daemon, identity: str, pid: int, pidfd: int) -> None:
     asyncio.get_running_loop().remove_reader(pidfd)
     os.close(pidfd)
     d.inbox.put_nowait(ChildExited(identity, pid, procs.reap(pid)))
 
 
-def on_message(d: "Daemon", identity: str, message: cp.ChildMessage) -> None:
+def on_message(d: Daemon, identity: str, message: cp.ChildMessage) -> None:
     slot = d.pool.find(identity)
     if slot is None or slot.pid is None:
         log("stranger_child", logging.WARNING, child=identity)
@@ -94,7 +94,7 @@ def on_message(d: "Daemon", identity: str, message: cp.ChildMessage) -> None:
             on_result(d, slot, message, now)
 
 
-def on_result(d: "Daemon", slot: Slot, msg: cp.Result, now: float) -> None:
+def on_result(d: Daemon, slot: Slot, msg: cp.Result, now: float) -> None:
     task = d.sched.tasks.get(msg.task_id)
     if task is None or task.child != slot.identity or task.state is not TaskState.RUNNING:
         log("stale_result", logging.WARNING, task=msg.task_id, child=slot.identity)
@@ -110,7 +110,7 @@ def on_result(d: "Daemon", slot: Slot, msg: cp.Result, now: float) -> None:
         stop(d, due.slot, now, due.reason)
 
 
-def on_exit(d: "Daemon", identity: str, pid: int, returncode: int | None) -> None:
+def on_exit(d: Daemon, identity: str, pid: int, returncode: int | None) -> None:
     slot = d.pool.find(identity)
     if slot is None or slot.pid != pid:
         return
@@ -132,7 +132,7 @@ def on_exit(d: "Daemon", identity: str, pid: int, returncode: int | None) -> Non
         lost_task(d, task_id, identity, returncode, now)
 
 
-def lost_task(d: "Daemon", task_id: str, identity: str, returncode: int | None, now: float) -> None:
+def lost_task(d: Daemon, task_id: str, identity: str, returncode: int | None, now: float) -> None:
     """The child running `task_id` died: kill the task's tree, then retry or fail it."""
     pgid = d.task_pgid.pop(task_id, None)
     procs.terminate_task(pgid, [p.pid for p in procs.tagged(task_id)])
@@ -147,21 +147,21 @@ def lost_task(d: "Daemon", task_id: str, identity: str, returncode: int | None, 
     d.finish(task, TaskState.FAILED, Outcome(error=error), now)
 
 
-def orphaned(d: "Daemon", task_id: str) -> list[int]:
+def orphaned(d: Daemon, task_id: str) -> list[int]:
     """Pids tagged `task_id` that no live child owns: what a lost attempt left behind.
     A retry of the same task carries the same tag but runs under a live child: spared."""
     owned = {p.pid for slot in d.pool.alive() if slot.pid for p in procs.descendants(slot.pid)}
     return [p.pid for p in procs.tagged(task_id) if p.pid not in owned]
 
 
-def kill(d: "Daemon", slot: Slot, now: float, reason: str) -> None:
+def kill(d: Daemon, slot: Slot, now: float, reason: str) -> None:
     log("child_kill", logging.WARNING, child=slot.identity, pid=slot.pid, reason=reason)
     if slot.pid:
         procs.signal_pid(slot.pid, signal.SIGKILL)
     d.pool.stopping(slot, None, planned=False)
 
 
-def stop(d: "Daemon", slot: Slot, now: float, reason: str) -> None:
+def stop(d: Daemon, slot: Slot, now: float, reason: str) -> None:
     log("child_stop", child=slot.identity, pid=slot.pid, reason=reason)
     d.transport.send(slot.identity, cp.Stop(reason=reason))
     grace = d.config.tasks.kill_grace_s + 2 * d.config.daemon.heartbeat_s

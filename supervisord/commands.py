@@ -11,12 +11,13 @@ import itertools
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from proto import control as ctl
 from proto.task import ErrorKind, TaskState
-from supervisord import config as config_mod
 from supervisord import childcare, claude_cli, taskenv, traceids, validate
+from supervisord import config as config_mod
 from supervisord.logs import log
 from supervisord.scheduler import Breaker, Task
 
@@ -27,7 +28,7 @@ Envelope = tuple[bytes, ...]
 MAX_CHILDREN = 1024
 
 
-def handle(d: "Daemon", envelope: Envelope, request: ctl.Request) -> None:
+def handle(d: Daemon, envelope: Envelope, request: ctl.Request) -> None:
     handler = _HANDLERS[type(request)]
     reply = handler(d, envelope, request)
     if reply is not None:
@@ -49,7 +50,7 @@ def next_task_id(now_ns: int) -> str:
     return new_task_id(now_ns, ((next(_id_counter) & 0xFF_FFFF) << 16) | random.getrandbits(16))
 
 
-def submit(d: "Daemon", envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
+def submit(d: Daemon, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
     """Accept tasks as one batch; they are journaled before the reply is sent."""
     problem = validate.batch_problem(req.tasks, d.config.limits)
     if problem:
@@ -84,7 +85,7 @@ def submit(d: "Daemon", envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None
     return None
 
 
-def wait(d: "Daemon", envelope: Envelope, req: ctl.Wait) -> ctl.Reply | None:
+def wait(d: Daemon, envelope: Envelope, req: ctl.Wait) -> ctl.Reply | None:
     """Answer when every task is final, or after `timeout_s` with those still pending."""
     from supervisord.daemon import Waiter
 
@@ -101,13 +102,13 @@ def wait(d: "Daemon", envelope: Envelope, req: ctl.Wait) -> ctl.Reply | None:
     return None
 
 
-def get(d: "Daemon", envelope: Envelope, req: ctl.Get) -> ctl.Reply:
+def get(d: Daemon, envelope: Envelope, req: ctl.Get) -> ctl.Reply:
     """One task, live or from the journal (also after a restart)."""
     found = d.task_view(req.id)
     return ctl.Tasks(tasks=[found]) if found else ctl.Error(kind="not_found", message=f"no task with id {req.id!r}")
 
 
-def list_(d: "Daemon", envelope: Envelope, req: ctl.List) -> ctl.Reply:
+def list_(d: Daemon, envelope: Envelope, req: ctl.List) -> ctl.Reply:
     """The newest tasks, optionally only those in one state."""
     if req.state is not None and req.state not in {s.value for s in TaskState}:
         states = ", ".join(s.value for s in TaskState)
@@ -117,7 +118,7 @@ def list_(d: "Daemon", envelope: Envelope, req: ctl.List) -> ctl.Reply:
     return ctl.Tasks(tasks=d.journal.list(req.state, min(req.limit, 10_000)))
 
 
-def cancel(d: "Daemon", envelope: Envelope, req: ctl.Cancel) -> ctl.Reply:
+def cancel(d: Daemon, envelope: Envelope, req: ctl.Cancel) -> ctl.Reply:
     """Cancel a queued task at once, or a running one through its child's kill escalation."""
     task = d.sched.tasks.get(req.id)
     if task is None:
@@ -140,12 +141,12 @@ def cancel(d: "Daemon", envelope: Envelope, req: ctl.Cancel) -> ctl.Reply:
     return ctl.Ok(message=f"cancelling {task.id} (running on {task.child})")
 
 
-def status(d: "Daemon", envelope: Envelope, req: ctl.Status) -> ctl.Reply:
+def status(d: Daemon, envelope: Envelope, req: ctl.Status) -> ctl.Reply:
     """The daemon, its children and its queue."""
     return ctl.Info(data=status_data(d))
 
 
-def status_data(d: "Daemon") -> dict[str, object]:
+def status_data(d: Daemon) -> dict[str, object]:
     return {
         "pid": os.getpid(),
         "phase": d.phase.value,
@@ -168,7 +169,7 @@ def breaker_data(b: Breaker) -> dict[str, object]:
     return {"state": b.state.value, "failures": b.failures}
 
 
-def stats(d: "Daemon", envelope: Envelope, req: ctl.Stats) -> ctl.Reply:
+def stats(d: Daemon, envelope: Envelope, req: ctl.Stats) -> ctl.Reply:
     """Counters since start: tasks by kind/state/error, latency percentiles, tokens, cost."""
     data = d.metrics.snapshot()
     data["queue_depth"] = d.sched.queued
@@ -177,7 +178,7 @@ def stats(d: "Daemon", envelope: Envelope, req: ctl.Stats) -> ctl.Reply:
     return ctl.Info(data=data)
 
 
-def health_data(d: "Daemon") -> dict[str, object]:
+def health_data(d: Daemon) -> dict[str, object]:
     counts = d.pool.counts()
     ready = counts["idle"] + counts["busy"]
     fatal = counts["fatal"]
@@ -192,12 +193,12 @@ def health_data(d: "Daemon") -> dict[str, object]:
     }
 
 
-def health(d: "Daemon", envelope: Envelope, req: ctl.Health) -> ctl.Reply:
+def health(d: Daemon, envelope: Envelope, req: ctl.Health) -> ctl.Reply:
     """ok / degraded / failing, with the reasons in the numbers."""
     return ctl.Info(data=health_data(d))
 
 
-def scale(d: "Daemon", envelope: Envelope, req: ctl.Scale) -> ctl.Reply:
+def scale(d: Daemon, envelope: Envelope, req: ctl.Scale) -> ctl.Reply:
     """Change the pool size live; busy children leave after their task."""
     if not 0 <= req.children <= MAX_CHILDREN:
         return ctl.Error(kind="bad_request", message=f"children must be between 0 and {MAX_CHILDREN}, got {req.children}")
@@ -205,14 +206,14 @@ def scale(d: "Daemon", envelope: Envelope, req: ctl.Scale) -> ctl.Reply:
     return ctl.Ok(message=f"scaled to {req.children} children")
 
 
-def apply_size(d: "Daemon", n: int) -> None:
+def apply_size(d: Daemon, n: int) -> None:
     now = d.clock()
     for due in d.pool.resize(n, now):
         childcare.stop(d, due.slot, now, due.reason)
     log("pool_scaled", children=n)
 
 
-def reload(d: "Daemon", envelope: Envelope | None = None, req: ctl.Reload | None = None) -> ctl.Reply:
+def reload(d: Daemon, envelope: Envelope | None = None, req: ctl.Reload | None = None) -> ctl.Reply:
     """Re-read the config file and apply it; an invalid file is refused and the old config kept."""
     if d.config_path is None:
         return ctl.Ok(message="no config file: nothing to reload")
@@ -237,7 +238,7 @@ def reload(d: "Daemon", envelope: Envelope | None = None, req: ctl.Reload | None
     return ctl.Ok(message=f"reloaded {d.config_path}")
 
 
-def shutdown(d: "Daemon", envelope: Envelope, req: ctl.Shutdown) -> ctl.Reply:
+def shutdown(d: Daemon, envelope: Envelope, req: ctl.Shutdown) -> ctl.Reply:
     """Stop taking work, let running tasks finish (up to daemon.drain_s), stop, exit 0."""
     d.begin_drain("shutdown request")
     return ctl.Ok(message="shutting down")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import msgspec
 
@@ -114,7 +114,7 @@ class Config(_Section, frozen=True):
     security: SecurityConfig = SecurityConfig()
 
 
-_POSITIVE: dict[str, Callable[["Config"], bool]] = {
+_POSITIVE: dict[str, Callable[[Config], bool]] = {
     "daemon.children": lambda c: c.daemon.children >= 0,
     "daemon.drain_s": lambda c: c.daemon.drain_s >= 0,
     "daemon.heartbeat_s": lambda c: c.daemon.heartbeat_s > 0,

@@ -9,8 +9,8 @@ same connection. Must not import the hub or any other spoke.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import msgspec
 

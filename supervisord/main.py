@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(str(runtime_dir / "children.sock")) > 100:
         print(f"supd: socket path too long for ipc (max ~107 bytes): {runtime_dir}", file=sys.stderr)
         return EXIT_USAGE
-    lock = open(state_dir / "supd.lock", "a+")
+    lock = open(state_dir / "supd.lock", "a+")  # noqa: SIM115 (held, and locked, for the daemon's life)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

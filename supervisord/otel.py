@@ -21,7 +21,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from supervisord.config import TracingConfig
 from supervisord.tracing import Tracer
@@ -120,7 +128,7 @@ class OTelTracer(Tracer):
     # ---- the Tracer interface ----------------------------------------------------------
 
     def batch_accepted(self, trace_id: str, master_span_id: str, parent_span_id: str | None,
-                       tracestate: str | None, tasks: list["Task"], start_ns: int) -> None:
+                       tracestate: str | None, tasks: list[Task], start_ns: int) -> None:
         parent = _remote(trace_id, parent_span_id, tracestate) if parent_span_id else None
         kinds = sorted({t.spec.kind for t in tasks})
         span = self._start("supd.batch", trace_id, master_span_id, parent, start_ns, SpanKind.SERVER, {
@@ -130,7 +138,7 @@ class OTelTracer(Tracer):
         self.masters[master_span_id] = span
         self.open_tasks[master_span_id] = len(tasks)
 
-    def attempt_started(self, task: "Task", child: str, start_ns: int) -> None:
+    def attempt_started(self, task: Task, child: str, start_ns: int) -> None:
         if not task.trace_id or not task.span_id:
             return
         master = self.masters.get(task.parent_span_id or "")
@@ -146,7 +154,7 @@ class OTelTracer(Tracer):
             "supd.child": child,
         })
 
-    def attempt_finished(self, task: "Task", state: str, outcome: "Outcome", end_ns: int, pid: int | None) -> None:
+    def attempt_finished(self, task: Task, state: str, outcome: Outcome, end_ns: int, pid: int | None) -> None:
         span = self.attempts.pop(task.id, None)
         if span is None:
             return
@@ -172,7 +180,7 @@ class OTelTracer(Tracer):
             span.set_status(Status(StatusCode.ERROR, outcome.error.message if outcome.error else state))
         span.end(end_time=end_ns)
 
-    def task_final(self, task: "Task", end_ns: int) -> None:
+    def task_final(self, task: Task, end_ns: int) -> None:
         master_id = task.parent_span_id or ""
         left = self.open_tasks.get(master_id)
         if left is None:
@@ -201,7 +209,7 @@ class OTelTracer(Tracer):
         self.open_tasks.clear()
         try:
             self.provider.shutdown()  # BatchSpanProcessor flushes here
-        except Exception as e:  # an unreachable collector must not stop the daemon's exit
+        except Exception as e:  # noqa: BLE001 (an unreachable collector must not stop the daemon's exit)
             _log.warning("trace export failed at shutdown: %r", e)
 
     def claude_env(self) -> dict[str, str]:

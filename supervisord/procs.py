@@ -29,6 +29,7 @@ from typing import TypeAlias
 import psutil
 
 __all__ = [
+    "Spawned",
     "children_pids",
     "descendants",
     "kill_task",
@@ -40,7 +41,6 @@ __all__ = [
     "set_parent_death_signal",
     "signal_group",
     "signal_pid",
-    "Spawned",
     "spawn",
     "tagged",
     "terminate_task",

@@ -9,7 +9,8 @@ a counter dict is simply retried. Must not import other spokes.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -25,7 +26,7 @@ BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon: "Daemon") -> None:
+    def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
 
     def collect(self) -> Iterator[Metric]:
@@ -89,7 +90,7 @@ class DaemonCollector(Collector):
 class PromServer:
     """The scrape endpoint: `start()` binds host:port in a daemon thread, `stop()` closes it."""
 
-    def __init__(self, daemon: "Daemon", host: str, port: int) -> None:
+    def __init__(self, daemon: Daemon, host: str, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DaemonCollector(daemon))
         self.host, self.port = host, port
@@ -107,7 +108,7 @@ class PromServer:
             self._server = None
 
 
-def start(daemon: "Daemon") -> PromServer | None:
+def start(daemon: Daemon) -> PromServer | None:
     """Serve `/metrics` when `[metrics] prometheus_port` > 0; None otherwise."""
     cfg = daemon.config.metrics
     if cfg.prometheus_port <= 0:

@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 
@@ -84,10 +85,10 @@ def spec_from_args(a: argparse.Namespace) -> TaskSpec:
     text_input = a.input
     if a.input_file:
         text_input = sys.stdin.read() if a.input_file == "-" else Path(a.input_file).read_text()
-    common: dict[str, Any] = dict(
-        kind=a.kind, input=text_input, timeout_s=a.timeout, stall_timeout_s=a.stall_timeout, retries=a.retries,
-        priority=a.priority, cwd=a.cwd, env=env,
-    )
+    common: dict[str, Any] = {
+        "kind": a.kind, "input": text_input, "timeout_s": a.timeout, "stall_timeout_s": a.stall_timeout,
+        "retries": a.retries, "priority": a.priority, "cwd": a.cwd, "env": env,
+    }
     if a.kind == "exec":
         if not words:
             raise UsageError("exec task: give the command after --, e.g. supctl submit --kind exec -- echo hi")

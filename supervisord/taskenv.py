@@ -7,7 +7,7 @@ supd adds per task (trace context, the Claude CLI's retry cap).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from supervisord.traceids import SpanRef
 

@@ -23,16 +23,16 @@ class Tracer:
     enabled = False
 
     def batch_accepted(self, trace_id: str, master_span_id: str, parent_span_id: str | None,
-                       tracestate: str | None, tasks: list["Task"], start_ns: int) -> None:
+                       tracestate: str | None, tasks: list[Task], start_ns: int) -> None:
         """A batch was accepted: open its master span (it ends when its last task is final)."""
 
-    def attempt_started(self, task: "Task", child: str, start_ns: int) -> None:
+    def attempt_started(self, task: Task, child: str, start_ns: int) -> None:
         """An attempt was dispatched with span `task.span_id` under `task.parent_span_id`."""
 
-    def attempt_finished(self, task: "Task", state: str, outcome: "Outcome", end_ns: int, pid: int | None) -> None:
+    def attempt_finished(self, task: Task, state: str, outcome: Outcome, end_ns: int, pid: int | None) -> None:
         """An attempt ended (final or retried): close its span with the outcome as attributes."""
 
-    def task_final(self, task: "Task", end_ns: int) -> None:
+    def task_final(self, task: Task, end_ns: int) -> None:
         """A task reached its final state (closes the master span after the batch's last)."""
 
     def child_event(self, name: str, identity: str, pid: int | None, **attributes: object) -> None:

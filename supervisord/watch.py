@@ -16,12 +16,13 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
 from proto import control as ctl
-from supervisord.client import Client
+from supervisord.client import Client, RequestFailed, expect
 
 #: exit codes (as supctl's): the task succeeded / failed, --timeout passed, Ctrl-C
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 130
@@ -82,11 +83,7 @@ class Watch:
 
     def final_state(self) -> str | None:
         """The task's state if it is final already (from `Get`), else None."""
-        reply = self.client.request(ctl.Get(id=self.args.task))
-        if isinstance(reply, ctl.Error):
-            raise LookupError(f"{reply.kind}: {reply.message}")
-        assert isinstance(reply, ctl.Tasks)
-        state = reply.tasks[0].state
+        state = expect(self.client.request(ctl.Get(id=self.args.task)), ctl.Tasks).tasks[0].state
         return state if state not in ("queued", "running") else None
 
     def finished_from_get(self, state: str) -> int:
@@ -142,7 +139,7 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
         return 2
     try:
         return watch.run()
-    except LookupError as e:
+    except RequestFailed as e:
         print(f"supctl: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
