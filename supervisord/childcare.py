@@ -19,12 +19,24 @@ from proto import PROTOCOL_VERSION
 from proto import children as cp
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
 from supervisord import procs
+from supervisord.config import Config
 from supervisord.events import ChildExited
 from supervisord.logs import log
-from supervisord.pool import Slot
+from supervisord.pool import Policy, Slot
 
 if TYPE_CHECKING:
     from supervisord.daemon import Daemon
+
+
+def policy_of(config: Config) -> Policy:
+    """The pool's policy, from the config's [daemon], [restart] and [recycle] sections."""
+    r, rc, d = config.restart, config.recycle, config.daemon
+    return Policy(
+        heartbeat_s=d.heartbeat_s, liveness=d.liveness, max_starting=d.max_starting, backoff_base_s=r.backoff_base_s,
+        backoff_max_s=r.backoff_max_s, stable_after_s=r.stable_after_s, intensity=r.intensity,
+        period_s=r.period_s, recycle_max_tasks=rc.max_tasks, recycle_max_age_s=rc.max_age_s,
+        recycle_age_jitter_s=rc.max_age_jitter_s, recycle_max_rss_bytes=int(rc.max_rss_mb * 2**20),
+    )
 
 
 @dataclass(slots=True)

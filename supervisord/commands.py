@@ -12,12 +12,14 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proto import control as ctl
 from proto.task import ErrorKind, TaskState
 from supervisord import childcare, claude_cli, taskenv, traceids, validate
 from supervisord import config as config_mod
+from supervisord.childcare import policy_of
 from supervisord.logs import log
 from supervisord.scheduler import Breaker, Task
 
@@ -25,6 +27,18 @@ if TYPE_CHECKING:
     from supervisord.daemon import Daemon
 
 Envelope = tuple[bytes, ...]
+
+
+@dataclass(slots=True)
+class Waiter:
+    """A `Wait` request: answered when `pending` empties or at `deadline` (monotonic)."""
+
+    envelope: tuple[bytes, ...]
+    ids: list[str]
+    pending: set[str]
+    deadline: float
+
+
 MAX_CHILDREN = 1024
 
 
@@ -87,8 +101,6 @@ def submit(d: Daemon, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
 
 def wait(d: Daemon, envelope: Envelope, req: ctl.Wait) -> ctl.Reply | None:
     """Answer when every task is final, or after `timeout_s` with those still pending."""
-    from supervisord.daemon import Waiter
-
     pending: set[str] = set()
     for tid in req.ids:
         if tid in d.sched.tasks:
@@ -224,8 +236,6 @@ def reload(d: Daemon, envelope: Envelope | None = None, req: ctl.Reload | None =
         log("reload_refused", error=str(e))
         d.notifier.ready()
         return ctl.Error(kind="config", message=str(e))
-    from supervisord.daemon import policy_of
-
     d.config = new
     d.pool.policy = policy_of(new)
     d.sched.max_queued = new.daemon.max_queued

@@ -27,8 +27,9 @@ import zmq.asyncio
 from proto import children as cp
 from proto import control as ctl
 from proto.task import ErrorKind, Outcome, TaskState
-from supervisord import childcare, claude_cli, curve, logs, procs, taskenv, traceids
-from supervisord.childcare import Orphans
+from supervisord import childcare, claude_cli, commands, curve, logs, procs, taskenv, traceids
+from supervisord.childcare import Orphans, policy_of
+from supervisord.commands import Waiter
 from supervisord.config import Config
 from supervisord.control import ControlServer
 from supervisord.eventbus import EventBus
@@ -36,7 +37,7 @@ from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, S
 from supervisord.journal import Journal, view
 from supervisord.logs import log
 from supervisord.metrics import Metrics
-from supervisord.pool import ChildState, Due, Policy, Pool, Slot
+from supervisord.pool import ChildState, Due, Pool, Slot
 from supervisord.scheduler import Breaker, Scheduler, Task
 from supervisord.systemd import Notifier, format_status
 from supervisord.tracing import make_tracer
@@ -71,24 +72,6 @@ class Paths:
     @property
     def journal(self) -> Path:
         return self.state_dir / "tasks.db"
-
-
-@dataclass(slots=True)
-class Waiter:
-    envelope: tuple[bytes, ...]
-    ids: list[str]
-    pending: set[str]
-    deadline: float
-
-
-def policy_of(config: Config) -> Policy:
-    r, rc, d = config.restart, config.recycle, config.daemon
-    return Policy(
-        heartbeat_s=d.heartbeat_s, liveness=d.liveness, max_starting=d.max_starting, backoff_base_s=r.backoff_base_s,
-        backoff_max_s=r.backoff_max_s, stable_after_s=r.stable_after_s, intensity=r.intensity,
-        period_s=r.period_s, recycle_max_tasks=rc.max_tasks, recycle_max_age_s=rc.max_age_s,
-        recycle_age_jitter_s=rc.max_age_jitter_s, recycle_max_rss_bytes=int(rc.max_rss_mb * 2**20),
-    )
 
 
 @dataclass
@@ -161,9 +144,6 @@ class Daemon:
         return 0
 
     async def _loop(self) -> None:
-        from supervisord import commands  # the control verbs live beside the hub
-
-        self.commands = commands
         self._after_events()
         while self.phase is not Phase.STOPPED:
             event = await self.inbox.get()
@@ -194,7 +174,7 @@ class Daemon:
             case ChildExited(identity, pid, returncode):
                 childcare.on_exit(self, identity, pid, returncode)
             case RequestReceived(envelope, request):
-                self.commands.handle(self, envelope, request)
+                commands.handle(self, envelope, request)
             case SignalReceived(signum):
                 self._on_signal(signum)
             case TimerFired():
@@ -401,7 +381,7 @@ class Daemon:
     def _on_signal(self, signum: int) -> None:
         log("signal", signal=signal.Signals(signum).name)
         if signum == signal.SIGHUP:
-            self.commands.reload(self)
+            commands.reload(self)
         elif self.phase in (Phase.DRAINING, Phase.STOPPING):
             self.drain_deadline = self.clock()  # a second TERM/INT: stop draining now
         else:
