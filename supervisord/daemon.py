@@ -162,9 +162,8 @@ class Daemon:
         for envelope, reply in self.after_commit:
             self.control.reply(envelope, reply)
         self.after_commit.clear()
-        self._maybe_ready()
         self._arm_timer(now)
-        self._retitle()
+        self._show_status()
         logs.flush()
 
     def _handle(self, event: Event) -> None:
@@ -419,29 +418,28 @@ class Daemon:
         if self.phase is Phase.STOPPING and not self.pool.alive() and not self.orphans:
             self.phase = Phase.STOPPED
 
-    def _maybe_ready(self) -> None:
-        if self.phase is not Phase.STARTING:
-            if self.notifier.enabled and (line := self.status_line()) != self._status_sent:
-                self._status_sent = line  # only on change: an idle daemon sends WATCHDOG=1 and nothing else
-                self.notifier.status(line)
-            return
+    def _show_status(self) -> None:
+        """After each batch: READY=1 once no child is booting, then STATUS= and the process
+        title, each only when its text changed (an idle daemon sends WATCHDOG=1, nothing else)."""
         counts = self.pool.counts()
-        booting = counts[ChildState.STARTING.value] + counts[ChildState.BACKOFF.value]
-        if booting == 0:
-            self.phase = Phase.RUNNING
-            self._status_sent = self.status_line()
-            self.notifier.ready(self._status_sent)
-            log("daemon_ready", children=counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value],
-                fatal=counts[ChildState.FATAL.value], control=self.paths.control)
-
-    def status_line(self) -> str:
-        counts = self.pool.counts()
-        ready = counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value]
-        failed = sum(n for (_, s), n in self.metrics.finished.items() if s != "succeeded")
-        return format_status(ready, self.pool.size, self.sched.queued, counts[ChildState.BUSY.value], failed)
-
-    def _retitle(self) -> None:
-        title = f"supd {self.paths.state_dir} [{self.phase.value}] {self.status_line()}"
+        line = self.status_line(counts)
+        if self.phase is Phase.STARTING:
+            if counts[ChildState.STARTING.value] + counts[ChildState.BACKOFF.value] == 0:
+                self.phase = Phase.RUNNING  # STARTING -> RUNNING
+                self._status_sent = line
+                self.notifier.ready(line)
+                log("daemon_ready", children=counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value],
+                    fatal=counts[ChildState.FATAL.value], control=self.paths.control)
+        elif self.notifier.enabled and line != self._status_sent:
+            self._status_sent = line
+            self.notifier.status(line)
+        title = f"supd {self.paths.state_dir} [{self.phase.value}] {line}"
         if title != self._title:
             self._title = title
             setproctitle.setproctitle(title)
+
+    def status_line(self, counts: dict[str, int] | None = None) -> str:
+        counts = counts or self.pool.counts()
+        ready = counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value]
+        failed = self.metrics.failed_total()
+        return format_status(ready, self.pool.size, self.sched.queued, counts[ChildState.BUSY.value], failed)

@@ -65,6 +65,9 @@ class Metrics:
         self.output_tokens += output_tokens
         self.cost_usd += cost_usd
 
+    def failed_total(self) -> int:
+        return sum(n for (_, state), n in self.finished.items() if state != "succeeded")
+
     def success_rate(self) -> float | None:
         done = sum(self.finished.values())
         ok = sum(n for (_, state), n in self.finished.items() if state == "succeeded")
@@ -85,7 +88,7 @@ class Metrics:
             "tasks_received": dict(self.received),
             "tasks_finished": {f"{k}/{s}": n for (k, s), n in sorted(self.finished.items())},
             "tasks_succeeded": sum(n for (_, s), n in self.finished.items() if s == "succeeded"),
-            "tasks_failed": sum(n for (_, s), n in self.finished.items() if s != "succeeded"),
+            "tasks_failed": self.failed_total(),
             "errors": {f"{k}/{e}": n for (k, e), n in sorted(self.errors.items())},
             "by_kind": self.by_kind(),
             "retries": self.retries,
