@@ -59,10 +59,17 @@ def describe(t: TaskView) -> str:
         lines.append(f"  usage:  in={t.usage.input_tokens} out={t.usage.output_tokens}{cost}  turns={t.num_turns}"
                      f"  session={t.session_id}")
     lines.append(f"  trace:  {t.trace_id}  span={t.span_id}  parent={t.parent_span_id}")
+    if t.stderr and t.state != "succeeded":
+        tail = t.stderr.rstrip("\n").splitlines()[-STDERR_LINES:]
+        lines.append(f"  stderr (last {len(tail)} lines):\n" + "\n".join(tail))
     if t.result:
         body = t.result if t.result.endswith("\n") else t.result + "\n"
         lines.append("  result" + (" (truncated)" if t.truncated else "") + ":\n" + body.rstrip("\n"))
     return "\n".join(lines)
+
+
+#: How much of a failed task's stderr `describe` shows (`--json` has all of it).
+STDERR_LINES = 20
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -235,7 +242,12 @@ def _print_tree(data: dict[str, Any], indent: str) -> None:
             print(f"{indent}{key}:")
             _print_tree(value, indent + "  ")
         else:
-            print(f"{indent}{key}: {value}")
+            print(f"{indent}{key}: {_human(value)}")
+
+
+def _human(value: Any) -> str:
+    """Floats to 4 significant digits (latencies, rates, cost); the rest as they are."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def cmd_simple(make: Callable[[argparse.Namespace], ctl.Request]) -> Callable[[Client, argparse.Namespace], int]:
@@ -358,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     except RequestFailed as e:
         print(f"supctl: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`supctl list | head`): not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as e:
         print(f"supctl: {e}", file=sys.stderr)
         return EXIT_USAGE

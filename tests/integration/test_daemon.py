@@ -228,3 +228,22 @@ def test_control_socket_is_owner_only(supd_factory):
     mode = (d.state_dir / "control.sock").stat().st_mode & 0o777
     assert mode == 0o600
     assert (d.state_dir.stat().st_mode & 0o777) == 0o700
+
+
+def test_supctl_output_for_people(supd_factory):
+    """A failed task shows its stderr; a reader that goes away early (`| head`) is no error."""
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    d = supd_factory(children=2).start()
+    r = d.supctl("submit", "--kind", "exec", "--wait", "--", "sh", "-c", "echo out; echo oops >&2; exit 3")
+    assert r.returncode == 1 and "stderr (last 1 lines):\noops" in r.stdout and "exit: exited with 3" in r.stdout
+    d.wait(d.submit(*[TaskSpec(kind="exec", argv=["true"]) for _ in range(1500)]))
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "supervisord.supctl", "--state-dir", str(d.state_dir), "list", "--limit", "1500"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=d.env, cwd=ROOT)
+    assert reader.stdout is not None and reader.stdout.readline().startswith(b"ID")
+    reader.stdout.close()  # like `head -1`
+    _, err = reader.communicate(timeout=20)
+    assert reader.returncode == 0 and b"Broken pipe" not in err
