@@ -146,7 +146,7 @@ def test_wall_timeout(child: ChildHarness) -> None:
     assert result.outcome.error is not None and result.outcome.error.kind == "timeout"
     assert result.outcome.error.message == "wall-clock timeout of 0.5s"
     assert result.outcome.signal == signal.SIGTERM
-    assert elapsed < 0.5 + 0.5 + 0.5
+    assert elapsed < 15, "the limit fired; the task did not run its 30 s"  # a bound on behaviour, not speed
 
 
 def test_stall_timeout(child: ChildHarness) -> None:
@@ -157,7 +157,7 @@ def test_stall_timeout(child: ChildHarness) -> None:
     assert result.outcome.error is not None and result.outcome.error.kind == "stall"
     assert result.outcome.error.message == "no output for 0.5s"
     assert result.outcome.result == "one line\n"
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 15, "the stall limit fired; the task did not run its 30 s"
 
 
 def test_output_keeps_stall_away(child: ChildHarness) -> None:
@@ -182,18 +182,18 @@ def test_cancel_kills_a_tree_that_ignores_sigterm_and_escaped(child: ChildHarnes
     assert result.outcome.error is not None and result.outcome.error.kind == "cancelled"
     assert result.outcome.signal == signal.SIGKILL  # SIGTERM was ignored
     assert result.outcome.result == "tree ready\n"
-    assert 0.5 <= elapsed < 1.5
+    assert 0.5 <= elapsed < 15, "SIGKILL waited for the grace, and the 60 s tree did not run out"
     assert procs.tagged(tid("t-tree")) == [] and not any(p.is_running() for p in tree)
     _no_zombies_or_children(child)
 
 
 def test_leftovers_of_a_finished_task_are_killed(child: ChildHarness) -> None:
     t0 = time.monotonic()
-    result, _ = child.run(exec_dispatch(tid("t-left"), [PY, "-c", TREE, "exit"], kill_grace_s=5.0))
+    result, _ = child.run(exec_dispatch(tid("t-left"), [PY, "-c", TREE, "exit"], kill_grace_s=60.0), timeout_s=30)
     # The task succeeded; the escaped grandchild holding its stdout was killed at once,
     # not after the (long) kill grace.
     assert result.state == "succeeded" and result.outcome.result == "tree ready\n"
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 15, "the leftover was killed at once, not after the 60 s grace"
     assert procs.tagged(tid("t-left")) == []
     _no_zombies_or_children(child)
 
@@ -264,7 +264,7 @@ def test_daemon_loss_kills_the_tree_and_exits() -> None:
         elapsed = time.monotonic() - t0
         assert code == 4  # DAEMON_LOST_EXIT
         # silence 0.6 s + exit grace (capped at 1 s) + start-up slack
-        assert elapsed < 0.6 + 1.0 + 1.0
+        assert elapsed < 15, "left on daemon silence, not on some later timer"
         assert h.leftovers() == []
     finally:
         h.close()
