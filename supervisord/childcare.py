@@ -129,10 +129,11 @@ def on_exit(d: Daemon, identity: str, pid: int, returncode: int | None) -> None:
     now = d.clock()
     task_id = slot.task_id
     exit_ = d.pool.exited(slot, returncode, now, d.rand())
+    respawn_in_s = round(max(0.0, exit_.respawn_at - now), 3) if exit_.verdict == "respawn" else None
     log("child_exited", child=identity, pid=pid, returncode=returncode, verdict=exit_.verdict,
-        reason=exit_.reason, state=slot.state.value, task=task_id)
+        reason=exit_.reason, respawn_in_s=respawn_in_s, state=slot.state.value, task=task_id)
     d.events.publish(f"child/{identity}/exited", child=identity, pid=pid, returncode=returncode,
-                        verdict=exit_.verdict, reason=exit_.reason)
+                     verdict=exit_.verdict, reason=exit_.reason, respawn_in_s=respawn_in_s)
     d.tracer.child_event("exit", identity, pid, returncode=returncode, verdict=exit_.verdict)
     if exit_.verdict == "fatal":
         d.metrics.child_fatal += 1

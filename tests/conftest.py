@@ -227,6 +227,12 @@ def claude_config(fakeapi: Any) -> str:
     return "[claude]\nenv = " + toml_table(env) + "\n"
 
 
+def gate(path: Path) -> list[str]:
+    """argv of an exec task that waits until `path` exists: the test decides when it ends."""
+    return [sys.executable, "-c",
+            f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.02)\nprint('go')"]
+
+
 def toml_table(mapping: dict[str, str]) -> str:
     """An inline TOML table (JSON strings are valid TOML basic strings)."""
     return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in mapping.items()) + " }"

@@ -27,6 +27,9 @@ def test_exec_tasks_run_in_parallel_and_record_output(supd_factory):
     assert all(t.exit_code == 0 and t.attempts == 1 and t.child for t in tasks)
     assert len({t.child for t in tasks}) > 1, "eight tasks on four children should spread"
     assert all(t.started_at and t.finished_at and t.duration_s is not None for t in tasks)
+    # Four one-second tasks on four children run at the same time: each starts before any ends.
+    sleepers = d.wait(d.submit(*[TaskSpec(kind="exec", argv=["sleep", "1"]) for _ in range(4)]))
+    assert max(t.started_at for t in sleepers) < min(t.finished_at for t in sleepers)
 
 
 def test_exec_failure_and_missing_binary_are_recorded(supd_factory):
@@ -114,10 +117,11 @@ def test_sigkilled_child_is_replaced(supd_factory):
 
 def test_shutdown_drains_running_tasks_and_leaves_nothing(supd_factory):
     d = supd_factory(children=2).start()
-    ids = d.submit(*[TaskSpec(kind="exec", argv=["sleep", "0.5"]) for _ in range(2)])
-    time.sleep(0.2)
-    pids = [d.proc.pid] + [p.pid for p in descendants_of(d.proc.pid)]
-    assert len(pids) >= 5, "daemon, two children, two sleeps"
+    ids = d.submit(*[TaskSpec(kind="exec", argv=["sleep", "1.5"]) for _ in range(2)])
+    deadline = time.monotonic() + 10
+    while len(pids := [d.proc.pid] + [p.pid for p in descendants_of(d.proc.pid)]) < 5:
+        assert time.monotonic() < deadline, "daemon, two children, two sleeps never all ran"
+        time.sleep(0.02)
     assert d.request(ctl.Shutdown()) == ctl.Ok(message="shutting down")
     assert d.proc.wait(20) == 0
     assert_no_leftovers(pids, set(ids))
@@ -202,8 +206,9 @@ def test_submit_file_of_json_lines(supd_factory, tmp_path):
 
 
 def test_supctl_never_hangs_without_a_daemon(state_dir):
-    from tests.conftest import ROOT, child_env
     import subprocess
+
+    from tests.conftest import ROOT, child_env
 
     r = subprocess.run([sys.executable, "-m", "supervisord.supctl", "--state-dir", str(state_dir), "status"],
                        capture_output=True, text=True, timeout=20, env=child_env(), cwd=ROOT)

@@ -224,13 +224,14 @@ def test_claude_bash_tool_leftover_is_killed_when_the_cli_exits(supd_factory, fa
     exits 0: the task succeeds and the leftover is killed, not left to init."""
     d = supd_factory(children=1, config=claude_config).start()
     pidfile = tmp_path / "bg.pid"
-    cmd = f"nohup {PY} -c 'import os, time; open(\"{pidfile}\", \"w\").write(str(os.getpid())); time.sleep(120)' " \
-          ">/dev/null 2>&1 &"
+    cmd = f"setsid nohup {PY} -c 'import os, time; open(\"{pidfile}\", \"w\").write(str(os.getpid())); " \
+          "time.sleep(120)' >/dev/null 2>&1 &"
     (tid,) = d.submit(TaskSpec(kind="claude", prompt=f"[[bash:{cmd}]]", allowed_tools=["Bash"]))
     (task,) = d.wait([tid], timeout_s=60)
     assert task.state == "succeeded", (task.error, task.result)
     assert pidfile.exists(), f"the Bash tool did not run the command: {task.result}"
     assert_no_leftovers([int(pidfile.read_text())], {tid})
+    assert f"task={tid} why=leftovers" in d.log(), "supd's child killed it (not the CLI on its way out)"
     assert_children_clean(d)
 
 
@@ -238,9 +239,8 @@ def test_claude_result_line_then_kill_still_counts_as_success():
     """The result-grace path, at the level that is pure: a CLI that printed its result line
     and then had to be killed (no verdict of its own) is judged by the line.
 
-    The real CLI always exited after its result line here (tried: background Bash jobs,
-    nohup'd setsid jobs), so `RunningTask`'s grace timer itself is not exercised with a
-    real process; it would need a fake CLI."""
+    The grace timer itself runs against the real CLI in tests/integration/test_child.py
+    (a slow SessionEnd hook keeps the CLI alive after its result line)."""
     ex = ClaudeExecutor(cap_bytes=1 << 16)
     ex.feed_stdout(b'{"type":"system","subtype":"init"}\n')
     assert not ex.result_seen
@@ -376,6 +376,10 @@ def test_restart_backoff_reset_and_intensity_goes_fatal(supd_factory):
     time.sleep(2.5 + 0.5)  # the successor outlives stable_after_s
     third, _ = _kill_and_time_respawn(d, "w00")  # stable again: failures reset, at once
     figure("restart_delays_s", f"isolated={first:.3f} unstable={second:.3f} after_stable={third:.3f}")
+    # The decisions themselves, as the daemon logged them: at once, backed off, at once again.
+    delays = [float(line.split("respawn_in_s=")[1].split()[0]) for line in d.log().splitlines()
+              if "event=child_exited child=w00." in line and "respawn_in_s=" in line]
+    assert delays[0] == 0.0 and 0.5 <= delays[1] <= 1.0 and delays[2] == 0.0, delays
     _kill_and_time_respawn(d, "w00")  # the 4th exit in period_s > intensity 3
     row = children(d)["w00"]
     assert row["state"] == "fatal" and row["pid"] is None
@@ -446,6 +450,8 @@ def test_restart_latency_of_an_isolated_crash(supd_factory):
         latency, _ = _kill_and_time_respawn(d, "w00")
         samples.append(latency)
         time.sleep(0.4)  # > stable_after_s: the next crash is isolated again
+    isolated = [line for line in d.log().splitlines() if "event=child_exited child=w00." in line]
+    assert len(isolated) == 10 and all("respawn_in_s=0.0 " in line for line in isolated), "each crash was isolated"
     samples.sort()
     figure("restart_latency_p50_s", f"{statistics.median(samples):.3f} min={samples[0]:.3f} max={samples[-1]:.3f}")
     assert children(d)["w00"]["state"] == "idle"

@@ -8,13 +8,12 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from proto.task import TaskSpec
-from tests.conftest import ROOT, Supd
+from tests.conftest import ROOT, Supd, gate
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,11 +37,6 @@ def start_watch(d: Supd, *args: str) -> subprocess.Popen[str]:
 def finish(proc: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, list[dict[str, Any]], str]:
     out, err = proc.communicate(timeout=timeout_s)
     return proc.returncode, [json.loads(line) for line in out.splitlines() if line.strip()], err
-
-
-def gate(path: Path) -> list[str]:
-    """An exec task that waits until `path` exists (the test decides when it may go on)."""
-    return ["python3", "-c", f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.02)\nprint('go')"]
 
 
 def test_stats_health_and_prometheus_after_a_few_tasks(supd_factory, claude_config):

@@ -20,7 +20,7 @@ import pytest
 
 from proto import control as ctl
 from proto.task import TaskSpec
-from tests.conftest import Supd, child_env, short_tmpdir
+from tests.conftest import Supd, child_env, gate, short_tmpdir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -175,15 +175,18 @@ def test_sighup_notifies_reloading_then_ready(supd_factory, notify):
 # ---- reload and scale ------------------------------------------------------------
 
 
-def test_supctl_reload_applies_children_defaults_and_limits_without_dropping_tasks(supd_factory):
+def test_supctl_reload_applies_children_defaults_and_limits_without_dropping_tasks(supd_factory, tmp_path):
     d = supd_factory(children=2, config="[daemon]\nchildren = 2\n").start()
-    ids = d.submit(sleeper(1.5), sleeper(1.5))
+    go = tmp_path / "go"
+    ids = d.submit(*[TaskSpec(kind="exec", argv=gate(go)) for _ in range(2)])
     wait_running(d, 2)
     assert d.config_path is not None
     d.config_path.write_text("[daemon]\nchildren = 3\n[tasks]\ntimeout_s = 0.5\n[limits]\nmax_prompt_bytes = 10\n")
     out = d.supctl("reload")
     assert out.returncode == 0, out.stderr
     assert "reloaded" in out.stdout
+    assert d.info(ctl.Status())["tasks"]["running"] == 2, "both tasks are still running after the reload"
+    go.touch()
     assert [t.state for t in d.wait(ids)] == ["succeeded"] * 2, "tasks running across the reload must finish"
     wait_pool(d, 3)
     # New defaults: tasks.timeout_s=0.5 now applies to a task without its own timeout.
@@ -232,17 +235,19 @@ def test_sighup_reloads_and_an_invalid_file_is_logged_and_survived(supd_factory)
     assert task.state == "succeeded"
 
 
-def test_scale_up_and_down_live_lets_running_tasks_finish(supd_factory):
+def test_scale_up_and_down_live_lets_running_tasks_finish(supd_factory, tmp_path):
     d = supd_factory(children=2).start()
     out = d.supctl("scale", "4")
     assert out.returncode == 0, out.stderr
     wait_pool(d, 4)
-    ids = d.submit(*[sleeper(1.5) for _ in range(4)])
+    go = tmp_path / "go"
+    ids = d.submit(*[TaskSpec(kind="exec", argv=gate(go)) for _ in range(4)])
     wait_running(d, 4)
     out = d.supctl("scale", "1")
     assert out.returncode == 0, out.stderr
     status = d.info(ctl.Status())
     assert status["pool"]["size"] == 1 and status["tasks"]["running"] == 4
+    go.touch()
     assert [t.state for t in d.wait(ids)] == ["succeeded"] * 4
     wait_pool(d, 1)
     assert d.supctl("scale", "0").returncode == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import re
 import threading
 import time
 import uuid
@@ -57,7 +58,8 @@ def test_a_batch_joins_the_callers_trace(supd_factory, tmp_path):
     (task,) = d.wait(ids)
     assert task.trace_id == caller_trace
     assert _traceparent(task.result or "")[0] == caller_trace
-    assert task.parent_span_id != caller_span, "the batch's master span is a child of the caller's span"
+    assert re.fullmatch(r"[0-9a-f]{16}", task.parent_span_id or "") and task.parent_span_id != caller_span, \
+        "the batch has a master span of its own, a child of the caller's span"
 
     # the same through supctl, which forwards TRACEPARENT from its own environment
     batch = tmp_path / "batch.jsonl"
