@@ -9,14 +9,26 @@ daemon down (drain) and exits 0 only if every task succeeded. No network, no API
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import fakeapi
+import psutil
 from common import Daemon, short_tmpdir, toml_table
 
 from supervisord import benchcmd
 from supervisord.client import Client
+
+
+def task_cpu_s(supd_pid: int) -> float:
+    """CPU seconds the task processes (the CLI runs) have used so far: what each child
+    worker has reaped from its tasks."""
+    total = 0.0
+    for child in psutil.Process(supd_pid).children():
+        times = child.cpu_times()
+        total += times.children_user + times.children_system
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             args = argparse.Namespace(kind="claude", tasks=a.tasks, parallel=a.children, sweep=None, plot=None,
                                       timeout=120.0, wait_timeout=300.0, model="claude-sonnet-4-5", max_turns=None,
                                       quiet=False, json=False, words=[a.prompt])
+            cpu_before = task_cpu_s(status["pid"])
             with Client(f"ipc://{daemon.state_dir / 'control.sock'}", timeout_s=30.0) as c:
                 report = benchcmd.bench(c, args)
+            cli_cpu_s = (task_cpu_s(status["pid"]) - cpu_before) / (2 * a.tasks)
             benchcmd.print_report(report)
         finally:
             code = daemon.stop()
@@ -62,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sequential       {seq['wall_s']:.2f}s wall, {seq['tasks_per_s']:.2f} tasks/s")
     print(f"parallel ({a.children})     {par['wall_s']:.2f}s wall, {par['tasks_per_s']:.2f} tasks/s")
     print(f"speedup          {report['speedup']:.2f}x of ideal {a.children} (efficiency {report['efficiency']:.0%})")
+    cores = os.cpu_count() or 1
+    if a.children > cores:
+        print(f"{f'why not {a.children}x':<17}each CLI run used {cli_cpu_s:.2f} CPU-s; {a.children} at once on {cores} cores "
+              f"wait on the CPU, not on supd (the API answers in {a.latency:g}s)")
     print(f"tokens           {seq['input_tokens'] + par['input_tokens']:,} in, "
           f"{seq['output_tokens'] + par['output_tokens']:,} out")
     print(f"cost             ${cost:.4f} (as the CLI reports it; the stand-in API charges nothing)")
