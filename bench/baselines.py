@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import xmlrpc.client
 from pathlib import Path
 
 import zmq
-from common import short_tmpdir
+from common import free_port, short_tmpdir
 
 VENV = Path(os.environ.get("SUPD_BENCH_BASELINES", "/tmp/bench-baselines"))
 
@@ -31,12 +30,6 @@ def ensure_venv() -> Path:
         subprocess.run(["python3", "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "supervisor", "circus"], check=True)
     return VENV
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Supervisord:

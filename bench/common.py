@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,13 +32,21 @@ from proto import control as ctl
 from supervisord.client import Client
 
 
-def short_tmpdir(prefix: str) -> Path:
-    """ipc socket paths must stay under ~107 bytes."""
+def short_tmpdir(prefix: str = "supd-") -> Path:
+    """ipc socket paths must stay under ~107 bytes: keep state dirs short."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
 def toml_table(mapping: dict[str, str]) -> str:
+    """An inline TOML table (JSON strings are valid TOML basic strings)."""
     return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in mapping.items()) + " }"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def clean_env() -> dict[str, str]:

@@ -9,9 +9,9 @@ Writes bench/results/dispatch.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import asyncio
 import multiprocessing
+import statistics
 import subprocess
 import threading
 import time

@@ -260,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ----------------------------------------------------------------- plumbing
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def _read_body(self) -> bytes:

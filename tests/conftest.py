@@ -3,16 +3,15 @@ the project's stand-in Messages API, and a check that nothing is left behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -20,14 +19,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from proto import control as ctl  # noqa: E402
-from proto.task import TaskSpec  # noqa: E402
-from supervisord.client import Client  # noqa: E402
+from common import free_port, short_tmpdir, toml_table  # noqa: F401  (bench/common: one copy for both)
 
-
-def short_tmpdir(prefix: str = "supd-") -> Path:
-    """ipc socket paths must stay under ~107 bytes: keep state dirs short."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+from proto import control as ctl
+from proto.task import TaskSpec
+from supervisord.client import Client
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -61,7 +57,7 @@ class Supd:
             argv += ["--config", str(self.config_path)]
         return argv
 
-    def start(self, wait_ready: bool = True) -> "Supd":
+    def start(self, wait_ready: bool = True) -> Supd:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                      cwd=ROOT)
@@ -231,11 +227,6 @@ def gate(path: Path) -> list[str]:
     """argv of an exec task that waits until `path` exists: the test decides when it ends."""
     return [sys.executable, "-c",
             f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.02)\nprint('go')"]
-
-
-def toml_table(mapping: dict[str, str]) -> str:
-    """An inline TOML table (JSON strings are valid TOML basic strings)."""
-    return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in mapping.items()) + " }"
 
 
 def spec(**kw: Any) -> TaskSpec:

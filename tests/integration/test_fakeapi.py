@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-import fakeapi  # noqa: E402
+import fakeapi
 
 
 def _find_claude() -> str | None:

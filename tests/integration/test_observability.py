@@ -4,7 +4,6 @@ over the event stream, and the Prometheus scrape endpoint."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -13,15 +12,9 @@ from typing import Any
 import pytest
 
 from proto.task import TaskSpec
-from tests.conftest import ROOT, Supd, gate
+from tests.conftest import ROOT, Supd, free_port, gate
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_watch(d: Supd, *args: str) -> subprocess.Popen[str]:

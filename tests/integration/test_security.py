@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,9 @@ import zmq.auth
 from proto import DECODE_ERRORS
 from proto import control as ctl
 from proto.task import TaskSpec
-from tests.conftest import ROOT, child_env, short_tmpdir
+from tests.conftest import ROOT, child_env, free_port, short_tmpdir
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def supctl(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:

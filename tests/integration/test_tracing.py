@@ -85,7 +85,7 @@ class OTLPReceiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
                 if encoding == "gzip":
@@ -254,7 +254,7 @@ class GrpcOTLPReceiver:
         receiver = self
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (the proto's naming)
+            def Export(self, request: Any, context: Any) -> Any:
                 receiver.add(request.SerializeToString())
                 return trace_service_pb2.ExportTraceServiceResponse()
 

@@ -38,11 +38,11 @@ def _sections() -> list[tuple[str, type[msgspec.Struct]]]:
 def test_shipped_config_documents_every_key(section: str, struct: type[msgspec.Struct]) -> None:
     """Each key appears in its section, set or as a commented-out example."""
     text = DEFAULT_TOML.read_text()
-    m = re.search(rf"^\[{section}\][^\n]*\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    m = re.search(rf"^\[{section}\][^\n]*\n(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
     assert m, f"no [{section}] section"
     body = m.group(1)
     for field in msgspec.structs.fields(struct):
-        assert re.search(rf"^#? ?{field.name} = ", body, re.M), f"{section}.{field.name} is not documented"
+        assert re.search(rf"^#? ?{field.name} = ", body, re.MULTILINE), f"{section}.{field.name} is not documented"
 
 
 def test_defaults_pass_validation() -> None:
