@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.children is not None:
         config = msgspec.structs.replace(config, daemon=msgspec.structs.replace(config.daemon, children=args.children))
     logs.setup(args.log_level or config.daemon.log_level)
-    state_dir = prepare_dir(Path(args.state_dir))
-    runtime_dir = prepare_dir(Path(args.runtime_dir or config.daemon.runtime_dir or state_dir))
+    try:
+        state_dir = prepare_dir(Path(args.state_dir))
+        runtime_dir = prepare_dir(Path(args.runtime_dir or config.daemon.runtime_dir or state_dir))
+    except OSError as e:
+        print(f"supd: cannot use {e.filename}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     if len(str(runtime_dir / "children.sock")) > 100:
         print(f"supd: socket path too long for ipc (max ~107 bytes): {runtime_dir}", file=sys.stderr)
         return EXIT_USAGE

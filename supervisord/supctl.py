@@ -160,7 +160,7 @@ def show_tasks(a: argparse.Namespace, tasks: list[TaskView], pending: list[str])
 
 
 def cmd_submit(c: Client, a: argparse.Namespace) -> int:
-    specs = specs_from_file(a.file) if a.file else [spec_from_args(a)]
+    specs = a.specs
     reply = expect(c.request(ctl.Submit(tasks=specs, traceparent=os.environ.get("TRACEPARENT"),
                                         tracestate=os.environ.get("TRACESTATE"))), ctl.Accepted)
     if not a.wait:
@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
+        if a.command == "submit":  # bad input is a usage error whether or not a daemon runs
+            a.specs = specs_from_file(a.file) if a.file else [spec_from_args(a)]
         endpoint, keys = connection(a)
         with Client(endpoint, timeout_s=a.reply_timeout, curve=keys) as c:
             return int(a.fn(c, a))

@@ -252,3 +252,23 @@ def test_supctl_output_for_people(supd_factory):
     reader.stdout.close()  # like `head -1`
     _, err = reader.communicate(timeout=20)
     assert reader.returncode == 0 and b"Broken pipe" not in err
+
+
+def test_bad_command_lines_are_named_before_anything_starts(state_dir):
+    import subprocess
+
+    from tests.conftest import ROOT, child_env
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=30,
+                              env=child_env(), cwd=ROOT)
+
+    r = run("supervisord.main", "--state-dir", "/proc/no-such-dir")
+    assert r.returncode == 2 and "cannot use /proc/no-such-dir" in r.stderr and "Traceback" not in r.stderr
+    r = run("supervisord.main", "--state-dir", str(state_dir), "--children", "-1")
+    assert r.returncode == 2 and "--children must be >= 0" in r.stderr
+    # supctl names bad input as such even when no daemon runs (no "no daemon" instead)
+    r = run("supervisord.supctl", "--state-dir", str(state_dir), "submit", "--kind", "exec", "--env", "BAD", "--", "true")
+    assert r.returncode == 2 and "--env expects KEY=VALUE, got 'BAD'" in r.stderr
+    r = run("supervisord.supctl", "--state-dir", str(state_dir), "submit", "--kind", "exec")
+    assert r.returncode == 2 and "give the command after --" in r.stderr
