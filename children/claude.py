@@ -34,6 +34,8 @@ _NETWORK_RE = re.compile(
     r"connection (refused|reset|error|failed|timed out)|socket hang up|fetch failed|network",
     re.IGNORECASE,
 )
+# How the CLI says it has no usable credentials before any request is made (no HTTP status).
+_AUTH_RE = re.compile(r"not logged in|please run /login|invalid api key|no api key", re.IGNORECASE)
 
 
 class ContentBlock(msgspec.Struct, kw_only=True):
@@ -190,6 +192,8 @@ def _error_kind(event: StreamEvent) -> str:
         return _api_kind(event.api_error_status) or ErrorKind.CLAUDE
     if event.api_error == "connection_failed" or _NETWORK_RE.search(_error_text(event)):
         return ErrorKind.NETWORK
+    if _AUTH_RE.search(_error_text(event)):
+        return ErrorKind.AUTH
     return ErrorKind.CLAUDE
 
 

@@ -48,3 +48,13 @@ def test_supctl_submit_claude_wait_json(supd_factory, fakeapi, claude_config):
     assert task["kind"] == "claude" and task["result"] == f"ECHO: {prompt}"
     assert {"input_tokens", "output_tokens"} <= task["usage"].keys()
     assert task["cost_usd"] > 0 and task["session_id"] and task["num_turns"] == 1
+
+
+def test_claude_without_credentials_fails_as_auth_without_calling_the_api(supd_factory, fakeapi, claude_config):
+    d = supd_factory(children=1, config=claude_config).start()
+    prompt = f"no key {uuid.uuid4().hex[:8]}"
+    (task,) = d.wait(d.submit(TaskSpec(kind="claude", prompt=prompt, env={"ANTHROPIC_API_KEY": ""}, retries=2)),
+                     timeout_s=60)
+    assert task.state == "failed" and task.error.kind == "auth", task.error
+    assert task.attempts == 1, "not retryable"
+    assert fakeapi.stats()["by_prompt"].get(prompt) is None

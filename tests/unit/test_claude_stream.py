@@ -202,6 +202,7 @@ def test_summarize(line: bytes, event_name: str, summary: str) -> None:
         (RESULT_418, 1, TaskState.FAILED, "claude"),
         (RESULT_NETWORK, 1, TaskState.FAILED, "network"),
         (RESULT_NETWORK_OLD, 1, TaskState.FAILED, "network"),
+        (api_error(None, "Not logged in · Please run /login"), 1, TaskState.FAILED, "auth"),  # no credentials at all
         (RESULT_MAX_TURNS, 1, TaskState.FAILED, "max_turns"),
         (RESULT_BUDGET, 1, TaskState.FAILED, "budget"),
         (RESULT_DURING, 1, TaskState.FAILED, "claude"),
