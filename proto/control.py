@@ -84,6 +84,9 @@ class Accepted(msgspec.Struct, tag=True, kw_only=True):
 
 
 class Tasks(msgspec.Struct, tag=True, kw_only=True):
+    """Tasks, at most half of `limits.max_message_bytes` of them. For a `Wait`, `pending` is
+    every id not in `tasks`: not final yet, or final but past this reply's size (ask again)."""
+
     tasks: list[TaskView]
     pending: list[str] = []
 

@@ -120,6 +120,25 @@ def get(d: Daemon, envelope: Envelope, req: ctl.Get) -> ctl.Reply:
     return ctl.Tasks(tasks=[found]) if found else ctl.Error(kind="not_found", message=f"no task with id {req.id!r}")
 
 
+def within_budget(views: list[ctl.TaskView], budget_bytes: int) -> tuple[list[ctl.TaskView], list[str]]:
+    """The views that fit in one reply (at least one), and the ids of those that do not:
+    thousands of tasks with megabytes of output each must not become one giant message."""
+    fitting: list[ctl.TaskView] = []
+    size = 0
+    for i, v in enumerate(views):
+        cost = len(v.result or "") + len(v.stderr or "") + len(v.prompt or "") + 1024
+        if fitting and size + cost > budget_bytes:
+            return fitting, [rest.id for rest in views[i:]]
+        fitting.append(v)
+        size += cost
+    return fitting, []
+
+
+def reply_budget(d: Daemon) -> int:
+    """Half the message-size limit: what one reply may carry, with room for the envelope."""
+    return d.config.limits.max_message_bytes // 2
+
+
 def list_(d: Daemon, envelope: Envelope, req: ctl.List) -> ctl.Reply:
     """The newest tasks, optionally only those in one state."""
     if req.state is not None and req.state not in {s.value for s in TaskState}:
@@ -127,7 +146,8 @@ def list_(d: Daemon, envelope: Envelope, req: ctl.List) -> ctl.Reply:
         return ctl.Error(kind="bad_request", message=f"unknown state {req.state!r} (one of {states})")
     if req.limit < 1:
         return ctl.Error(kind="bad_request", message=f"limit must be >= 1, got {req.limit}")
-    return ctl.Tasks(tasks=d.journal.list(req.state, min(req.limit, 10_000)))
+    views, _ = within_budget(d.journal.list(req.state, min(req.limit, 10_000)), reply_budget(d))
+    return ctl.Tasks(tasks=views)  # the newest first; fewer than asked when their outputs are large
 
 
 def cancel(d: Daemon, envelope: Envelope, req: ctl.Cancel) -> ctl.Reply:

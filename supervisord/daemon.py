@@ -271,8 +271,11 @@ class Daemon:
 
     def answer_waiter(self, waiter: Waiter) -> None:
         self.waiters.remove(waiter)
-        views = [v for tid in waiter.ids if tid not in waiter.pending and (v := self.task_view(tid))]
-        self.after_commit.append((waiter.envelope, ctl.Tasks(tasks=views, pending=sorted(waiter.pending))))
+        done = [v for tid in waiter.ids if tid not in waiter.pending and (v := self.task_view(tid))]
+        # Final tasks past the reply's byte budget come back as pending: the client asks again
+        # and gets them at once (they are final), a reply at a time.
+        views, later = commands.within_budget(done, commands.reply_budget(self))
+        self.after_commit.append((waiter.envelope, ctl.Tasks(tasks=views, pending=sorted(waiter.pending) + later)))
 
     def task_view(self, task_id: str) -> ctl.TaskView | None:
         live = self.sched.tasks.get(task_id)

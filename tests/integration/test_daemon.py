@@ -272,3 +272,22 @@ def test_bad_command_lines_are_named_before_anything_starts(state_dir):
     assert r.returncode == 2 and "--env expects KEY=VALUE, got 'BAD'" in r.stderr
     r = run("supervisord.supctl", "--state-dir", str(state_dir), "submit", "--kind", "exec")
     assert r.returncode == 2 and "give the command after --" in r.stderr
+
+
+def test_big_outputs_come_back_a_reply_at_a_time(supd_factory):
+    """Three tasks with 1 MiB of output each and replies limited to 1.5 MiB: one Wait answers
+    one of them and names the others pending; waiting on returns them all, whole."""
+    mib = 1 << 20
+    config = f"[limits]\nmax_message_bytes = {3 * mib}\n[tasks]\noutput_cap_bytes = {mib}\n"
+    d = supd_factory(children=3, config=config).start()
+    script = f"import sys; sys.stdout.write('x' * {mib})"
+    ids = d.submit(*[TaskSpec(kind="exec", argv=[sys.executable, "-c", script]) for _ in range(3)])
+    tasks = d.wait(ids)  # loops on Wait until nothing is pending
+    assert [len(t.result or "") for t in tasks] == [mib] * 3 and not any(t.truncated for t in tasks)
+    reply = d.request(ctl.Wait(ids=ids, timeout_s=1))
+    assert isinstance(reply, ctl.Tasks) and len(reply.tasks) == 1 and len(reply.pending) == 2
+    assert {reply.tasks[0].id, *reply.pending} == set(ids)
+    listed = d.request(ctl.List(limit=3))
+    assert isinstance(listed, ctl.Tasks) and len(listed.tasks) == 1, "the newest that fit"
+    r = d.supctl("wait", "--json", *ids)
+    assert r.returncode == 0 and len(json.loads(r.stdout)["tasks"]) == 3
