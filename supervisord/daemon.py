@@ -369,7 +369,7 @@ class Daemon:
         # A deadline at or before `now` was handled by `_on_timers` with this same `now`, or
         # cannot be acted on until an event arrives (a due retry with no idle child, a breaker
         # ready for a probe with no child free): waking for it again would only spin.
-        at = min(c for c in candidates if c is not None and c > now)
+        at = min((c for c in candidates if c is not None and c > now), default=now + self.config.daemon.heartbeat_s)
         if self._timer_at is not None and abs(self._timer_at - at) < 0.0005:
             return
         if self._timer:
