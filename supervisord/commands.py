@@ -8,6 +8,7 @@ what `supctl` users see for that command.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import time
@@ -20,6 +21,7 @@ from proto.task import ErrorKind, TaskState
 from supervisord import childcare, claude_cli, taskenv, traceids, validate
 from supervisord import config as config_mod
 from supervisord.childcare import policy_of
+from supervisord.journal import JournalError
 from supervisord.logs import log
 from supervisord.scheduler import Breaker, Task
 
@@ -87,7 +89,12 @@ def submit(d: Daemon, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
              trace_id=trace_id, parent_span_id=master, tracestate=req.tracestate)
         for spec in req.tasks
     ]
-    d.journal.accepted(tasks)
+    try:
+        d.journal.accepted(tasks)
+    except JournalError as e:
+        log("batch_refused", logging.ERROR, tasks=len(tasks), error=str(e))
+        return ctl.Error(kind="journal", message=(
+            f"cannot journal the batch, so nothing was accepted: {e} (free disk space, or raise journal.max_mb)"))
     for task in tasks:
         d.sched.add(task, now)
         d.metrics.received[task.spec.kind] += 1

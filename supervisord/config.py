@@ -101,6 +101,11 @@ class SecurityConfig(_Section, frozen=True):
     pass_env: list[str] = []
 
 
+class JournalConfig(_Section, frozen=True):
+    max_mb: float = 0.0
+    synchronous: str = "normal"
+
+
 class Config(_Section, frozen=True):
     daemon: DaemonConfig = DaemonConfig()
     tasks: TaskDefaults = TaskDefaults()
@@ -111,6 +116,7 @@ class Config(_Section, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    journal: JournalConfig = JournalConfig()
     security: SecurityConfig = SecurityConfig()
 
 
@@ -137,6 +143,10 @@ def validate(config: Config) -> Config:
     for key, ok in _POSITIVE.items():
         if not ok(config):
             raise ConfigError(f"{key}: out of range")
+    if config.journal.synchronous.lower() not in ("off", "normal", "full", "extra"):
+        raise ConfigError("journal.synchronous: must be one of off, normal, full, extra")
+    if config.journal.max_mb < 0:
+        raise ConfigError("journal.max_mb: out of range")
     if config.tracing.exporter not in _EXPORTERS:
         raise ConfigError(f"tracing.exporter: must be one of {', '.join(_EXPORTERS)}")
     return config

@@ -113,7 +113,8 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self.journal = Journal(self.paths.journal)
+        j = self.config.journal
+        self.journal = Journal(self.paths.journal, j.synchronous.upper(), int(j.max_mb * 2**20))
         self.ctx = zmq.asyncio.Context()
         limit = self.config.limits.max_message_bytes
         self.transport = ChildTransport(self.ctx, self.paths.children, self.inbox, limit)

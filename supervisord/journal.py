@@ -8,6 +8,7 @@ same connection. Must not import the hub or any other spoke.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from supervisord.logs import log
 from supervisord.scheduler import Task
 
 SCHEMA = """
@@ -45,19 +47,32 @@ _COLUMNS = (
     " parent_span_id, tracestate, submitted_at, started_at, finished_at"
 )
 
+#: How many tasks with an unwritten state `Journal.unsaved` remembers.
+UNSAVED_CAP = 10_000
+
 _enc = msgspec.msgpack.Encoder()
 _spec_dec = msgspec.msgpack.Decoder(TaskSpec)
 _outcome_dec = msgspec.msgpack.Decoder(Outcome)
 
 
+class JournalError(Exception):
+    """A batch could not be journaled (disk full, `journal.max_mb` reached); nothing of it was."""
+
+
 class Journal:
-    def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: Path, synchronous: str = "NORMAL", max_bytes: int = 0) -> None:
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.executescript(SCHEMA)
+        if max_bytes:
+            page = self.db.execute("PRAGMA page_size").fetchone()[0]
+            self.db.execute(f"PRAGMA max_page_count={max(16, max_bytes // page)}")
         self._dirty = False
+        self.write_errors = 0
+        #: tasks whose latest state could not be written (disk full), newest last
+        self.unsaved: dict[str, Task] = {}
         self._seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
 
     # ---- writes (grouped; `commit` ends the group) -------------------------------
@@ -68,16 +83,46 @@ class Journal:
             self._dirty = True
 
     def accepted(self, tasks: Iterable[Task]) -> None:
+        """All of a batch or none of it, committed at once. Raises `JournalError`.
+
+        A batch is its own transaction: on "disk full" SQLite may roll back a whole
+        transaction, so a batch shares one with nothing — a later failing write cannot undo
+        an acknowledged batch, and a failing batch cannot undo the group's other writes. Two
+        commits per submitted batch (not per task); state updates stay grouped."""
+        self.commit()
         self._begin()
         rows = []
         for t in tasks:
             self._seq += 1
             rows.append(_row(t, self._seq))
-        self.db.executemany(f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 17)})", rows)
+        try:
+            self.db.executemany(f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 17)})", rows)
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            self._dirty = False
+            raise JournalError(str(e)) from None
+        self.commit()
 
     def saved(self, task: Task) -> None:
-        """Record a task's current state (started, re-queued, finished)."""
+        """Record a task's current state (started, re-queued, finished). A failed write (disk
+        full) is logged and counted, not raised: the task goes on, and the journal keeps its
+        previous state, so after a restart it runs again rather than being lost."""
         self._begin()
+        try:
+            self._update(task)
+        except sqlite3.Error as e:
+            self.write_errors += 1
+            if not self.db.in_transaction:
+                self._dirty = False  # SQLite rolled the group back: earlier updates in it lag too
+            self.unsaved[task.id] = task  # clients still see the truth (`get`) until it is written
+            while len(self.unsaved) > UNSAVED_CAP:
+                del self.unsaved[next(iter(self.unsaved))]
+            log("journal_write_failed", logging.ERROR, task=task.id, state=task.state.value, error=str(e))
+            return
+        self.unsaved.pop(task.id, None)
+
+    def _update(self, task: Task) -> None:
         self.db.execute(
             "UPDATE tasks SET state=?, attempts=?, outcome=?, child=?, span_id=?, started_at=?, finished_at=?"
             " WHERE id=?",
@@ -95,7 +140,8 @@ class Journal:
 
     def commit(self) -> bool:
         """End the current group; True if there was anything to commit."""
-        if not self._dirty:
+        if not self._dirty or not self.db.in_transaction:
+            self._dirty = False
             return False
         self.db.execute("COMMIT")
         self._dirty = False
@@ -111,6 +157,8 @@ class Journal:
         return [_task(r) for r in cur]
 
     def get(self, task_id: str) -> TaskView | None:
+        if task_id in self.unsaved:
+            return view(self.unsaved[task_id])
         row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
         return view(_task(row)) if row else None
 

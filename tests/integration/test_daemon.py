@@ -291,3 +291,20 @@ def test_big_outputs_come_back_a_reply_at_a_time(supd_factory):
     assert isinstance(listed, ctl.Tasks) and len(listed.tasks) == 1, "the newest that fit"
     r = d.supctl("wait", "--json", *ids)
     assert r.returncode == 0 and len(json.loads(r.stdout)["tasks"]) == 3
+
+
+def test_a_full_journal_refuses_submits_by_name_and_keeps_serving(supd_factory):
+    d = supd_factory(children=1, config="[journal]\nmax_mb = 0.25\n").start()
+    big = "x" * (32 << 10)  # each task's input is journaled with it
+    accepted, refused = [], None
+    for _ in range(40):
+        reply = d.request(ctl.Submit(tasks=[TaskSpec(kind="exec", argv=["true"], input=big)]))
+        if isinstance(reply, ctl.Error):
+            refused = reply
+            break
+        accepted += reply.ids
+    assert refused is not None and refused.kind == "journal", "the cap was never reached"
+    assert "journal.max_mb" in refused.message and "nothing was accepted" in refused.message
+    assert accepted and all(t.state == "succeeded" for t in d.wait(accepted)), "what was accepted runs"
+    assert d.info(ctl.Health())["phase"] == "running"
+    assert d.request(ctl.List(limit=100)).tasks[0].id == accepted[-1], "the refused one left no trace"

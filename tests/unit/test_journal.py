@@ -32,17 +32,18 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     j.close()
 
 
-def test_accepted_is_readable_at_once_and_durable_after_commit(tmp_path: Path, journal: Journal) -> None:
+def test_an_accepted_batch_is_durable_at_once_and_updates_are_grouped(tmp_path: Path, journal: Journal) -> None:
     journal.accepted([task("a"), task("b", "exec")])
-    got = journal.get("a")
-    assert got is not None and (got.id, got.state, got.kind) == ("a", "queued", "claude")  # same connection
     other = Journal(tmp_path / "tasks.db")
     try:
-        assert other.get("a") is None  # not committed yet
-        assert journal.commit() is True
+        b = other.get("b")  # another connection sees it: committed before `Accepted` can be sent
+        assert b is not None and b.argv == ["echo", "b"] and b.state == "queued"
         assert journal.commit() is False  # nothing left to commit
-        b = other.get("b")
-        assert b is not None and b.argv == ["echo", "b"]
+        started = task("a", state=TaskState.RUNNING, attempts=1)
+        journal.saved(started)
+        assert other.get("a").state == "queued"  # type: ignore[union-attr]  # grouped: not yet
+        assert journal.commit() is True
+        assert other.get("a").state == "running"  # type: ignore[union-attr]
     finally:
         other.close()
 
@@ -157,11 +158,12 @@ def test_unfinished_is_in_arrival_order_across_batches(journal: Journal) -> None
 
 
 def test_duplicate_id_is_refused(journal: Journal) -> None:
-    import sqlite3
+    from supervisord.journal import JournalError
 
     journal.accepted([task("a")])
-    with pytest.raises(sqlite3.IntegrityError):
-        journal.accepted([task("a")])
+    with pytest.raises(JournalError, match="UNIQUE"):
+        journal.accepted([task("a"), task("b")])
+    assert journal.get("b") is None, "all of a batch or none of it"
 
 
 def test_view_of_a_live_task() -> None:
@@ -184,3 +186,42 @@ def test_view_rounds_the_duration() -> None:
     v = view(t)
     assert v.duration_s == pytest.approx(1.234568, abs=1e-6)
     assert (v.exit_code, v.stderr, v.truncated, v.error) == (2, "oops", True, error)
+
+
+def test_a_full_journal_refuses_a_whole_batch_and_keeps_the_rest_of_the_group(tmp_path: Path) -> None:
+    """max_page_count makes SQLite's own 'database or disk is full' real and small."""
+    from supervisord.journal import JournalError
+
+    j = Journal(tmp_path / "full.db", max_bytes=256 << 10)
+    big = "x" * (40 << 10)
+    first = task("t-first")
+    j.accepted([first])
+    j.commit()
+    first.state = TaskState.RUNNING
+    j.saved(first)  # in the same group as the failing batch below: must survive it
+    refused = [Task(id=f"t-big{i}", spec=TaskSpec(kind="claude", prompt=big), submitted_at=WALL) for i in range(20)]
+    with pytest.raises(JournalError, match="full"):
+        j.accepted(refused)
+    j.commit()
+    assert j.get("t-first") is not None and j.get("t-first").state == "running"  # type: ignore[union-attr]
+    assert all(j.get(t.id) is None for t in refused), "nothing of the refused batch"
+    j.accepted([task("t-small")])  # a small batch still fits
+    j.commit()
+    assert j.get("t-small") is not None
+    j.close()
+
+
+def test_a_state_that_cannot_be_written_stays_visible_and_the_journal_goes_on(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "full.db", max_bytes=256 << 10)
+    done = task("t-done")
+    j.accepted([done])
+    done.state, done.attempts = TaskState.SUCCEEDED, 1
+    done.outcome = Outcome(exit_code=0, result="y" * (1 << 20))  # far past the cap
+    j.saved(done)
+    assert j.write_errors == 1
+    got = j.get("t-done")
+    assert got is not None and got.state == "succeeded", "clients see the truth, not the stale row"
+    assert j.commit() is False  # the failed group is gone; nothing half-written is committed
+    j.accepted([task("t-next")])  # and the journal keeps working
+    assert Journal(tmp_path / "full.db").get("t-next") is not None
+    j.close()
