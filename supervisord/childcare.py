@@ -153,11 +153,15 @@ def lost_task(d: Daemon, task_id: str, identity: str, returncode: int | None, no
     task = d.sched.tasks.get(task_id)
     if task is None or task.state is not TaskState.RUNNING:
         return
-    if d.winding_down:
+    state = TaskState.FAILED
+    if task.cancel_requested:  # the user asked for it to end, and it has: cancelled, not lost
+        state = TaskState.CANCELLED
+        error = TaskError(kind=ErrorKind.CANCELLED, message=f"cancelled; child {identity} exited ({returncode})")
+    elif d.winding_down:
         error = TaskError(kind=ErrorKind.SHUTDOWN, message=f"child {identity} stopped during shutdown")
     else:
         error = TaskError(kind=ErrorKind.WORKER_LOST, message=f"child {identity} exited ({returncode}) mid-task")
-    d.finish(task, TaskState.FAILED, Outcome(error=error), now)
+    d.finish(task, state, Outcome(error=error), now)
 
 
 def orphaned(d: Daemon, task_id: str) -> list[int]:

@@ -575,3 +575,21 @@ def test_supctl_cancel_running_and_queued(supd_factory):
     assert_children_clean(d)
     r = d.supctl("cancel", running)
     assert r.returncode != 0 and "already finished" in r.stderr + r.stdout
+
+
+def test_a_cancelled_task_whose_child_dies_meanwhile_is_cancelled_not_lost(supd_factory):
+    """Cancel a task that ignores SIGTERM, then SIGKILL its child during the kill grace: the
+    task ends `cancelled` (what was asked), not `worker_lost`, and its tree still dies."""
+    d = supd_factory(children=1, config=toml(tasks={"kill_grace_s": 3.0})).start()
+    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    (tid,) = d.submit(exec_spec(PY, "-c", script, retries=2))
+    wait_for(lambda: tagged_processes({tid}), 20, "the task process")
+    child = wait_for(lambda: child_running(d, tid), 10, "the child running it")
+    tree = [p.pid for p in tagged_processes({tid})]
+    assert isinstance(d.request(ctl.Cancel(id=tid)), ctl.Ok)
+    time.sleep(0.3)  # inside the 3 s grace: the task ignored SIGTERM and is still alive
+    assert tagged_processes({tid}), "still in its kill grace"
+    os.kill(child["pid"], signal.SIGKILL)
+    (task,) = d.wait([tid], timeout_s=30)
+    assert task.state == "cancelled" and task.error.kind == "cancelled" and task.attempts == 1, task.error
+    assert_no_leftovers(tree, {tid}, timeout_s=15)
