@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from proto import control as ctl
 from proto.task import ErrorKind, TaskState
-from supervisord import childcare, claude_cli, taskenv, traceids, validate
+from supervisord import childcare, claude_cli, lifecycle, taskenv, traceids, validate
 from supervisord import config as config_mod
 from supervisord.childcare import policy_of
 from supervisord.journal import JournalError
@@ -277,7 +277,7 @@ def reload(d: Daemon, envelope: Envelope | None = None, req: ctl.Reload | None =
 
 def shutdown(d: Daemon, envelope: Envelope, req: ctl.Shutdown) -> ctl.Reply:
     """Stop taking work, let running tasks finish (up to daemon.drain_s), stop, exit 0."""
-    d.begin_drain("shutdown request")
+    lifecycle.begin_drain(d, "shutdown request")
     return ctl.Ok(message="shutting down")
 
 

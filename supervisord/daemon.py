@@ -2,15 +2,15 @@
 
 `Daemon.run()` consumes the inbox. Spokes (children transport, control socket, pidfd
 watchers, signal handlers, the timer) only `put_nowait` frozen events; the hub decides
-with the pure core (`pool`, `scheduler`) and acts through the spokes. Each batch of
-events ends with one journal commit, after which the replies that promise durability
-are sent (group commit). Control requests are handled in `commands`.
+with the pure core (`pool`, `scheduler`) and acts through the spokes. A submitted batch
+is committed to the journal before its `Accepted`; the state updates of a batch of
+events share one commit at its end (group commit), and replies go out after it. Beside it, as functions of the hub's state: the control
+verbs (`commands`), the child verbs (`childcare`) and the daemon's own life (`lifecycle`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import os
 import random
 import signal
@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import setproctitle
 import zmq
 import zmq.asyncio
 
 from proto import children as cp
 from proto import control as ctl
 from proto.task import ErrorKind, Outcome, TaskState
-from supervisord import childcare, claude_cli, commands, curve, logs, procs, taskenv, traceids
+from supervisord import childcare, claude_cli, commands, curve, lifecycle, logs, procs, taskenv, traceids
 from supervisord.childcare import Orphans, policy_of
 from supervisord.commands import Waiter
 from supervisord.config import Config
@@ -35,21 +34,14 @@ from supervisord.control import ControlServer
 from supervisord.eventbus import EventBus
 from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, SignalReceived, TimerFired
 from supervisord.journal import Journal, view
+from supervisord.lifecycle import Phase
 from supervisord.logs import log
 from supervisord.metrics import Metrics
 from supervisord.pool import ChildState, Due, Pool, Slot
 from supervisord.scheduler import Breaker, Scheduler, Task
-from supervisord.systemd import Notifier, format_status
+from supervisord.systemd import Notifier
 from supervisord.tracing import make_tracer
 from supervisord.transport import ChildTransport
-
-
-class Phase(enum.Enum):
-    STARTING = "starting"  # children booting; READY=1 not sent yet
-    RUNNING = "running"
-    DRAINING = "draining"  # no new work; running tasks finish up to drain_s
-    STOPPING = "stopping"  # children told to stop
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +156,7 @@ class Daemon:
             self.control.reply(envelope, reply)
         self.after_commit.clear()
         self._arm_timer(now)
-        self._show_status()
+        lifecycle.show_status(self, )
         logs.flush()
 
     def _handle(self, event: Event) -> None:
@@ -176,7 +168,7 @@ class Daemon:
             case RequestReceived(envelope, request):
                 commands.handle(self, envelope, request)
             case SignalReceived(signum):
-                self._on_signal(signum)
+                lifecycle.on_signal(self, signum)
             case TimerFired():
                 self._timer_at = None
 
@@ -347,7 +339,7 @@ class Daemon:
         if self.notifier.watchdog_interval_s and now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval_s
             self.notifier.watchdog()
-        self._drain_step(now)
+        lifecycle.drain_step(self, now)
 
     def _apply(self, due: Due, now: float) -> None:
         if due.action == "spawn":
@@ -381,69 +373,7 @@ class Daemon:
 
     # ---- signals, drain and stop ----------------------------------------------------
 
-    def _on_signal(self, signum: int) -> None:
-        log("signal", signal=signal.Signals(signum).name)
-        if signum == signal.SIGHUP:
-            commands.reload(self)
-        elif self.phase in (Phase.DRAINING, Phase.STOPPING):
-            self.drain_deadline = self.clock()  # a second TERM/INT: stop draining now
-        else:
-            self.begin_drain(f"signal {signal.Signals(signum).name}")
-
     @property
     def winding_down(self) -> bool:
         """Draining or stopping: a task stopped now is re-queued for the next start, not failed."""
         return self.phase in (Phase.DRAINING, Phase.STOPPING)
-
-    def begin_drain(self, reason: str) -> None:
-        if self.phase in (Phase.DRAINING, Phase.STOPPING, Phase.STOPPED):
-            return
-        self.phase = Phase.DRAINING
-        now = self.clock()
-        self.drain_deadline = now + self.config.daemon.drain_s
-        running = len(self.sched.running())
-        log("daemon_draining", reason=reason, running=running, queued=self.sched.queued,
-            drain_s=self.config.daemon.drain_s)
-        self.notifier.stopping(f"draining {running} running tasks")
-        self.notifier.extend_timeout(self.config.daemon.drain_s + 30)
-
-    def _drain_step(self, now: float) -> None:
-        if self.phase is Phase.DRAINING:
-            busy = [s for s in self.pool.slots if s.state is ChildState.BUSY]
-            if busy and self.drain_deadline is not None and now >= self.drain_deadline:
-                for slot in busy:
-                    self.transport.send(slot.identity, cp.Cancel(task_id=slot.task_id or "", reason="shutdown"))
-                self.drain_deadline = None
-            if not busy:
-                self.phase = Phase.STOPPING
-                for slot in self.pool.alive():
-                    if slot.state is not ChildState.STOPPING:
-                        childcare.stop(self, slot, now, "shutdown")
-        if self.phase is Phase.STOPPING and not self.pool.alive() and not self.orphans:
-            self.phase = Phase.STOPPED
-
-    def _show_status(self) -> None:
-        """After each batch: READY=1 once no child is booting, then STATUS= and the process
-        title, each only when its text changed (an idle daemon sends WATCHDOG=1, nothing else)."""
-        counts = self.pool.counts()
-        line = self.status_line(counts)
-        if self.phase is Phase.STARTING:
-            if counts[ChildState.STARTING.value] + counts[ChildState.BACKOFF.value] == 0:
-                self.phase = Phase.RUNNING  # STARTING -> RUNNING
-                self._status_sent = line
-                self.notifier.ready(line)
-                log("daemon_ready", children=counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value],
-                    fatal=counts[ChildState.FATAL.value], control=self.paths.control)
-        elif self.notifier.enabled and line != self._status_sent:
-            self._status_sent = line
-            self.notifier.status(line)
-        title = f"supd {self.paths.state_dir} [{self.phase.value}] {line}"
-        if title != self._title:
-            self._title = title
-            setproctitle.setproctitle(title)
-
-    def status_line(self, counts: dict[str, int] | None = None) -> str:
-        counts = counts or self.pool.counts()
-        ready = counts[ChildState.IDLE.value] + counts[ChildState.BUSY.value]
-        failed = self.metrics.failed_total()
-        return format_status(ready, self.pool.size, self.sched.queued, counts[ChildState.BUSY.value], failed)
