@@ -4,15 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean lint
+.PHONY: setup test demo bench clean lint lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The venv holds exactly what requirements.lock pins (with hashes), then supd itself.
+$(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve the pins from pyproject.toml (newest versions that fit), with their hashes.
+lock:
+	$(PY) -m venv .lockenv && .lockenv/bin/pip install -q pip-tools
+	.lockenv/bin/pip-compile -q --generate-hashes --allow-unsafe --extra test --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	rm -rf .lockenv
 
 test: setup
 	$(BIN)/pytest -q tests
