@@ -34,7 +34,8 @@ bench: setup
 lint: setup
 	$(BIN)/pip install -q ruff mypy
 	$(BIN)/ruff check supervisord children proto
-	$(BIN)/mypy --strict proto supervisord/pool.py supervisord/scheduler.py supervisord/traceids.py supervisord/validate.py supervisord/taskenv.py supervisord/metrics.py supervisord/config.py
+	$(BIN)/lint-imports
+	$(BIN)/mypy --strict proto supervisord/core/pool.py supervisord/core/scheduler.py supervisord/core/traceids.py supervisord/core/validate.py supervisord/core/taskenv.py supervisord/core/metrics.py supervisord/config.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

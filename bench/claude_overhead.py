@@ -18,7 +18,7 @@ from common import Daemon, clean_env, print_table, short_tmpdir, toml_table, wri
 
 from proto import control as ctl
 from proto.task import TaskSpec
-from supervisord import claude_cli
+from supervisord.spokes import claude_cli
 
 MODEL = "claude-sonnet-4-5"
 

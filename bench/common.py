@@ -1,7 +1,7 @@
 """What every bench script needs: a real supd in a temp state dir, results files, tables.
 
 Owns starting and stopping daemons for the benchmarks (as subprocesses, exactly as a user
-would: `python -m supervisord.main`), and the `bench/results/<name>.json` format
+would: `python -m supervisord.hub.main`), and the `bench/results/<name>.json` format
 (`{"name", "machine", "started_at", "noisy", "results": {...}}`). Imports the project's
 client and protocol only; never the daemon's internals.
 """
@@ -29,7 +29,7 @@ for p in (str(ROOT), str(BENCH)):
         sys.path.insert(0, p)
 
 from proto import control as ctl
-from supervisord.client import Client
+from supervisord.ctl.client import Client
 
 
 def short_tmpdir(prefix: str = "supd-") -> Path:
@@ -74,7 +74,7 @@ class Daemon:
         return f"ipc://{self.state_dir / 'events.sock'}"
 
     def start(self, ready_timeout_s: float = 120.0) -> Daemon:
-        argv = [sys.executable, "-m", "supervisord.main", "--state-dir", str(self.state_dir),
+        argv = [sys.executable, "-m", "supervisord.hub.main", "--state-dir", str(self.state_dir),
                 "--children", str(self.children)]
         if self.config:
             path = self.state_dir / "supd.toml"

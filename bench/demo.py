@@ -17,8 +17,8 @@ import fakeapi
 import psutil
 from common import Daemon, short_tmpdir, toml_table
 
-from supervisord import benchcmd
-from supervisord.client import Client
+from supervisord.ctl import benchcmd
+from supervisord.ctl.client import Client
 
 
 def task_cpu_s(supd_pid: int) -> float:

@@ -5,8 +5,8 @@ signal, then a check that the parent is still the daemon), becomes a subreaper f
 task trees, connects a DEALER to the daemon's ROUTER and hands over to
 `children.worker`. Anything that goes wrong before the loop runs exits with
 `BOOT_FAILURE_EXIT`, so the daemon marks the slot fatal instead of restarting it in a loop.
-Imports the stdlib, `children.log` and the pure `supervisord.pool` eagerly, the rest
-(`supervisord.procs` and its psutil included) inside `main()` so that an import error is a
+Imports the stdlib, `children.log` and the pure `supervisord.core.pool` eagerly, the rest
+(`supervisord.spokes.procs` and its psutil included) inside `main()` so that an import error is a
 boot failure too.
 """
 
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> Args:
 def boot_process(args: Args) -> None:
     """Process-level setup. Order matters: the death signal first, then the parent
     check, so a daemon dying in between is still noticed."""
-    from supervisord import procs
+    from supervisord.spokes import procs
 
     procs.set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.daemon_pid:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker.run()
     except BaseException:
         # A bug in the loop must not leave a task tree behind.
-        from supervisord import procs
+        from supervisord.spokes import procs
 
         procs.kill_tree_now(procs.descendants(os.getpid()))
         raise

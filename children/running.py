@@ -5,9 +5,9 @@ next needs the clock (`next_deadline()`), and hands back readiness (`on_ready`),
 (`on_time`) and SIGCHLD (`on_sigchld`). When `finished`, `result()` is the one
 `Result` of the attempt: it is only ready once the main process is reaped, its pipes are
 at EOF and every descendant is dead and reaped, so a Result means "nothing of this task
-is left". Processes are touched only through `supervisord.procs`.
+is left". Processes are touched only through `supervisord.spokes.procs`.
 Imports the stdlib, zmq (poll flags only), `proto`, `children.executors`/`children.log`
-and `supervisord.procs`; must not import the worker.
+and `supervisord.spokes.procs`; must not import the worker.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from children.executors import ClaudeExecutor, ExecExecutor, Launch, Verdict, ma
 from children.log import log
 from proto.children import ChildMessage, Dispatch, Progress, Result, Started
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord import procs
+from supervisord.spokes import procs
 
 __all__ = ["RunningTask", "launch", "spawn_failure"]
 

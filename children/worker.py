@@ -6,7 +6,7 @@ to exit. A single `zmq.Poller` watches the socket, the wakeup fd and whatever th
 running task asks for; its timeout is the time to the next deadline (heartbeat,
 liveness, the task's timers). Process work is delegated to `children.running`.
 Imports the stdlib, zmq, msgspec, setproctitle (late), `proto`, `children.running`/`children.log`
-and `supervisord.procs`; must not import asyncio or any daemon spoke.
+and `supervisord.spokes.procs`; must not import asyncio or any daemon spoke.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from children.log import log
 from children.running import RunningTask, launch
 from proto.children import Cancel, ChildMessage, DaemonMessage, Dispatch, Heartbeat, Hello, Result, Stop
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord import procs
+from supervisord.spokes import procs
 
 __all__ = ["DAEMON_LOST_EXIT", "Worker", "WorkerConfig"]
 

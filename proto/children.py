@@ -34,10 +34,15 @@ class Hello(msgspec.Struct, tag=True, kw_only=True):
 
 
 class Heartbeat(msgspec.Struct, tag=True, kw_only=True):
-    """Liveness, both directions. `task_id` is the task the child is running, if any."""
+    """Liveness, both directions. From a child: `task_id`/`epoch` is the attempt it is
+    running, if any. From the daemon: `heartbeat_s`/`liveness`, when set, are the daemon's
+    current settings (a reload changes them for running children too)."""
 
     task_id: str | None = None
+    epoch: int = 0
     rss_bytes: int = 0
+    heartbeat_s: float | None = None
+    liveness: int | None = None
 
 
 class Started(msgspec.Struct, tag=True, kw_only=True):
@@ -45,6 +50,8 @@ class Started(msgspec.Struct, tag=True, kw_only=True):
 
     task_id: str
     attempt: int
+    #: the attempt's fencing token (the store's epoch for the task): echoed on every message
+    epoch: int = 0
     pid: int
     pgid: int
 
@@ -54,6 +61,8 @@ class Progress(msgspec.Struct, tag=True, kw_only=True):
 
     task_id: str
     attempt: int
+    #: the attempt's fencing token (the store's epoch for the task): echoed on every message
+    epoch: int = 0
     event: str
     summary: str = ""
 
@@ -63,6 +72,8 @@ class Result(msgspec.Struct, tag=True, kw_only=True):
 
     task_id: str
     attempt: int
+    #: the attempt's fencing token (the store's epoch for the task): echoed on every message
+    epoch: int = 0
     state: str
     outcome: Outcome
     started_at: float
@@ -91,6 +102,8 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
 
     task_id: str
     attempt: int
+    #: the attempt's fencing token (the store's epoch for the task): echoed on every message
+    epoch: int = 0
     spec: TaskSpec
     limits: Limits
     env: dict[str, str] = {}
@@ -102,6 +115,8 @@ class Cancel(msgspec.Struct, tag=True, kw_only=True):
 
     task_id: str
     reason: str = "cancelled"
+    #: the attempt to cancel (0: whatever attempt of `task_id` runs)
+    epoch: int = 0
 
 
 class Stop(msgspec.Struct, tag=True, kw_only=True):

@@ -14,9 +14,12 @@ Kind = Literal["claude", "exec"]
 
 
 class TaskState(enum.Enum):
-    """The life of a task; transitions are checked in `supervisord.scheduler`."""
+    """The life of a task; transitions are checked in `supervisord.core.scheduler`."""
 
     QUEUED = "queued"
+    #: accepted, waiting for something other than a free child (the old attempt's tree to
+    #: die; later: a dependency, a key, a budget, a gate)
+    BLOCKED = "blocked"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -25,7 +28,7 @@ class TaskState(enum.Enum):
 
     @property
     def final(self) -> bool:
-        return self not in (TaskState.QUEUED, TaskState.RUNNING)
+        return self not in (TaskState.QUEUED, TaskState.BLOCKED, TaskState.RUNNING)
 
 
 class TaskSpec(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):

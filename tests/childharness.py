@@ -1,6 +1,6 @@
 """A stand-in daemon for driving one real child process (`python -m children`) in tests.
 
-Binds a ROUTER on an ipc path, spawns the child through `supervisord.procs` with
+Binds a ROUTER on an ipc path, spawns the child through `supervisord.spokes.procs` with
 `--daemon-pid` = this process, and speaks the protocol: `send` a DaemonMessage,
 `recv`/`until` ChildMessages. While it waits it sends a Heartbeat every heartbeat_s,
 like the daemon, unless `silent` is set (to play a lost daemon). Single-threaded: the
@@ -26,7 +26,7 @@ import zmq
 
 from proto.children import ChildMessage, DaemonMessage, Dispatch, Heartbeat, Hello, Limits, Result
 from proto.task import TaskSpec
-from supervisord import procs
+from supervisord.spokes import procs
 
 REPO = Path(__file__).resolve().parent.parent
 M = TypeVar("M")

@@ -23,7 +23,7 @@ from common import free_port, short_tmpdir, toml_table  # noqa: F401  (bench/com
 
 from proto import control as ctl
 from proto.task import TaskSpec
-from supervisord.client import Client
+from supervisord.ctl.client import Client
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -51,7 +51,7 @@ class Supd:
 
     @property
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "supervisord.main", "--state-dir", str(self.state_dir),
+        argv = [sys.executable, "-m", "supervisord.hub.main", "--state-dir", str(self.state_dir),
                 "--children", str(self.children), *self.extra_args]
         if self.config_path:
             argv += ["--config", str(self.config_path)]
@@ -120,7 +120,7 @@ class Supd:
         return [c["pid"] for c in self.info(ctl.Status())["children"] if c["pid"]]
 
     def supctl(self, *args: str, input_text: str | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "supervisord.supctl", "--state-dir", str(self.state_dir), *args],
+        return subprocess.run([sys.executable, "-m", "supervisord.ctl.supctl", "--state-dir", str(self.state_dir), *args],
                               capture_output=True, text=True, env=self.env, cwd=ROOT, input=input_text,
                               timeout=timeout_s)
 

@@ -23,7 +23,7 @@ import pytest
 
 from proto.children import Cancel, Dispatch, Progress, Result, Started, Stop
 from proto.task import TaskSpec
-from supervisord import procs
+from supervisord.spokes import procs
 from tests.childharness import REPO, ChildHarness, exec_dispatch, limits, tid
 from tests.conftest import tagged_processes
 

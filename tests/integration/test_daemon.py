@@ -210,7 +210,7 @@ def test_supctl_never_hangs_without_a_daemon(state_dir):
 
     from tests.conftest import ROOT, child_env
 
-    r = subprocess.run([sys.executable, "-m", "supervisord.supctl", "--state-dir", str(state_dir), "status"],
+    r = subprocess.run([sys.executable, "-m", "supervisord.ctl.supctl", "--state-dir", str(state_dir), "status"],
                        capture_output=True, text=True, timeout=20, env=child_env(), cwd=ROOT)
     assert r.returncode == 4 and "no daemon" in r.stderr
     # A socket file with nobody behind it: the reply deadline fires.
@@ -220,7 +220,7 @@ def test_supctl_never_hangs_without_a_daemon(state_dir):
     s = ctx.socket(zmq.ROUTER)
     s.bind(f"ipc://{state_dir / 'control.sock'}")
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "supervisord.supctl", "--state-dir", str(state_dir),
+    r = subprocess.run([sys.executable, "-m", "supervisord.ctl.supctl", "--state-dir", str(state_dir),
                         "--reply-timeout", "1", "status"], capture_output=True, text=True, timeout=20,
                        env=child_env(), cwd=ROOT)
     s.close(linger=0)
@@ -246,7 +246,7 @@ def test_supctl_output_for_people(supd_factory):
     assert r.returncode == 1 and "stderr (last 1 lines):\noops" in r.stdout and "exit: exited with 3" in r.stdout
     d.wait(d.submit(*[TaskSpec(kind="exec", argv=["true"]) for _ in range(1500)]))
     reader = subprocess.Popen(
-        [sys.executable, "-m", "supervisord.supctl", "--state-dir", str(d.state_dir), "list", "--limit", "1500"],
+        [sys.executable, "-m", "supervisord.ctl.supctl", "--state-dir", str(d.state_dir), "list", "--limit", "1500"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=d.env, cwd=ROOT)
     assert reader.stdout is not None and reader.stdout.readline().startswith(b"ID")
     reader.stdout.close()  # like `head -1`
@@ -263,14 +263,14 @@ def test_bad_command_lines_are_named_before_anything_starts(state_dir):
         return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=30,
                               env=child_env(), cwd=ROOT)
 
-    r = run("supervisord.main", "--state-dir", "/proc/no-such-dir")
+    r = run("supervisord.hub.main", "--state-dir", "/proc/no-such-dir")
     assert r.returncode == 2 and "cannot use /proc/no-such-dir" in r.stderr and "Traceback" not in r.stderr
-    r = run("supervisord.main", "--state-dir", str(state_dir), "--children", "-1")
+    r = run("supervisord.hub.main", "--state-dir", str(state_dir), "--children", "-1")
     assert r.returncode == 2 and "--children must be >= 0" in r.stderr
     # supctl names bad input as such even when no daemon runs (no "no daemon" instead)
-    r = run("supervisord.supctl", "--state-dir", str(state_dir), "submit", "--kind", "exec", "--env", "BAD", "--", "true")
+    r = run("supervisord.ctl.supctl", "--state-dir", str(state_dir), "submit", "--kind", "exec", "--env", "BAD", "--", "true")
     assert r.returncode == 2 and "--env expects KEY=VALUE, got 'BAD'" in r.stderr
-    r = run("supervisord.supctl", "--state-dir", str(state_dir), "submit", "--kind", "exec")
+    r = run("supervisord.ctl.supctl", "--state-dir", str(state_dir), "submit", "--kind", "exec")
     assert r.returncode == 2 and "give the command after --" in r.stderr
 
 

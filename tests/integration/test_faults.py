@@ -24,7 +24,7 @@ import pytest
 from children.executors import ClaudeExecutor
 from proto import control as ctl
 from proto.task import ErrorKind, TaskSpec, TaskState, TaskView
-from supervisord.pool import ChildState, Policy, Pool
+from supervisord.core.pool import ChildState, Policy, Pool
 from tests.conftest import (
     ROOT,
     assert_no_leftovers,
@@ -581,9 +581,11 @@ def test_a_cancelled_task_whose_child_dies_meanwhile_is_cancelled_not_lost(supd_
     """Cancel a task that ignores SIGTERM, then SIGKILL its child during the kill grace: the
     task ends `cancelled` (what was asked), not `worker_lost`, and its tree still dies."""
     d = supd_factory(children=1, config=toml(tasks={"kill_grace_s": 3.0})).start()
-    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
-    (tid,) = d.submit(exec_spec(PY, "-c", script, retries=2))
-    wait_for(lambda: tagged_processes({tid}), 20, "the task process")
+    ready = d.state_dir / "ignoring"
+    script = ("import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+              " pathlib.Path(sys.argv[1]).touch(); time.sleep(60)")
+    (tid,) = d.submit(exec_spec(PY, "-c", script, str(ready), retries=2))
+    wait_for(ready.exists, 20, "the task ignoring SIGTERM")  # a SIGTERM before that would end it
     child = wait_for(lambda: child_running(d, tid), 10, "the child running it")
     tree = [p.pid for p in tagged_processes({tid})]
     assert isinstance(d.request(ctl.Cancel(id=tid)), ctl.Ok)

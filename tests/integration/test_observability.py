@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def start_watch(d: Supd, *args: str) -> subprocess.Popen[str]:
     """`supctl watch ARGS` in the background; returns once it has subscribed (its stderr says so)."""
-    proc = subprocess.Popen([sys.executable, "-m", "supervisord.supctl", "--state-dir", str(d.state_dir), "watch", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "supervisord.ctl.supctl", "--state-dir", str(d.state_dir), "watch", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=d.env, cwd=ROOT)
     assert proc.stderr is not None
     line = proc.stderr.readline()  # blocks until watch has joined the stream (or died)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def supctl(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisord.supctl", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "supervisord.ctl.supctl", *args], capture_output=True, text=True,
                           check=False, env=child_env(), cwd=ROOT, timeout=timeout_s)
 
 

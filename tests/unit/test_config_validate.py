@@ -11,7 +11,7 @@ import pytest
 from proto.task import TaskSpec
 from supervisord import config as cfg
 from supervisord.config import Config, ConfigError, LimitsConfig, decode, load, validate
-from supervisord.validate import batch_problem, task_problem
+from supervisord.core.validate import batch_problem, task_problem
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState, Usage
-from supervisord.journal import Journal, view
-from supervisord.scheduler import Scheduler, Task
+from supervisord.core.scheduler import Scheduler
+from supervisord.core.task import Task
+from supervisord.store.journal import Journal, view
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -158,7 +159,7 @@ def test_unfinished_is_in_arrival_order_across_batches(journal: Journal) -> None
 
 
 def test_duplicate_id_is_refused(journal: Journal) -> None:
-    from supervisord.journal import JournalError
+    from supervisord.store.journal import JournalError
 
     journal.accepted([task("a")])
     with pytest.raises(JournalError, match="UNIQUE"):
@@ -190,7 +191,7 @@ def test_view_rounds_the_duration() -> None:
 
 def test_a_full_journal_refuses_a_whole_batch_and_keeps_the_rest_of_the_group(tmp_path: Path) -> None:
     """max_page_count makes SQLite's own 'database or disk is full' real and small."""
-    from supervisord.journal import JournalError
+    from supervisord.store.journal import JournalError
 
     j = Journal(tmp_path / "full.db", max_bytes=256 << 10)
     big = "x" * (40 << 10)

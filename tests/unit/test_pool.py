@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from supervisord.pool import (
+from supervisord.core.pool import (
     BOOT_FAILURE_EXIT,
     TRANSITIONS,
     ChildState,

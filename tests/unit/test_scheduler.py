@@ -10,17 +10,9 @@ import itertools
 import pytest
 
 from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState
-from supervisord.scheduler import (
-    NEUTRAL,
-    TRANSITIONS,
-    Breaker,
-    BreakerState,
-    Scheduler,
-    Task,
-    TransitionError,
-    retry_delay_s,
-    should_retry,
-)
+from supervisord.core.breaker import NEUTRAL, Breaker, BreakerState
+from supervisord.core.scheduler import Scheduler
+from supervisord.core.task import TRANSITIONS, Task, TransitionError, retry_delay_s, should_retry
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisord.systemd import Notifier, format_status
+from supervisord.spokes.systemd import Notifier, format_status
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ from supervisord.config import TracingConfig
 
 if TYPE_CHECKING:
     from proto.task import Outcome
-    from supervisord.scheduler import Task
+    from supervisord.core.task import Task
 
 
 class Tracer:
@@ -49,6 +49,6 @@ class Tracer:
 def make_tracer(config: TracingConfig) -> Tracer:
     if config.exporter == "none":
         return Tracer()
-    from supervisord.otel import OTelTracer
+    from supervisord.spokes.otel import OTelTracer
 
     return OTelTracer(config)

@@ -26,22 +26,27 @@ import zmq.asyncio
 from proto import children as cp
 from proto import control as ctl
 from proto.task import ErrorKind, Outcome, TaskState
-from supervisord import childcare, claude_cli, commands, curve, lifecycle, logs, procs, taskenv, traceids
-from supervisord.childcare import Orphans, policy_of
-from supervisord.commands import Waiter
+from supervisord import logs
 from supervisord.config import Config
-from supervisord.control import ControlServer
-from supervisord.eventbus import EventBus
+from supervisord.core import taskenv, traceids
+from supervisord.core.breaker import Breaker
+from supervisord.core.metrics import Metrics
+from supervisord.core.pool import ChildState, Due, Pool, Slot
+from supervisord.core.scheduler import Scheduler
+from supervisord.core.task import Task
 from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, SignalReceived, TimerFired
-from supervisord.journal import Journal, view
-from supervisord.lifecycle import Phase
+from supervisord.hub import childcare, commands, lifecycle
+from supervisord.hub.childcare import Orphans, policy_of
+from supervisord.hub.commands import Waiter
+from supervisord.hub.lifecycle import Phase
 from supervisord.logs import log
-from supervisord.metrics import Metrics
-from supervisord.pool import ChildState, Due, Pool, Slot
-from supervisord.scheduler import Breaker, Scheduler, Task
-from supervisord.systemd import Notifier
-from supervisord.tracing import make_tracer
-from supervisord.transport import ChildTransport
+from supervisord.spokes import claude_cli, curve, procs
+from supervisord.spokes.control import ControlServer
+from supervisord.spokes.eventbus import EventBus
+from supervisord.spokes.systemd import Notifier
+from supervisord.spokes.tracing import make_tracer
+from supervisord.spokes.transport import ChildTransport
+from supervisord.store.journal import Journal, view
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +127,7 @@ class Daemon:
         self.control.start()
         self.prom = None
         if self.config.metrics.prometheus_port > 0:
-            from supervisord import prom  # prometheus_client is loaded only when asked for
+            from supervisord.spokes import prom  # prometheus_client is loaded only when asked for
 
             self.prom = prom.start(self)
         log("daemon_started", pid=os.getpid(), state_dir=self.paths.state_dir, children=self.config.daemon.children,

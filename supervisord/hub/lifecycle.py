@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import setproctitle
 
 from proto import children as cp
-from supervisord import childcare, commands
+from supervisord.core.pool import ChildState
+from supervisord.hub import childcare, commands
 from supervisord.logs import log
-from supervisord.pool import ChildState
-from supervisord.systemd import format_status
+from supervisord.spokes.systemd import format_status
 
 if TYPE_CHECKING:
-    from supervisord.daemon import Daemon
+    from supervisord.hub.daemon import Daemon
 
 
 class Phase(enum.Enum):

@@ -32,11 +32,11 @@ from opentelemetry.trace import (
 )
 
 from supervisord.config import TracingConfig
-from supervisord.tracing import Tracer
+from supervisord.spokes.tracing import Tracer
 
 if TYPE_CHECKING:
     from proto.task import Outcome
-    from supervisord.scheduler import Task
+    from supervisord.core.task import Task
 
 _log = logging.getLogger("supd.otel")
 

@@ -2,7 +2,7 @@
 
 Part of the hub (runs inside its loop, owns no state): functions that read and change
 the `Daemon`'s state (its pool, scheduler, journal) and act through its spokes. The
-pure decisions are `supervisord.pool`'s; this module applies them.
+pure decisions are `supervisord.core.pool`'s; this module applies them.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 from proto import PROTOCOL_VERSION
 from proto import children as cp
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord import procs
 from supervisord.config import Config
+from supervisord.core.pool import Policy, Slot
 from supervisord.events import ChildExited
 from supervisord.logs import log
-from supervisord.pool import Policy, Slot
+from supervisord.spokes import procs
 
 if TYPE_CHECKING:
-    from supervisord.daemon import Daemon
+    from supervisord.hub.daemon import Daemon
 
 
 def policy_of(config: Config) -> Policy:

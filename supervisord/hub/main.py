@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"supd: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    from supervisord import curve
+    from supervisord.spokes import curve
 
     try:
         curve.server_keys(config.security)  # never listen on tcp without CurveZMQ
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     lock.write(f"{os.getpid()}\n")
     lock.flush()
 
-    from supervisord.daemon import Daemon, Paths
+    from supervisord.hub.daemon import Daemon, Paths
 
     async def run() -> int:
         daemon = Daemon(config, Paths(state_dir, runtime_dir), Path(args.config) if args.config else None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from supervisord.traceids import SpanRef
+from supervisord.core.traceids import SpanRef
 
 #: Never passed on to children, whatever the daemon's own environment holds.
 _DROP_PREFIXES = ("CLAUDE_CODE_", "SUPD_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_", "INVOCATION_ID",

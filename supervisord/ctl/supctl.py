@@ -19,7 +19,7 @@ import msgspec
 
 from proto import control as ctl
 from proto.task import TaskSpec, TaskView
-from supervisord.client import Client, ClientError, RequestFailed, control_endpoint, expect
+from supervisord.ctl.client import Client, ClientError, RequestFailed, control_endpoint, expect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -327,12 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
-    """watch and bench live in their own modules; they register here if present."""
-    for name in ("supervisord.watch", "supervisord.benchcmd"):
-        try:
-            module = __import__(name, fromlist=["register"])
-        except ImportError:
-            continue
+    """watch and bench live in their own modules and register their commands here."""
+    from supervisord.ctl import benchcmd, watch
+
+    for module in (watch, benchcmd):
         module.register(cmd)
 
 
@@ -342,7 +340,7 @@ def connection(a: argparse.Namespace) -> tuple[str, tuple[bytes, bytes, bytes] |
     if not endpoint.startswith("tcp://"):
         return endpoint, None
     from supervisord import config as config_mod
-    from supervisord import curve
+    from supervisord.spokes import curve
 
     if not a.config:
         raise UsageError(f"{endpoint} is tcp: give --config FILE with [security] client_secret_key and "

@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING
 
 from proto import control as ctl
 from proto.task import ErrorKind, TaskState
-from supervisord import childcare, claude_cli, lifecycle, taskenv, traceids, validate
 from supervisord import config as config_mod
-from supervisord.childcare import policy_of
-from supervisord.journal import JournalError
+from supervisord.core import taskenv, traceids, validate
+from supervisord.core.breaker import Breaker
+from supervisord.core.task import Task
+from supervisord.hub import childcare, lifecycle
+from supervisord.hub.childcare import policy_of
 from supervisord.logs import log
-from supervisord.scheduler import Breaker, Task
+from supervisord.spokes import claude_cli
+from supervisord.store.journal import JournalError
 
 if TYPE_CHECKING:
-    from supervisord.daemon import Daemon
+    from supervisord.hub.daemon import Daemon
 
 Envelope = tuple[bytes, ...]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import msgspec
 
 from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from supervisord.core.task import Task
 from supervisord.logs import log
-from supervisord.scheduler import Task
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (

@@ -16,11 +16,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from supervisord.core.metrics import BUCKETS_S
 from supervisord.logs import log
-from supervisord.metrics import BUCKETS_S
 
 if TYPE_CHECKING:
-    from supervisord.daemon import Daemon
+    from supervisord.hub.daemon import Daemon
 
 BREAKER_STATES = ("closed", "open", "half_open")
 

@@ -22,9 +22,9 @@ import zmq.asyncio
 
 from proto import DECODE_ERRORS
 from proto import control as ctl
-from supervisord import curve
 from supervisord.events import Event, RequestReceived
 from supervisord.logs import log
+from supervisord.spokes import curve
 
 #: First envelope frame of a request that came in over tcp (a routing id is never empty).
 _VIA_TCP = b""

@@ -29,7 +29,7 @@ from typing import Any
 
 from proto import control as ctl
 from proto.task import TaskSpec, TaskView
-from supervisord.client import Client, RequestFailed, expect
+from supervisord.ctl.client import Client, RequestFailed, expect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 POLL_S = 0.25  # how often the progress bar refreshes (a Wait returns early when all are done)
@@ -367,7 +367,7 @@ def cmd_bench(c: Client, a: argparse.Namespace) -> int:
     if a.plot:
         plot(report, a.plot)
     if a.json:
-        from supervisord.supctl import emit_json
+        from supervisord.ctl.supctl import emit_json
 
         emit_json(report)
     else:

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from proto import control as ctl
-from supervisord.client import Client, RequestFailed, expect
+from supervisord.ctl.client import Client, RequestFailed, expect
 
 #: exit codes (as supctl's): the task succeeded / failed, --timeout passed, Ctrl-C
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 130

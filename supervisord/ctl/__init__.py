@@ -1,0 +1,1 @@
+"""The client: supctl, its commands, watch and bench."""

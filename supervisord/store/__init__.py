@@ -1,0 +1,1 @@
+"""The store: the authority on every accepted task (SQLite; the Store protocol)."""
