@@ -47,4 +47,13 @@ class TimerFired:
     """The tick: the earliest deadline the hub asked to be woken at has passed."""
 
 
-Event = ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired
+@dataclass(frozen=True, slots=True)
+class TreesChecked:
+    """A look at the process table (off the loop) for the trees of lost attempts: `alive`
+    are the (task id, epoch) pairs of `checked` that still have a process."""
+
+    checked: frozenset[tuple[str, int]]
+    alive: frozenset[tuple[str, int]]
+
+
+Event = ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired | TreesChecked

@@ -11,9 +11,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proto.children import BOOT_FAILURE_EXIT  # re-exported: the pool's decisions use it
+from proto.children import BOOT_FAILURE_EXIT
+from supervisord.config import Config  # re-exported: the pool's decisions use it
 
-__all__ = ["BOOT_FAILURE_EXIT", "ChildState", "Due", "Exit", "Policy", "Pool", "Slot", "restart_delay_s"]
+__all__ = ["BOOT_FAILURE_EXIT", "ChildState", "Due", "Exit", "Policy", "Pool", "Slot", "policy_of", "restart_delay_s"]
 
 
 class ChildState(enum.Enum):
@@ -78,6 +79,13 @@ class Slot:
     stop_deadline: float | None = None
     recycle_at: float | None = None
     fatal_reason: str | None = None
+    #: when it went FATAL: it gets another chance `period_s` later (or by `restart-slot`)
+    fatal_at: float = 0.0
+    #: when its current task was assigned (a heartbeat saying "idle" long after is a lost Dispatch)
+    assigned_at: float = 0.0
+    #: why the hub killed it, and whether the cause was the daemon's own (a failed send)
+    kill_reason: str | None = None
+    kill_ours: bool = False
 
     @property
     def name(self) -> str:
@@ -175,9 +183,9 @@ class Pool:
         slot.tasks_done, slot.rss_bytes = 0, 0
         slot.recycle_at = None
 
-    def spawn_failed(self, slot: Slot, reason: str) -> None:
+    def spawn_failed(self, slot: Slot, reason: str, now: float) -> None:
         slot.move(ChildState.FATAL)  # BACKOFF -> FATAL
-        slot.fatal_reason = reason
+        slot.fatal_reason, slot.fatal_at = reason, now
 
     def find(self, identity: str) -> Slot | None:
         return self._by_identity.get(identity)
@@ -203,12 +211,15 @@ class Pool:
     def idle(self) -> list[Slot]:
         return [s for s in self.slots if s.state is ChildState.IDLE and not s.retire]
 
-    def assign(self, slot: Slot, task_id: str, deadline: float) -> None:
+    def assign(self, slot: Slot, task_id: str, deadline: float, now: float) -> None:
         slot.move(ChildState.BUSY)  # IDLE -> BUSY
-        slot.task_id, slot.task_deadline = task_id, deadline
+        slot.task_id, slot.task_deadline, slot.assigned_at = task_id, deadline, now
 
     def released(self, slot: Slot, now: float) -> Due | None:
-        """The child finished its task. Returns a stop if it must be recycled now."""
+        """The child finished its task. Returns a stop if it must be recycled now. A child
+        being stopped or killed stays so: its last Result does not make it idle again."""
+        if slot.state is not ChildState.BUSY:
+            return None
         slot.move(ChildState.IDLE)  # BUSY -> IDLE
         slot.task_id, slot.task_deadline = None, None
         slot.tasks_done += 1
@@ -244,7 +255,7 @@ class Pool:
             self._remove(slot)
             return Exit("removed", "scaled down")
         if not planned and code == BOOT_FAILURE_EXIT:
-            return self._fatal(slot, f"boot failure (exit {code})")
+            return self._fatal(slot, f"boot failure (exit {code})", now)
         if planned:
             slot.move(ChildState.BACKOFF)  # STOPPING -> BACKOFF (recycle: at once)
             slot.respawn_at = now
@@ -254,18 +265,37 @@ class Pool:
         slot.exits = [t for t in slot.exits if t > now - self.policy.period_s] + [now]
         if len(slot.exits) > self.policy.intensity:
             return self._fatal(
-                slot, f"{len(slot.exits)} restarts in {self.policy.period_s:g}s (intensity {self.policy.intensity})"
-            )
+                slot, f"{len(slot.exits)} restarts in {self.policy.period_s:g}s (intensity {self.policy.intensity})",
+                now)
         delay = restart_delay_s(slot.failures_in_row, self.policy.backoff_base_s, self.policy.backoff_max_s, rand)
         slot.failures_in_row += 1
         slot.move(ChildState.BACKOFF)  # * -> BACKOFF
         slot.respawn_at = now + delay
         return Exit("respawn", f"exit {code}", slot.respawn_at)
 
-    def _fatal(self, slot: Slot, reason: str) -> Exit:
+    def _fatal(self, slot: Slot, reason: str, now: float) -> Exit:
         slot.move(ChildState.FATAL)  # * -> FATAL
-        slot.fatal_reason = reason
+        slot.fatal_reason, slot.fatal_at = reason, now
         return Exit("fatal", reason)
+
+    def revive(self, slot: Slot, now: float) -> bool:
+        """Give a FATAL slot another chance: it is respawned now, with a clean restart record."""
+        if slot.state is not ChildState.FATAL or slot.retire:
+            return False
+        slot.move(ChildState.BACKOFF)  # FATAL -> BACKOFF
+        slot.respawn_at, slot.exits, slot.failures_in_row = now, [], 0
+        return True
+
+    def forgive(self, now: float, gap_s: float) -> None:
+        """The hub itself was stalled for `gap_s` (paused, starved): the silence was ours, so
+        every child's liveness and task deadline start over from now."""
+        for slot in self.slots:
+            if slot.state in (ChildState.IDLE, ChildState.BUSY):
+                slot.last_seen = now
+                if slot.task_deadline is not None:
+                    slot.task_deadline += gap_s
+            elif slot.state is ChildState.STARTING:
+                slot.spawned_at = now
 
     # ---- timers -----------------------------------------------------------------
 
@@ -274,6 +304,8 @@ class Pool:
         p = self.policy
         starting = sum(1 for s in self.slots if s.state is ChildState.STARTING)
         for slot in self.slots:
+            if slot.state is ChildState.FATAL and now >= slot.fatal_at + p.period_s:
+                self.revive(slot, now)  # FATAL -> BACKOFF: another chance after a quiet period
             if slot.state is ChildState.BACKOFF and not slot.retire and slot.respawn_at <= now:
                 if starting < p.max_starting:  # the rest wait for a Hello (an event) to free a place
                     starting += 1
@@ -306,6 +338,8 @@ class Pool:
                     times.append(slot.recycle_at)
             elif slot.state is ChildState.STOPPING and slot.stop_deadline is not None:
                 times.append(slot.stop_deadline)
+            elif slot.state is ChildState.FATAL and not slot.retire:
+                times.append(slot.fatal_at + p.period_s)
         return min(times) if times else None
 
     def counts(self) -> dict[str, int]:
@@ -313,3 +347,14 @@ class Pool:
         for slot in self.slots:
             out[slot.state.value] += 1
         return out
+
+
+def policy_of(config: Config) -> Policy:
+    """The pool's policy, from the config's [daemon], [restart] and [recycle] sections."""
+    r, rc, d = config.restart, config.recycle, config.daemon
+    return Policy(
+        heartbeat_s=d.heartbeat_s, liveness=d.liveness, max_starting=d.max_starting, backoff_base_s=r.backoff_base_s,
+        backoff_max_s=r.backoff_max_s, stable_after_s=r.stable_after_s, intensity=r.intensity,
+        period_s=r.period_s, recycle_max_tasks=rc.max_tasks, recycle_max_age_s=rc.max_age_s,
+        recycle_age_jitter_s=rc.max_age_jitter_s, recycle_max_rss_bytes=int(rc.max_rss_mb * 2**20),
+    )

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState
+from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState, TaskView
 
 #: The only legal transitions; `Task.move` checks every change against this table.
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.QUEUED: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
-    TaskState.RUNNING: frozenset(
-        {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED, TaskState.QUEUED}
-    ),
+    # claimed by a child; cancelled before it ran
+    TaskState.QUEUED: frozenset({TaskState.RUNNING, TaskState.CANCELLED}),
+    # its lost attempt's tree died (or a restart found none); cancelled while it waited
+    TaskState.BLOCKED: frozenset({TaskState.QUEUED, TaskState.CANCELLED}),
+    # the attempt ended (final, or a retry: QUEUED), or was lost (BLOCKED until its tree is dead)
+    TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED,
+                                  TaskState.QUEUED, TaskState.BLOCKED}),
 }
 
 
@@ -77,3 +80,16 @@ def should_retry(task: Task, outcome: Outcome) -> bool:
     return kind in ErrorKind.RETRYABLE or (kind == ErrorKind.EXIT and task.spec.retry_on_exit)
 
 
+def view(t: Task) -> TaskView:
+    """A task as clients see it. Pure; used for live and journaled tasks alike."""
+    o = t.outcome or Outcome()
+    duration = (t.finished_at - t.started_at) if (t.finished_at and t.started_at) else None
+    return TaskView(
+        id=t.id, kind=t.spec.kind, state=t.state.value, attempts=t.attempts, exit_code=o.exit_code,
+        result=o.result, error=o.error, child=t.child, trace_id=t.trace_id, span_id=t.span_id,
+        parent_span_id=t.parent_span_id, submitted_at=t.submitted_at, started_at=t.started_at,
+        finished_at=t.finished_at, duration_s=round(duration, 6) if duration is not None else None,
+        priority=t.spec.priority, stderr=o.stderr, truncated=o.truncated, usage=o.usage,
+        cost_usd=o.cost_usd, session_id=o.session_id, num_turns=o.num_turns,
+        prompt=t.spec.prompt, argv=t.spec.argv,
+    )

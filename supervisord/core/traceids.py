@@ -7,6 +7,7 @@ start, the last 16 random. A span id is 64 random bits. Imports the stdlib only.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: version-trace_id-parent_id-flags, lowercase hex only; a future version may add "-..." fields.
@@ -43,3 +44,30 @@ def parse_traceparent(value: str | None) -> SpanRef | None:
     if set(m.group(2)) == {"0"} or set(m.group(3)) == {"0"}:
         return None
     return SpanRef(m.group(2), m.group(3), int(m.group(4), 16) & 1 == 1)
+
+
+def new_task_id(now_ns: int, rand: int) -> str:
+    """Sortable and unique: milliseconds since the epoch in hex, then 40 bits that the caller
+    makes unique within the daemon (a counter in the high bits, randomness below)."""
+    return f"t{now_ns // 1_000_000:011x}{rand & 0xFF_FFFF_FFFF:010x}"
+
+
+class Ids:
+    """Every id the daemon makes — tasks, traces, spans — from one injected source of random
+    bits (`random.getrandbits` in the daemon; a seeded `random.Random` in tests)."""
+
+    def __init__(self, bits: Callable[[int], int]) -> None:
+        self.bits = bits
+        self._counter = bits(20)
+
+    def task_id(self, now_ns: int) -> str:
+        """A counter (24 bits) makes ids of one daemon unique even within one millisecond; 16
+        random bits keep two daemons' ids (a restart within the same millisecond) apart."""
+        self._counter += 1
+        return new_task_id(now_ns, ((self._counter & 0xFF_FFFF) << 16) | self.bits(16))
+
+    def trace_id(self, now_ns: int) -> str:
+        return trace_id_at(now_ns, self.bits(64))
+
+    def span_id(self) -> str:
+        return span_id(self.bits(64))

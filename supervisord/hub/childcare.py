@@ -1,185 +1,196 @@
-"""Child verbs of the hub: spawn, watch, hear, stop, kill, and mourn a child.
+"""Child verbs of the hub: spawn, hear, ping, stop and mourn a child.
 
-Part of the hub (runs inside its loop, owns no state): functions that read and change
-the `Daemon`'s state (its pool, scheduler, journal) and act through its spokes. The
-pure decisions are `supervisord.core.pool`'s; this module applies them.
+Functions of a `Hub` (no state of their own). The pool's decisions are
+`supervisord.core.pool`'s and a task's fate is `supervisord.core.fate`'s; this module
+turns what children say and do into those decisions and carries them out.
+
+Results are routed by task and epoch, not by slot: a child killed or replaced after it
+sent its `Result` still delivers it, and a stale attempt's message is refused by the
+fate (wrong epoch). A child that exits while running a task is mourned only after a
+short wait for a `Result` already on its way (`Pending`): its messages and its exit
+reach the hub by different paths.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from proto import PROTOCOL_VERSION
 from proto import children as cp
-from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord.config import Config
-from supervisord.core.pool import Policy, Slot
-from supervisord.events import ChildExited
+from proto.task import TaskState
+from supervisord.core import fate as core
+from supervisord.core.pool import ChildState, Due, Slot
+from supervisord.hub import tasks
+from supervisord.hub.state import Hub, Pending
 from supervisord.logs import log
-from supervisord.spokes import procs
 
-if TYPE_CHECKING:
-    from supervisord.hub.daemon import Daemon
-
-
-def policy_of(config: Config) -> Policy:
-    """The pool's policy, from the config's [daemon], [restart] and [recycle] sections."""
-    r, rc, d = config.restart, config.recycle, config.daemon
-    return Policy(
-        heartbeat_s=d.heartbeat_s, liveness=d.liveness, max_starting=d.max_starting, backoff_base_s=r.backoff_base_s,
-        backoff_max_s=r.backoff_max_s, stable_after_s=r.stable_after_s, intensity=r.intensity,
-        period_s=r.period_s, recycle_max_tasks=rc.max_tasks, recycle_max_age_s=rc.max_age_s,
-        recycle_age_jitter_s=rc.max_age_jitter_s, recycle_max_rss_bytes=int(rc.max_rss_mb * 2**20),
-    )
+#: How long a child's exit waits for a Result that may still be in the socket.
+RESULT_WAIT_S = 0.25
 
 
-@dataclass(slots=True)
-class Orphans:
-    """A task tree whose child is gone: SIGTERMed, to be SIGKILLed at `deadline`."""
+def apply(h: Hub, due: Due) -> None:
+    if due.action == "spawn":
+        if h.life.accepting:
+            spawn(h, due.slot)
+    elif due.action == "kill":
+        tasks.kill_slot(h, due.slot, due.reason)
+    else:
+        stop(h, due.slot, due.reason)
 
-    task_id: str
-    pgid: int | None
-    deadline: float
 
-
-def spawn(d: Daemon, slot: Slot, now: float) -> None:
-    identity = d.pool.spawning(slot)
-    cfg = d.config.daemon
-    argv = [sys.executable, "-m", "children", "--endpoint", d.paths.children, "--identity", identity,
+def spawn(h: Hub, slot: Slot) -> None:
+    now = h.clock.now()
+    identity = h.pool.spawning(slot)
+    cfg = h.config.daemon
+    argv = [sys.executable, "-m", "children", "--endpoint", h.paths.children, "--identity", identity,
             "--daemon-pid", str(os.getpid()), "--heartbeat-s", str(cfg.heartbeat_s), "--liveness", str(cfg.liveness)]
     try:
-        proc = procs.spawn(argv, env=d.child_env, cwd=None, stdin_data=False, new_session=True, capture=False)
-        pidfd = procs.pidfd_open(proc.pid)
+        pid = h.spokes.procs.spawn_child(identity, argv, h.child_env)
     except OSError as e:
-        d.pool.spawn_failed(slot, f"spawn failed: {e}")
+        h.pool.spawn_failed(slot, f"spawn failed: {e}", now)
         log("child_fatal", logging.ERROR, child=identity, reason=slot.fatal_reason)
         return
-    loop = asyncio.get_running_loop()
-    loop.add_reader(pidfd, _on_pidfd, d, identity, proc.pid, pidfd)
-    d.pool.spawned(slot, proc.pid, now)
-    log("child_spawned", child=identity, pid=proc.pid, state=slot.state.value)
-    d.events.publish(f"child/{identity}/spawned", child=identity, pid=proc.pid)
-    d.tracer.child_event("spawn", identity, proc.pid)
+    h.pool.spawned(slot, pid, now)
+    log("child_spawned", child=identity, pid=pid, state=slot.state.value)
+    h.spokes.events.publish(f"child/{identity}/spawned", child=identity, pid=pid)
+    h.spokes.tracer.child_event("spawn", identity, pid)
 
 
-def _on_pidfd(d: Daemon, identity: str, pid: int, pidfd: int) -> None:
-    asyncio.get_running_loop().remove_reader(pidfd)
-    os.close(pidfd)
-    d.inbox.put_nowait(ChildExited(identity, pid, procs.reap(pid)))
+def stop(h: Hub, slot: Slot, reason: str) -> None:
+    log("child_stop", child=slot.identity, pid=slot.pid, reason=reason)
+    h.spokes.children.send(slot.identity, cp.Stop(reason=reason))
+    grace = h.config.tasks.kill_grace_s + 2 * h.config.daemon.heartbeat_s
+    h.pool.stopping(slot, h.clock.now() + grace, planned=True)
 
 
-def on_message(d: Daemon, identity: str, message: cp.ChildMessage) -> None:
-    slot = d.pool.find(identity)
+def ping(h: Hub) -> None:
+    """The daemon's heartbeat: every ready child answers; it also carries the current
+    liveness settings, so a reload reaches children already running."""
+    d = h.config.daemon
+    beat = cp.Heartbeat(heartbeat_s=d.heartbeat_s, liveness=d.liveness)
+    for slot in h.pool.slots:
+        if slot.state in (ChildState.IDLE, ChildState.BUSY):
+            h.spokes.children.send(slot.identity, beat)
+
+
+def on_message(h: Hub, identity: str, message: cp.ChildMessage) -> None:
+    now = h.clock.now()
+    slot = h.pool.find(identity)
+    if isinstance(message, cp.Result):  # by task and epoch: the slot may be gone already
+        on_result(h, slot, identity, message)
+        return
     if slot is None or slot.pid is None:
         log("stranger_child", logging.WARNING, child=identity)
-        d.transport.send(identity, cp.Stop(reason="unknown child"))
+        h.spokes.children.send(identity, cp.Stop(reason="unknown child"))
         return
-    now = d.clock()
     match message:
-        case cp.Heartbeat(rss_bytes=rss):
-            d.pool.seen(slot, now, rss)
+        case cp.Heartbeat(task_id=task_id, epoch=epoch, rss_bytes=rss):
+            h.pool.seen(slot, now, rss)
+            _check_beat(h, slot, task_id, epoch, now)
         case cp.Hello(protocol=protocol, pid=pid):
-            d.pool.seen(slot, now)
+            h.pool.seen(slot, now)
             if protocol != PROTOCOL_VERSION or pid != slot.pid:
                 log("child_refused", logging.ERROR, child=identity, protocol=protocol, pid=pid)
-                kill(d, slot, now, "protocol mismatch")
-            elif d.pool.hello(slot, now, d.rand()):
+                tasks.kill_slot(h, slot, "protocol mismatch")
+            elif h.pool.hello(slot, now, h.clock.rand()):
                 log("child_ready", child=identity, pid=pid, state=slot.state.value)
-                d.events.publish(f"child/{identity}/ready", child=identity, pid=pid)
-        case cp.Started(task_id=task_id, pid=pid, pgid=pgid):
-            d.pool.seen(slot, now)
-            d.task_pgid[task_id] = pgid
-            d.task_pid[task_id] = pid
+                h.spokes.events.publish(f"child/{identity}/ready", child=identity, pid=pid)
+        case cp.Started(task_id=task_id, epoch=epoch, pid=pid, pgid=pgid):
+            h.pool.seen(slot, now)
+            task = h.sched.tasks.get(task_id)
+            if task is not None and task.epoch == epoch:
+                h.processes[task_id] = (pgid, pid)
             log("task_process", logging.DEBUG, task=task_id, child=identity, pid=pid, pgid=pgid)
-            d.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
+            h.spokes.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
         case cp.Progress(task_id=task_id, event=kind, summary=summary):
-            d.pool.seen(slot, now)
-            d.events.publish(f"task/{task_id}/progress", task=task_id, event=kind, summary=summary)
-        case cp.Result():
-            d.pool.seen(slot, now)
-            on_result(d, slot, message, now)
+            h.pool.seen(slot, now)
+            h.spokes.events.publish(f"task/{task_id}/progress", task=task_id, event=kind, summary=summary)
 
 
-def on_result(d: Daemon, slot: Slot, msg: cp.Result, now: float) -> None:
-    task = d.sched.tasks.get(msg.task_id)
-    if task is None or task.child != slot.identity or task.state is not TaskState.RUNNING:
-        log("stale_result", logging.WARNING, task=msg.task_id, child=slot.identity)
+def _check_beat(h: Hub, slot: Slot, task_id: str | None, epoch: int, now: float) -> None:
+    """A heartbeat names the attempt the child runs. If it is not the one the hub gave it
+    (a Dispatch or its Result was lost) for longer than a heartbeat after the assignment,
+    the attempt is lost — at no cost to the task (the child is idle, so its tree is dead)."""
+    if slot.state is not ChildState.BUSY or slot.task_id is None:
         return
-    d.task_pgid.pop(task.id, None)
+    task = h.sched.tasks.get(slot.task_id)
+    if task is None or (task_id == task.id and epoch in (0, task.epoch)):
+        return
+    if now - slot.assigned_at <= h.config.daemon.heartbeat_s:
+        return  # the heartbeat may have been sent before the Dispatch arrived
+    log("child_disagrees", logging.WARNING, child=slot.identity, expected=task.id, reported=task_id)
+    tasks.decide(h, task, core.Lost(task.epoch, f"child {slot.identity} is not running it (lost message)",
+                                    ours=True))
+    if (due := h.pool.released(slot, now)) is not None:
+        stop(h, due.slot, due.reason)
+
+
+def on_result(h: Hub, slot: Slot | None, identity: str, msg: cp.Result) -> None:
+    now = h.clock.now()
+    if slot is not None:
+        h.pool.seen(slot, now)
+    task = h.sched.tasks.get(msg.task_id)
+    if task is None:
+        log("stale_result", logging.WARNING, task=msg.task_id, child=identity, reason="not a live task")
+        return
     try:
         state = TaskState(msg.state)
     except ValueError:
         state = TaskState.FAILED
-    d.finish(task, state, msg.outcome, now, started_at=msg.started_at, finished_at=msg.finished_at)
-    due = d.pool.released(slot, now)
-    if due is not None:
-        stop(d, due.slot, now, due.reason)
+    fate = tasks.decide(h, task, core.Ended(msg.epoch or task.epoch, state, msg.outcome, msg.started_at,
+                                            msg.finished_at))
+    if not fate.changed:
+        log("stale_result", logging.WARNING, task=msg.task_id, child=identity, epoch=msg.epoch, reason=fate.reason)
+        return
+    if slot is not None and slot.task_id == msg.task_id and (due := h.pool.released(slot, now)) is not None:
+        stop(h, due.slot, due.reason)
 
 
-def on_exit(d: Daemon, identity: str, pid: int, returncode: int | None) -> None:
-    slot = d.pool.find(identity)
+def on_exit(h: Hub, identity: str, pid: int, returncode: int | None) -> None:
+    slot = h.pool.find(identity)
     if slot is None or slot.pid != pid:
         return
-    now = d.clock()
+    now = h.clock.now()
     task_id = slot.task_id
-    exit_ = d.pool.exited(slot, returncode, now, d.rand())
+    reason, ours = slot.kill_reason, slot.kill_ours
+    slot.kill_reason, slot.kill_ours = None, False
+    exit_ = h.pool.exited(slot, returncode, now, h.clock.rand())
     respawn_in_s = round(max(0.0, exit_.respawn_at - now), 3) if exit_.verdict == "respawn" else None
     log("child_exited", child=identity, pid=pid, returncode=returncode, verdict=exit_.verdict,
         reason=exit_.reason, respawn_in_s=respawn_in_s, state=slot.state.value, task=task_id)
-    d.events.publish(f"child/{identity}/exited", child=identity, pid=pid, returncode=returncode,
-                     verdict=exit_.verdict, reason=exit_.reason, respawn_in_s=respawn_in_s)
-    d.tracer.child_event("exit", identity, pid, returncode=returncode, verdict=exit_.verdict)
+    h.spokes.events.publish(f"child/{identity}/exited", child=identity, pid=pid, returncode=returncode,
+                            verdict=exit_.verdict, reason=exit_.reason, respawn_in_s=respawn_in_s)
+    h.spokes.tracer.child_event("exit", identity, pid, returncode=returncode, verdict=exit_.verdict)
     if exit_.verdict == "fatal":
-        d.metrics.child_fatal += 1
+        h.metrics.child_fatal += 1
         log("child_fatal", logging.ERROR, child=identity, reason=exit_.reason)
-        d.events.publish(f"child/{identity}/fatal", child=identity, reason=exit_.reason)
+        h.spokes.events.publish(f"child/{identity}/fatal", child=identity, reason=exit_.reason)
     elif exit_.verdict == "respawn" and exit_.reason != "planned":
-        d.metrics.child_restarts += 1
-    if task_id is not None:
-        lost_task(d, task_id, identity, returncode, now)
+        h.metrics.child_restarts += 1
+    task = h.sched.tasks.get(task_id) if task_id else None
+    if task is not None and task.state is TaskState.RUNNING:
+        why = f"child {identity} {'was killed: ' + reason if reason else f'exited ({returncode})'} mid-task"
+        ours = ours or now < h.forgive_until
+        h.pending_loss[task.id] = Pending(task.id, task.epoch, why, ours, now + RESULT_WAIT_S)
 
 
-def lost_task(d: Daemon, task_id: str, identity: str, returncode: int | None, now: float) -> None:
-    """The child running `task_id` died: kill the task's tree, then retry or fail it."""
-    pgid = d.task_pgid.pop(task_id, None)
-    procs.terminate_task(pgid, [p.pid for p in procs.tagged(task_id)])
-    d.orphans.append(Orphans(task_id, pgid, now + d.config.tasks.kill_grace_s))
-    task = d.sched.tasks.get(task_id)
-    if task is None or task.state is not TaskState.RUNNING:
-        return
-    state = TaskState.FAILED
-    if task.cancel_requested:  # the user asked for it to end, and it has: cancelled, not lost
-        state = TaskState.CANCELLED
-        error = TaskError(kind=ErrorKind.CANCELLED, message=f"cancelled; child {identity} exited ({returncode})")
-    elif d.winding_down:
-        error = TaskError(kind=ErrorKind.SHUTDOWN, message=f"child {identity} stopped during shutdown")
-    else:
-        error = TaskError(kind=ErrorKind.WORKER_LOST, message=f"child {identity} exited ({returncode}) mid-task")
-    d.finish(task, state, Outcome(error=error), now)
+def mourn_due(h: Hub, now: float) -> None:
+    """Children that exited mid-task and sent no Result in time: their attempts are lost."""
+    for pending in [p for p in h.pending_loss.values() if p.deadline <= now]:
+        del h.pending_loss[pending.task_id]
+        task = h.sched.tasks.get(pending.task_id)
+        if task is not None:
+            tasks.decide(h, task, core.Lost(pending.epoch, pending.message, ours=pending.ours))
 
 
-def orphaned(d: Daemon, task_id: str) -> list[int]:
-    """Pids tagged `task_id` that no live child owns: what a lost attempt left behind.
-    A retry of the same task carries the same tag but runs under a live child: spared."""
-    owned = {p.pid for slot in d.pool.alive() if slot.pid for p in procs.descendants(slot.pid)}
-    return [p.pid for p in procs.tagged(task_id) if p.pid not in owned]
-
-
-def kill(d: Daemon, slot: Slot, now: float, reason: str) -> None:
-    log("child_kill", logging.WARNING, child=slot.identity, pid=slot.pid, reason=reason)
-    if slot.pid:
-        procs.signal_pid(slot.pid, signal.SIGKILL)
-    d.pool.stopping(slot, None, planned=False)
-
-
-def stop(d: Daemon, slot: Slot, now: float, reason: str) -> None:
-    log("child_stop", child=slot.identity, pid=slot.pid, reason=reason)
-    d.transport.send(slot.identity, cp.Stop(reason=reason))
-    grace = d.config.tasks.kill_grace_s + 2 * d.config.daemon.heartbeat_s
-    d.pool.stopping(slot, now + grace, planned=True)
+def restart_slot(h: Hub, name: str) -> str | None:
+    """Give a FATAL slot another chance now; the problem, or None."""
+    slot = next((s for s in h.pool.slots if s.name == name), None)
+    if slot is None:
+        return f"no slot named {name!r} (slots: {', '.join(s.name for s in h.pool.slots) or 'none'})"
+    if not h.pool.revive(slot, h.clock.now()):
+        return f"slot {name} is {slot.state.value}, not fatal"
+    log("slot_revived", child=slot.name, reason="restart-slot")
+    return None

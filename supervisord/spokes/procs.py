@@ -41,6 +41,7 @@ __all__ = [
     "set_parent_death_signal",
     "signal_group",
     "signal_pid",
+    "signal_pidfd",
     "spawn",
     "tagged",
     "terminate_task",
@@ -205,6 +206,16 @@ def signal_pid(pid: Target, sig: int) -> bool:
     return True
 
 
+def signal_pidfd(pidfd: int, sig: int) -> bool:
+    """Send `sig` to the process a pidfd we hold refers to: never to a reused pid. False if
+    it is gone."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def children_pids(pid: int) -> list[int]:
     """Direct children of `pid`, zombies included, for a process that forks only from its
     main thread (the child worker; zmq's I/O threads never fork).
@@ -286,9 +297,12 @@ def _signal_all(pgid: int | None, pids: Iterable[Target], sig: int) -> int:
 
 
 def terminate_task(pgid: int | None, pids: Iterable[Target]) -> int:
-    """Step one of the escalation: SIGTERM to the task's session group and to each
-    listed process. Never SIGINT (the Claude CLI exits 0 on it). Returns how many
-    signals were delivered. The caller schedules `kill_task` after its grace."""
+    """Step one of the escalation: SIGCONT (a stopped process cannot act on SIGTERM), then
+    SIGTERM to the task's session group and to each listed process. Never SIGINT (the
+    Claude CLI exits 0 on it). Returns how many SIGTERMs were delivered. The caller
+    schedules `kill_task` after its grace."""
+    pids = list(pids)
+    _signal_all(pgid, pids, signal.SIGCONT)
     return _signal_all(pgid, pids, signal.SIGTERM)
 
 

@@ -44,15 +44,15 @@ class ChildTransport:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._fd, self._drain)
+        self._loop.add_reader(self._fd, self.drain)
         self._schedule_drain()  # what arrived before we were watching
 
     def _schedule_drain(self) -> None:
         if not self._drain_pending and self._loop is not None:
             self._drain_pending = True
-            self._loop.call_soon(self._drain)
+            self._loop.call_soon(self.drain)
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         """ZMQ's FD is edge-triggered: take every message there is (until EAGAIN) so it can
         signal again; after 1024, yield to the loop and come back."""
         self._drain_pending = False

@@ -67,7 +67,7 @@ def in_state(pool: Pool, slot: Slot, state: ChildState, now: float = 0.0) -> Slo
         return slot
     if state is C.FATAL:
         pool.spawning(slot)
-        pool.spawn_failed(slot, "spawn failed: test")
+        pool.spawn_failed(slot, "spawn failed: test", 0.0)
         return slot
     spawn(pool, slot, now)
     if state is C.STARTING:
@@ -77,7 +77,7 @@ def in_state(pool: Pool, slot: Slot, state: ChildState, now: float = 0.0) -> Slo
         return slot
     pool.hello(slot, now, 0.0)
     if state is C.BUSY:
-        pool.assign(slot, "task-1", now + 100.0)
+        pool.assign(slot, "task-1", now + 100.0, 0.0)
     return slot
 
 
@@ -140,7 +140,7 @@ def test_a_busy_slot_retires_after_its_task() -> None:
     w0, w1 = pool.slots
     boot(pool, w0, 0.0)
     boot(pool, w1, 0.0)
-    pool.assign(w1, "t", 100.0)
+    pool.assign(w1, "t", 100.0, 0.0)
     assert pool.resize(1, now=1.0) == []
     assert w1.retire and w1.state is C.BUSY
     due = pool.released(w1, now=2.0)
@@ -156,7 +156,7 @@ def test_a_busy_slot_retires_after_its_task() -> None:
 def test_a_retired_slot_that_crashes_is_removed_too() -> None:
     pool = make_pool(2)
     w1 = boot(pool, pool.slots[1], 0.0)
-    pool.assign(w1, "t", 100.0)
+    pool.assign(w1, "t", 100.0, 0.0)
     pool.resize(1, now=1.0)
     assert pool.exited(w1, -9, now=2.0, rand=0.0).verdict == "removed"
     assert [s.name for s in pool.slots] == ["w00"]
@@ -166,7 +166,7 @@ def test_growing_reuses_the_lowest_free_index() -> None:
     pool = make_pool(4)
     for slot in pool.slots:
         boot(pool, slot, 0.0)
-    pool.assign(pool.slots[3], "t", 100.0)
+    pool.assign(pool.slots[3], "t", 100.0, 0.0)
     pool.resize(2, now=1.0)  # w02 stops, w03 retires after its task
     pool.exited(pool.slots[2], 0, 2.0, 0.0)
     assert [s.name for s in pool.slots] == ["w00", "w01", "w03"]
@@ -211,7 +211,7 @@ def test_spawned_resets_per_child_counters() -> None:
     pool = make_pool(1, recycle_max_age_s=100.0)
     slot = boot(pool, pool.slots[0], 0.0)
     pool.seen(slot, 1.0, rss_bytes=123)
-    pool.assign(slot, "t", 10.0)
+    pool.assign(slot, "t", 10.0, 0.0)
     pool.released(slot, 2.0)
     assert (slot.tasks_done, slot.rss_bytes, slot.recycle_at) == (1, 123, 100.0)
     pool.stopping(slot, 10.0, planned=True)
@@ -220,13 +220,13 @@ def test_spawned_resets_per_child_counters() -> None:
     assert (slot.tasks_done, slot.rss_bytes, slot.recycle_at) == (0, 0, None)
 
 
-def test_spawn_failed_is_fatal_and_never_due() -> None:
+def test_spawn_failed_is_fatal_until_its_period_is_over() -> None:
     pool = make_pool(1)
     slot = pool.slots[0]
     pool.spawning(slot)
-    pool.spawn_failed(slot, "spawn failed: ENOENT")
+    pool.spawn_failed(slot, "spawn failed: ENOENT", 0.0)
     assert (slot.state, slot.fatal_reason) == (C.FATAL, "spawn failed: ENOENT")
-    assert pool.due(1e9) == [] and pool.next_deadline() is None
+    assert pool.due(59.9) == [] and pool.next_deadline() == 60.0  # another chance after period_s
 
 
 @pytest.mark.parametrize("state", list(C), ids=lambda s: s.value)
@@ -256,16 +256,16 @@ def test_hello_sets_recycle_at_with_jitter(max_age_s: float, jitter_s: float, ra
 def test_assign_and_release() -> None:
     pool = make_pool(1)
     slot = boot(pool, pool.slots[0], 0.0)
-    pool.assign(slot, "t1", deadline=50.0)
+    pool.assign(slot, "t1", deadline=50.0, now=0.0)
     assert (slot.state, slot.task_id, slot.task_deadline) == (C.BUSY, "t1", 50.0)
     assert pool.idle() == []
     with pytest.raises(PoolTransitionError):
-        pool.assign(slot, "t2", deadline=50.0)
+        pool.assign(slot, "t2", deadline=50.0, now=0.0)
     assert pool.released(slot, now=5.0) is None
     assert (slot.state, slot.task_id, slot.task_deadline, slot.tasks_done) == (C.IDLE, None, None, 1)
     assert pool.idle() == [slot]
-    with pytest.raises(PoolTransitionError):
-        pool.released(slot, now=6.0)
+    assert pool.released(slot, now=6.0) is None  # a second Result changes nothing
+    assert (slot.state, slot.tasks_done) == (C.IDLE, 1)
 
 
 @pytest.mark.parametrize(("state", "ok"), [(C.BACKOFF, False), (C.STARTING, False), (C.IDLE, True),
@@ -274,10 +274,10 @@ def test_assign_only_to_idle(state: ChildState, ok: bool) -> None:
     pool = make_pool(1)
     slot = in_state(pool, pool.slots[0], state)
     if ok:
-        pool.assign(slot, "t", 1.0)
+        pool.assign(slot, "t", 1.0, 0.0)
     else:
         with pytest.raises(PoolTransitionError):
-            pool.assign(slot, "t", 1.0)
+            pool.assign(slot, "t", 1.0, 0.0)
 
 
 @pytest.mark.parametrize(("rss", "kept"), [(None, 500), (0, 500), (700, 700)])
@@ -296,7 +296,7 @@ def test_recycle_by_max_tasks(max_tasks: int, stop_after: int | None) -> None:
     pool = make_pool(1, recycle_max_tasks=max_tasks)
     slot = boot(pool, pool.slots[0], 0.0)
     for n in range(1, 5):
-        pool.assign(slot, f"t{n}", 100.0)
+        pool.assign(slot, f"t{n}", 100.0, 0.0)
         due = pool.released(slot, now=float(n))
         if n == stop_after:
             assert due is not None and (due.action, due.reason) == ("stop", f"recycle: {n} tasks")
@@ -311,7 +311,7 @@ def test_recycle_by_age_on_release(release_at: float, stops: bool) -> None:
     slot = pool.slots[0]
     spawn(pool, slot, 0.0)
     pool.hello(slot, 0.0, rand=0.5)  # recycle_at = 0 + 100 + 0.5 * 100
-    pool.assign(slot, "t", 1000.0)
+    pool.assign(slot, "t", 1000.0, 0.0)
     pool.seen(slot, release_at)
     due = pool.released(slot, release_at)
     assert (due is not None and due.reason == "recycle: max age") is stops
@@ -330,7 +330,7 @@ def test_recycle_by_age_while_idle_is_a_due_stop() -> None:
 def test_busy_slots_are_not_recycled_by_age_until_released() -> None:
     pool = make_pool(1, recycle_max_age_s=100.0)
     slot = boot(pool, pool.slots[0], 0.0)
-    pool.assign(slot, "t", 1000.0)
+    pool.assign(slot, "t", 1000.0, 0.0)
     pool.seen(slot, 150.0)
     assert pool.due(150.0) == []
 
@@ -339,7 +339,7 @@ def test_busy_slots_are_not_recycled_by_age_until_released() -> None:
 def test_recycle_by_rss(rss: int, stops: bool) -> None:
     pool = make_pool(1, recycle_max_rss_bytes=1000)
     slot = boot(pool, pool.slots[0], 0.0)
-    pool.assign(slot, "t", 100.0)
+    pool.assign(slot, "t", 100.0, 0.0)
     pool.seen(slot, 1.0, rss)
     due = pool.released(slot, 1.0)
     assert (due is not None and due.reason == f"recycle: rss {rss} bytes") is stops
@@ -444,7 +444,7 @@ def test_more_than_intensity_exits_in_period_is_fatal(intensity: int, period_s: 
             assert exit_.verdict == "fatal"
             assert exit_.reason == f"{intensity + 1} restarts in {period_s:g}s (intensity {intensity})"
             assert (slot.state, slot.fatal_reason) == (C.FATAL, exit_.reason)
-            assert pool.due(now + 1e6) == [] and pool.next_deadline() is None
+            assert pool.due(now + period_s - 0.01) == [] and pool.next_deadline() == now + period_s
             return
         assert exit_.verdict == "respawn"
     assert fatal_at is None
@@ -505,10 +505,10 @@ def _slot_for(case: str, pool: Pool) -> Slot:
         boot(pool, slot, 0.0)
         pool.seen(slot, 95.0)  # heartbeat 1 s * liveness 5
         if case == "busy silent":
-            pool.assign(slot, "t", 1000.0)
+            pool.assign(slot, "t", 1000.0, 0.0)
     elif case == "busy deadline":
         boot(pool, slot, 0.0)
-        pool.assign(slot, "t", 100.0)
+        pool.assign(slot, "t", 100.0, 0.0)
         pool.seen(slot, 99.0)
     elif case == "idle recycle":
         spawn(pool, slot, 0.0)
@@ -560,13 +560,25 @@ def test_due_applied_is_never_due_again_at_the_same_time(case: str) -> None:
     assert pool.due(now) == []
 
 
-@pytest.mark.parametrize("state", [C.FATAL, C.STOPPING], ids=lambda s: s.value)
-def test_nothing_due_for_fatal_or_killed_slots(state: ChildState) -> None:
+def test_nothing_due_for_a_killed_slot() -> None:
     pool = make_pool(1)
-    slot = in_state(pool, pool.slots[0], state)
-    if state is C.STOPPING:
-        pool.stopping(slot, None, planned=False)
+    slot = in_state(pool, pool.slots[0], C.STOPPING)
+    pool.stopping(slot, None, planned=False)
     assert pool.due(1e9) == [] and pool.next_deadline() is None
+
+
+def test_a_fatal_slot_is_revived_after_period_s_and_by_hand() -> None:
+    """Defect 21: a FATAL slot gets a way back."""
+    pool = make_pool(1, period_s=60.0)
+    slot = pool.slots[0]
+    pool.spawning(slot)
+    pool.spawn_failed(slot, "spawn failed: EMFILE", 10.0)
+    assert pool.due(69.0) == []
+    (due,) = pool.due(70.0)
+    assert (due.action, slot.state, slot.exits, slot.failures_in_row) == ("spawn", C.BACKOFF, [], 0)
+    pool.spawn_failed(slot, "spawn failed: EMFILE", 70.0)
+    assert pool.revive(slot, 71.0) and slot.state is C.BACKOFF and slot.respawn_at == 71.0
+    assert not pool.revive(slot, 72.0)  # only a FATAL slot
 
 
 def test_idle_retiring_slot_is_a_due_stop_until_applied() -> None:
@@ -584,7 +596,7 @@ def test_next_deadline_is_the_minimum_over_slots() -> None:
     w0, w1, w2, w3, w4 = pool.slots
     boot(pool, w0, 0.0)  # idle: liveness at 5, recycle at 500
     boot(pool, w1, 0.0)
-    pool.assign(w1, "t", 3.0)  # busy: deadline 3, liveness 5
+    pool.assign(w1, "t", 3.0, 0.0)  # busy: deadline 3, liveness 5
     spawn(pool, w2, 0.0)  # starting: boot timeout at 30
     boot(pool, w3, 0.0)
     pool.stopping(w3, 2.0, planned=True)  # stopping: deadline 2
@@ -638,7 +650,7 @@ def test_simulated_hub_never_applies_the_same_action_twice(seed: int) -> None:
             elif slot.state in (C.IDLE, C.BUSY) and r < 0.85:
                 pool.seen(slot, now, rng.randrange(1, 12_000))
                 if slot.state is C.IDLE and rng.random() < 0.4:
-                    pool.assign(slot, "t", now + rng.uniform(1.0, 30.0))
+                    pool.assign(slot, "t", now + rng.uniform(1.0, 30.0), now)
                 elif slot.state is C.BUSY and rng.random() < 0.3 and (d := pool.released(slot, now)):
                     key = (d.slot.identity, "stop")
                     assert key not in applied

@@ -11,6 +11,8 @@ import pytest
 
 from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState
 from supervisord.core.breaker import NEUTRAL, Breaker, BreakerState
+from supervisord.core import fate
+from supervisord.core.fate import Context, Verdict
 from supervisord.core.scheduler import Scheduler
 from supervisord.core.task import TRANSITIONS, Task, TransitionError, retry_delay_s, should_retry
 
@@ -51,9 +53,10 @@ FORBIDDEN = [(a, b) for a, b in itertools.product(S, S) if (a, b) not in ALLOWED
 
 def test_table_is_the_documented_life_of_a_task() -> None:
     assert {(a.value, b.value) for a, b in ALLOWED} == {
-        ("queued", "running"), ("queued", "cancelled"), ("queued", "failed"),
+        ("queued", "running"), ("queued", "cancelled"),
+        ("blocked", "queued"), ("blocked", "cancelled"),
         ("running", "succeeded"), ("running", "failed"), ("running", "timed_out"),
-        ("running", "cancelled"), ("running", "queued"),
+        ("running", "cancelled"), ("running", "queued"), ("running", "blocked"),
     }
 
 
@@ -143,11 +146,11 @@ def test_start_counts_the_attempt() -> None:
     s.add(task("a"), now=0.0)
     t = s.take(0.0, True)
     assert t is not None
-    s.start(t, "w00.1", now_wall=123.0)
-    assert (t.state, t.attempts, t.child, t.started_at) == (S.RUNNING, 1, "w00.1", 123.0)
+    fate.start(t, "w00.1", 123.0)
+    assert (t.state, t.attempts, t.epoch, t.child, t.started_at) == (S.RUNNING, 1, 1, "w00.1", 123.0)
     assert s.running() == [t]
     with pytest.raises(TransitionError):
-        s.start(t, "w01.1", now_wall=124.0)
+        fate.start(t, "w01.1", 124.0)
 
 
 # ---- retries ----------------------------------------------------------------------------
@@ -216,8 +219,20 @@ def _running(s: Scheduler, tid: str = "a", now: float = 0.0, **kw: object) -> Ta
     s.add(task(tid, **kw), now)  # type: ignore[arg-type]
     t = s.take(now, True)
     assert t is not None and t.id == tid
-    s.start(t, "w00.1", now_wall=1000.0)
+    fate.start(t, "w00.1", 1000.0)
     return t
+
+
+def _end(s: Scheduler, t: Task, state: TaskState, outcome: Outcome, now: float, rand: float = 0.5,
+         base_s: float = 1.0) -> Verdict:
+    """What the hub does with a Result: the core decides, the scheduler is told."""
+    got = fate.decide(t, fate.Ended(t.epoch, state, outcome), Context(now=now, wall=2000.0, rand=rand,
+                                                                     retry_base_s=base_s))
+    if got.verdict is Verdict.QUEUED:
+        s.enqueue(t, now)
+    elif got.verdict is Verdict.FINAL:
+        s.forget(t)
+    return got.verdict
 
 
 @pytest.mark.parametrize(("rand", "delay_s"), [(0.0, 0.0), (0.25, 0.25), (0.5, 0.5), (0.999, 0.999)])
@@ -225,12 +240,9 @@ def test_retry_requeues_with_not_before_now_plus_delay(rand: float, delay_s: flo
     s = Scheduler()
     t = _running(s, retries=2)
     now = 100.0
-    retried = s.finish(t, S.FAILED, failed(ErrorKind.OVERLOADED), now, now_wall=2000.0,
-                       retry=(1.0, 60.0, rand))
-    assert retried
+    assert _end(s, t, S.FAILED, failed(ErrorKind.OVERLOADED), now, rand) is Verdict.QUEUED
     assert (t.state, t.child, t.finished_at, t.attempts) == (S.QUEUED, None, None, 1)
     assert t.not_before == pytest.approx(now + delay_s)
-    assert t.outcome is not None and t.error is not None and t.error.kind == ErrorKind.OVERLOADED
     assert s.queued == 1 and "a" in s.tasks
     if delay_s > 0:
         assert s.next_due() == pytest.approx(now + delay_s)
@@ -244,112 +256,57 @@ def test_retry_backoff_grows_with_attempts_then_the_budget_ends_it() -> None:
     t = _running(s, retries=2)
     now, delays = 0.0, []
     for attempt in (1, 2):
-        assert s.finish(t, S.FAILED, failed(ErrorKind.NETWORK), now, now_wall=0.0, retry=(1.0, 60.0, 1.0))
-        delays.append(t.not_before - now)
+        assert _end(s, t, S.FAILED, failed(ErrorKind.NETWORK), now, rand=0.99999) is Verdict.QUEUED
+        delays.append(round(t.not_before - now, 3))
         now = t.not_before
         assert s.take(now, True) is t
-        s.start(t, "w00.1", now_wall=0.0)
+        fate.start(t, "w00.1", 0.0)
         assert t.attempts == attempt + 1
     assert delays == [1.0, 2.0]
-    assert not s.finish(t, S.FAILED, failed(ErrorKind.NETWORK), now, now_wall=5.0, retry=(1.0, 60.0, 1.0))
-    assert (t.state, t.finished_at, t.attempts) == (S.FAILED, 5.0, 3)
+    assert _end(s, t, S.FAILED, failed(ErrorKind.NETWORK), now) is Verdict.FINAL
+    assert (t.state, t.finished_at, t.attempts) == (S.FAILED, 2000.0, 3)
     assert "a" not in s.tasks and s.queued == 0
-
-
-@pytest.mark.parametrize(
-    ("state", "kind", "retry"),
-    [
-        (S.SUCCEEDED, None, (1.0, 60.0, 0.5)),
-        (S.SUCCEEDED, ErrorKind.OVERLOADED, (1.0, 60.0, 0.5)),  # a success is never retried
-        (S.FAILED, ErrorKind.AUTH, (1.0, 60.0, 0.5)),
-        (S.FAILED, ErrorKind.OVERLOADED, None),  # the hub did not ask for retries
-        (S.TIMED_OUT, ErrorKind.TIMEOUT, (1.0, 60.0, 0.5)),
-        (S.CANCELLED, ErrorKind.CANCELLED, (1.0, 60.0, 0.5)),
-    ],
-)
-def test_finish_final(state: TaskState, kind: str | None, retry: tuple[float, float, float] | None) -> None:
-    s = Scheduler()
-    t = _running(s, retries=5)
-    assert not s.finish(t, state, failed(kind), now=10.0, now_wall=3000.0, retry=retry)
-    assert (t.state, t.finished_at) == (state, 3000.0)
-    assert "a" not in s.tasks and s.queued == 0 and s.running() == []
-
-
-def test_a_stall_timeout_is_retried() -> None:
-    s = Scheduler()
-    t = _running(s, retries=1)
-    assert s.finish(t, S.TIMED_OUT, failed(ErrorKind.STALL), now=10.0, now_wall=0.0, retry=(1.0, 60.0, 0.0))
-    assert t.state is S.QUEUED
-
-
-def test_cancel_requested_while_running_ends_it_final() -> None:
-    s = Scheduler()
-    t = _running(s, retries=5)
-    t.cancel_requested = True
-    assert not s.finish(t, S.FAILED, failed(ErrorKind.WORKER_LOST), 1.0, 1.0, retry=(1.0, 60.0, 0.5))
-    assert t.state is S.FAILED
 
 
 def test_a_retried_task_keeps_its_place_among_equal_priorities() -> None:
     s = Scheduler()
     t = _running(s, retries=1)
     s.add(task("b"), now=0.0)
-    s.finish(t, S.FAILED, failed(ErrorKind.NETWORK), now=0.0, now_wall=0.0, retry=(1.0, 60.0, 0.0))
+    _end(s, t, S.FAILED, failed(ErrorKind.NETWORK), now=0.0, rand=0.0)
     assert drain(s, now=0.0) == ["a", "b"]
 
 
-# ---- cancel, requeue, room ------------------------------------------------------------
+# ---- forget, room ---------------------------------------------------------------------
 
-def test_cancel_queued_removes_it_and_its_stale_heap_entry_is_skipped() -> None:
+def test_a_forgotten_task_leaves_the_queue_and_its_stale_heap_entry_is_skipped() -> None:
     s = Scheduler()
     for tid in ("a", "b", "c"):
         s.add(task(tid), now=0.0)
     a = s.tasks["a"]
-    s.cancel_queued(a, now_wall=50.0)
+    fate.decide(a, fate.CancelRequested(), Context(now=0.0, wall=50.0, rand=0.0))
+    s.forget(a)
     assert (a.state, a.finished_at) == (S.CANCELLED, 50.0)
-    assert a.error is not None and a.error.kind == ErrorKind.CANCELLED
-    assert a.error.message == "cancelled by request"
     assert "a" not in s.tasks and s.queued == 2
     assert drain(s, now=0.0) == ["b", "c"]
     assert s.queued == 0
 
 
-def test_cancel_queued_of_a_delayed_retry_is_skipped_when_it_comes_due() -> None:
+def test_a_forgotten_delayed_retry_is_skipped_when_it_would_come_due() -> None:
     s = Scheduler()
     t = _running(s, retries=1)
-    s.finish(t, S.FAILED, failed(ErrorKind.NETWORK), now=0.0, now_wall=0.0, retry=(10.0, 60.0, 0.5))
-    assert s.queued == 1
-    s.cancel_queued(t, now_wall=1.0, reason="shutdown")
-    assert t.error is not None and t.error.message == "shutdown"
+    _end(s, t, S.FAILED, failed(ErrorKind.NETWORK), now=0.0, base_s=10.0)
+    assert s.queued == 1 and s.next_due() == 5.0
+    s.forget(t)
     assert s.queued == 0
+    assert s.next_due() is None
     assert s.take(100.0, True) is None
-    assert s.next_due() is None  # the stale entry was dropped by the promote
 
 
-def test_cancel_queued_refuses_a_running_task() -> None:
-    s = Scheduler()
-    t = _running(s)
-    with pytest.raises(TransitionError):
-        s.cancel_queued(t, now_wall=0.0)
-    assert t.state is S.RUNNING and "a" in s.tasks
-
-
-def test_requeue_puts_a_running_task_back_as_it_was() -> None:
-    s = Scheduler()
-    t = _running(s, now=0.0)
-    t.not_before = 99.0
-    s.add(task("b"), now=0.0)
-    s.requeue(t, now=5.0)
-    assert (t.state, t.child, t.not_before, t.attempts) == (S.QUEUED, None, 0.0, 1)
-    assert s.queued == 2
-    assert drain(s, now=5.0) == ["a", "b"]  # runnable at once, ahead of later arrivals
-
-
-def test_requeue_of_a_queued_task_raises() -> None:
+def test_enqueue_twice_queues_once() -> None:
     s = Scheduler()
     s.add(task("a"), now=0.0)
-    with pytest.raises(TransitionError):
-        s.requeue(s.tasks["a"], now=0.0)
+    s.enqueue(s.tasks["a"], now=0.0)
+    assert s.queued == 1 and drain(s, now=0.0) == ["a"]
 
 
 def test_add_with_a_future_not_before_waits() -> None:
@@ -362,25 +319,39 @@ def test_add_with_a_future_not_before_waits() -> None:
 
 
 @pytest.mark.parametrize(
-    ("max_queued", "queued", "n", "room"),
-    [(3, 0, 3, True), (3, 0, 4, False), (3, 2, 1, True), (3, 2, 2, False), (3, 3, 1, False), (1, 0, 0, True)],
+    ("max_queued", "queued", "n", "problem"),
+    [(3, 0, 3, None), (3, 0, 4, "queue is full: 0 queued + 4 new exceeds daemon.max_queued=3"),
+     (3, 2, 1, None), (3, 2, 2, "queue is full: 2 queued + 2 new exceeds daemon.max_queued=3"),
+     (3, 3, 1, "queue is full: 3 queued + 1 new exceeds daemon.max_queued=3"), (1, 0, 0, None)],
 )
-def test_has_room(max_queued: int, queued: int, n: int, room: bool) -> None:
+def test_room_problem(max_queued: int, queued: int, n: int, problem: str | None) -> None:
     s = Scheduler(max_queued=max_queued)
     for i in range(queued):
         s.add(task(f"t{i}"), now=0.0)
-    assert s.has_room(n) is room
+    assert s.room_problem([task(f"n{i}") for i in range(n)]) == problem
 
 
-def test_room_comes_back_when_a_task_is_taken_or_cancelled() -> None:
+def test_the_queue_is_bounded_in_bytes_too() -> None:
+    s = Scheduler(max_queued_bytes=2500)
+    big = Task(id="big", spec=TaskSpec(kind="claude", prompt="x" * 1500), submitted_at=0.0)
+    assert s.room_problem([big]) is None
+    s.add(big, now=0.0)
+    assert s.queued_bytes == 1500 + 512
+    assert s.room_problem([task("small")]) == (
+        "queue is full: 2012 bytes queued + 514 new exceeds daemon.max_queued_bytes=2500")
+    s.take(0.0, True)
+    assert s.queued_bytes == 0
+
+
+def test_room_comes_back_when_a_task_is_taken_or_forgotten() -> None:
     s = Scheduler(max_queued=2)
     s.add(task("a"), now=0.0)
     s.add(task("b"), now=0.0)
-    assert not s.has_room(1)
+    assert s.room_problem([task("c")]) is not None
     s.take(0.0, True)
-    assert s.has_room(1)
-    s.cancel_queued(s.tasks["b"], now_wall=0.0)
-    assert s.has_room(2)
+    assert s.room_problem([task("c")]) is None
+    s.forget(s.tasks["b"])
+    assert s.room_problem([task("c"), task("d")]) is None
 
 
 # ---- the circuit breaker ---------------------------------------------------------------
