@@ -178,9 +178,7 @@ class Daemon:
                 self._timer_at = None
 
     def _close(self) -> None:
-        for slot in self.pool.alive():  # only on an abnormal exit; a drain leaves none
-            if slot.pid:
-                procs.signal_pid(slot.pid, signal.SIGKILL)
+        childcare.close(self)  # only does anything on an abnormal exit; a drain leaves no child
         self.transport.close()
         self.control.close()
         self.events.close()
