@@ -1,7 +1,8 @@
-"""`python -m children --endpoint E --identity ID --daemon-pid PID [--heartbeat-s S] [--liveness N]`
+"""`python -m children --endpoint E --identity ID --daemon-pid PID [--heartbeat-s S] [--liveness N] [--cgroup DIR]`
 
 Boots one child worker: names the process, ties its life to the daemon (parent-death
-signal, then a check that the parent is still the daemon), becomes a subreaper for its
+signal, then a check that the parent is still the daemon, and a pidfd of the daemon that
+tells the loop when it is gone), becomes a subreaper for its
 task trees, connects a DEALER to the daemon's ROUTER and hands over to
 `children.worker`. Anything that goes wrong before the loop runs exits with
 `BOOT_FAILURE_EXIT`, so the daemon marks the slot fatal instead of restarting it in a loop.
@@ -35,14 +36,15 @@ class Args(NamedTuple):
     identity: str  #: slot name and generation, also the DEALER identity (w00.1)
     daemon_pid: int  #: exit unless this is our parent
     heartbeat_s: float = 1.0
-    liveness: int = 5  #: heartbeats of daemon silence before leaving
+    liveness: int = 5  #: heartbeats of daemon silence before it is logged as silent
+    cgroup: str = ""  #: the daemon's cgroup v2 subtree for task attempts ("": none)
 
 
-#: Flag -> (field, type). Five flags, written by the daemon, not people: argparse would
+#: Flag -> (field, type). Six flags, written by the daemon, not people: argparse would
 #: cost ~10 ms of the child's boot, which is a crashed child's restart latency.
 _FLAGS: dict[str, tuple[str, type]] = {
     "--endpoint": ("endpoint", str), "--identity": ("identity", str), "--daemon-pid": ("daemon_pid", int),
-    "--heartbeat-s": ("heartbeat_s", float), "--liveness": ("liveness", int),
+    "--heartbeat-s": ("heartbeat_s", float), "--liveness": ("liveness", int), "--cgroup": ("cgroup", str),
 }
 
 
@@ -71,15 +73,22 @@ def parse_args(argv: list[str] | None) -> Args:
     return args
 
 
-def boot_process(args: Args) -> None:
-    """Process-level setup. Order matters: the death signal first, then the parent
-    check, so a daemon dying in between is still noticed."""
+def boot_process(args: Args) -> int:
+    """Process-level setup; returns a pidfd of the daemon. Order matters: the death signal
+    first, then the parent check, then the pidfd and the check again (so the pidfd surely
+    names the daemon, not a process that took its pid), so a daemon dying in between is
+    still noticed."""
     from supervisord.spokes import procs
 
     procs.set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.daemon_pid:
         raise BootError(f"parent is {os.getppid()}, not the daemon {args.daemon_pid}")
+    daemon_pidfd = procs.pidfd_open(args.daemon_pid)
+    if os.getppid() != args.daemon_pid:
+        os.close(daemon_pidfd)
+        raise BootError(f"the daemon {args.daemon_pid} exited during boot")
     procs.set_child_subreaper()
+    return daemon_pidfd
 
 
 def connect(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, identity: str) -> zmq.Socket[bytes]:
@@ -102,15 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         bind(slot=args.identity)
-        boot_process(args)
+        daemon_pidfd = boot_process(args)
         import zmq
 
         from children.worker import Worker, WorkerConfig
 
         ctx = zmq.Context()
         sock = connect(ctx, args.endpoint, args.identity)
-        config = WorkerConfig(args.identity, args.daemon_pid, args.heartbeat_s, args.liveness)
-        worker = Worker(sock, config)
+        config = WorkerConfig(args.identity, args.daemon_pid, args.heartbeat_s, args.liveness, args.cgroup)
+        worker = Worker(sock, config, daemon_pidfd)
         worker.install_signals()
     except (BootError, OSError, ImportError, ValueError) as exc:
         log("boot_failed", error=f"{type(exc).__name__}: {exc}", code=BOOT_FAILURE_EXIT)

@@ -20,7 +20,7 @@ import msgspec
 
 from proto.task import ErrorKind, TaskError, TaskSpec, TaskState, Usage
 
-__all__ = ["StreamEvent", "build_argv", "classify", "describe_exit", "event_name", "parse_line", "summarize"]
+__all__ = ["StreamEvent", "build_argv", "classify", "describe_exit", "event_name", "parse_line", "prompt_input", "summarize"]
 
 SUMMARY_TEXT_CHARS = 60
 MESSAGE_CHARS = 300
@@ -232,11 +232,13 @@ def _fmt_number(value: float) -> str:
 
 
 def build_argv(command_prefix: list[str], spec: TaskSpec) -> list[str]:
-    """The CLI's argv for `spec`: print mode, stream-json, the spec's options, then the prompt.
+    """The CLI's argv for `spec`: print mode, stream-json and the spec's options. No prompt:
+    it goes to the CLI's stdin (`prompt_input`), whatever its size — an argv string is
+    capped at 128 KiB (E2BIG) and readable by anyone in /proc/PID/cmdline.
 
-    Options use the `--flag=value` form and the prompt comes after `--`, because the tool
-    lists are variadic options (`<tools...>`) that would swallow a following positional,
-    and a prompt may start with a dash. Tool lists are comma-joined, as the CLI accepts.
+    Options use the `--flag=value` form, because the tool lists are variadic options
+    (`<tools...>`) that would swallow a following word. Tool lists are comma-joined, as
+    the CLI accepts.
     """
     argv = [*command_prefix, "-p", "--output-format=stream-json", "--verbose"]
     if spec.model:
@@ -253,5 +255,10 @@ def build_argv(command_prefix: list[str], spec: TaskSpec) -> list[str]:
         argv.append(f"--permission-mode={spec.permission_mode}")
     if spec.max_budget_usd is not None:
         argv.append(f"--max-budget-usd={_fmt_number(spec.max_budget_usd)}")
-    argv += ["--", spec.prompt or ""]
     return argv
+
+
+def prompt_input(spec: TaskSpec) -> bytes:
+    """What the CLI reads on stdin in `-p` mode: the prompt. The child writes it all and
+    closes the pipe (an open, idle stdin costs the CLI a 3 s wait)."""
+    return (spec.prompt or "").encode()

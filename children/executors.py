@@ -38,14 +38,17 @@ class Launch:
 
 
 def plan_launch(dispatch: Dispatch, base_env: dict[str, str]) -> Launch:
-    """argv by kind; env = the child's env + dispatch.env + spec.env + SUPD_TASK_ID."""
+    """argv by kind; env = the child's env + dispatch.env + spec.env + SUPD_TASK_ID; stdin
+    is the spec's input for exec, the prompt for claude."""
     spec = dispatch.spec
+    stdin: bytes | None
     if spec.kind == "claude":
         argv = claude.build_argv(list(dispatch.claude_command), spec)
+        stdin = claude.prompt_input(spec)  # always a pipe, written and closed
     else:
         argv = list(spec.argv or [])
+        stdin = spec.input.encode() if spec.input is not None else None
     env = {**base_env, **dispatch.env, **spec.env, TASK_ENV: dispatch.task_id}
-    stdin = spec.input.encode() if spec.input is not None else None
     return Launch(argv=argv, env=env, cwd=spec.cwd, stdin=stdin)
 
 

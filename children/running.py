@@ -7,7 +7,13 @@ next needs the clock (`next_deadline()`), and hands back readiness (`on_ready`),
 at EOF and every descendant is dead and reaped, so a Result means "nothing of this task
 is left". Processes are touched only through `supervisord.spokes.procs`.
 Imports the stdlib, zmq (poll flags only), `proto`, `children.executors`/`children.log`
-and `supervisord.spokes.procs`; must not import the worker.
+and `supervisord.spokes.procs`/`cgroups`; must not import the worker.
+
+Containment: with a cgroup base (the daemon's `--cgroup`), each attempt runs in its own
+cgroup v2 (`cgroups.group_path`): the worker moves itself in, spawns the task there and
+moves back, so every process the task ever starts is in the group, and the SIGKILL step
+is one `cgroup.kill` with no process scan. Without one, the fallback finds the tree
+through the subreaper (our descendants) and the SUPD_TASK_ID tag.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
+import msgspec
 import psutil
 import zmq
 
@@ -27,9 +35,9 @@ from children.executors import ClaudeExecutor, ExecExecutor, Launch, Verdict, ma
 from children.log import log
 from proto.children import ChildMessage, Dispatch, Progress, Result, Started
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord.spokes import procs
+from supervisord.spokes import cgroups, procs
 
-__all__ = ["RunningTask", "launch", "spawn_failure"]
+__all__ = ["Cgroup", "RunningTask", "fit", "launch", "spawn_failure"]
 
 READ_CHUNK = 1 << 16
 #: Reads per fd per wake-up, so one flooding stream cannot starve the socket.
@@ -48,16 +56,30 @@ class Phase(enum.Enum):
     KILLED = "killed"  # SIGKILL sent; waiting for the tree to be reaped
 
 
+@dataclass(frozen=True)
+class Cgroup:
+    """Where attempts' groups go (the daemon's subtree) and the worker's own home group."""
+
+    base: str
+    home: str
+
+
 class RunningTask:
     """A spawned task; see the module docstring for the protocol with the loop."""
 
     def __init__(self, dispatch: Dispatch, popen: subprocess.Popen[bytes] | procs.Spawned, stdin: bytes | None,
-                 send: Send, now: float) -> None:
+                 send: Send, now: float, cgroup: str | None = None) -> None:
         self.task_id, self.attempt, self.limits = dispatch.task_id, dispatch.attempt, dispatch.limits
+        self.epoch = dispatch.epoch
         self.executor: ExecExecutor | ClaudeExecutor = make_executor(dispatch)
         self.popen, self.pid, self.send = popen, popen.pid, send
+        self.cgroup = cgroup  # the attempt's cgroup, when contained
         self.pgid = popen.pid  # own session: the process leads its group
-        self.pidfd: int | None = procs.pidfd_open(self.pid)
+        self.pidfd: int | None
+        if isinstance(popen, procs.Spawned):
+            self.pidfd, popen.pidfd = popen.pidfd, None  # ours now: closed once reaped
+        else:
+            self.pidfd = procs.pidfd_open(self.pid)
         self.started_at = time.time()
         self.returncode: int | None = None
         self.verdict: Verdict | None = None
@@ -135,7 +157,8 @@ class RunningTask:
         if fd == self.out_fd:
             active, progress = self.executor.feed_stdout(chunk)
             for event, summary in progress:
-                self.send(Progress(task_id=self.task_id, attempt=self.attempt, event=event, summary=summary))
+                self.send(Progress(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, event=event,
+                                   summary=summary))
             if self.executor.result_seen and self.grace_at is None and self.returncode is None:
                 self._on_result_line(now)
         else:
@@ -252,7 +275,10 @@ class RunningTask:
 
     def _targets(self) -> list[psutil.Process]:
         """Every process of this task: our descendants (the subreaper brings back those that
-        escaped with setsid) plus, as a safety net, any process tagged with the task id."""
+        escaped with setsid) plus, as a safety net, any process tagged with the task id.
+        Contained in a cgroup, none: the group itself is the list (no scan)."""
+        if self.cgroup is not None:
+            return []
         found = {p.pid: p for p in procs.descendants(os.getpid())}
         for p in procs.tagged(self.task_id):
             found.setdefault(p.pid, p)
@@ -268,6 +294,8 @@ class RunningTask:
         if self.phase is Phase.RUNNING:
             targets = self._targets()
             sent = procs.terminate_task(self._group(), targets)
+            if self.cgroup is not None:
+                sent += cgroups.terminate(self.cgroup)
             self.phase = Phase.TERMINATING
             log("task_terminating", task=self.task_id, why=why, signalled=sent, grace_s=grace_s)
         if self.phase is Phase.TERMINATING:
@@ -279,6 +307,8 @@ class RunningTask:
     def _kill(self, now: float) -> None:
         targets = [p for p in self._targets() if _alive(p)]
         sent = procs.kill_task(self._group(), targets)
+        if self.cgroup is not None:
+            sent += cgroups.kill(self.cgroup)
         if self.phase is not Phase.KILLED:
             self.give_up_at = now + GIVE_UP_S
             log("task_killing", task=self.task_id, signalled=sent, alive=len(targets))
@@ -311,16 +341,51 @@ class RunningTask:
         state, outcome = self.executor.finish(self.returncode, self.verdict)
         log("task_finished", task=self.task_id, attempt=self.attempt, state=state.value,
             error=outcome.error.kind if outcome.error else None, returncode=self.returncode)
-        return Result(task_id=self.task_id, attempt=self.attempt, state=state.value, outcome=outcome,
-                      started_at=self.started_at, finished_at=time.time())
+        return Result(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, state=state.value,
+                      outcome=outcome, started_at=self.started_at, finished_at=time.time())
 
     def close(self) -> None:
-        """Release fds (idempotent); the pipes are closed by the Popen objects."""
+        """Release fds and the attempt's cgroup (idempotent); the pipes are closed by the
+        Popen objects. A group still populated (an unkillable leftover) is killed and left
+        for the daemon to remove."""
+        if self.cgroup is not None:
+            if not cgroups.remove(self.cgroup):
+                cgroups.kill(self.cgroup)
+                log("task_cgroup_busy", task=self.task_id, cgroup=self.cgroup)
+            self.cgroup = None
         self._close_pidfd()
         self._close_stdin()
         for pipe in (self.popen.stdout, self.popen.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+#: Room kept under `max_result_bytes` for msgpack headers, which grow with string lengths.
+FIT_SLACK_BYTES = 64
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def _clip_utf8(text: str, max_bytes: int) -> str:
+    raw = text.encode()
+    return text if len(raw) <= max_bytes else raw[:max(0, max_bytes)].decode("utf-8", errors="ignore")
+
+
+def fit(result: Result, max_bytes: int) -> Result:
+    """Make the encoded Result at most `max_bytes` (0: no cap) by cutting the outcome's
+    `result` and `stderr` (stderr gets at most a quarter of the room), marking it
+    `truncated`: a message above the socket's limit would make libzmq drop the connection."""
+    if max_bytes <= 0 or len(_encode(result)) <= max_bytes:
+        return result
+    o = result.outcome
+    text, err = o.result or "", o.stderr or ""
+    o.result, o.stderr, o.truncated = "", "", True
+    room = max(0, max_bytes - len(_encode(result)) - FIT_SLACK_BYTES)
+    err_room = min(len(err.encode()), room // 4 if text else room)
+    o.stderr = _clip_utf8(err, err_room)
+    o.result = _clip_utf8(text, room - len(o.stderr.encode()))
+    while len(_encode(result)) > max_bytes and (o.result or o.stderr):  # headers we did not foresee
+        o.result, o.stderr = o.result[: len(o.result) // 2], o.stderr[: len(o.stderr) // 2]
+    return result
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -338,8 +403,8 @@ def spawn_failure(dispatch: Dispatch, exc: OSError, argv: list[str]) -> Result:
     log("task_spawn_failed", task=dispatch.task_id, program=program, error=message)
     now = time.time()
     outcome = Outcome(error=TaskError(kind=ErrorKind.SPAWN, message=message))
-    return Result(task_id=dispatch.task_id, attempt=dispatch.attempt, state=TaskState.FAILED.value,
-                  outcome=outcome, started_at=now, finished_at=now)
+    return Result(task_id=dispatch.task_id, attempt=dispatch.attempt, epoch=dispatch.epoch,
+                  state=TaskState.FAILED.value, outcome=outcome, started_at=now, finished_at=now)
 
 
 @functools.cache
@@ -350,13 +415,40 @@ def _base_env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def launch(dispatch: Dispatch, send: Send, now: float) -> RunningTask | Result:
-    """Spawn the task in its own session and announce it; a spawn failure is a Result."""
+def _enter_group(dispatch: Dispatch, cg: Cgroup | None) -> str | None:
+    """Create the attempt's cgroup and move this worker into it (the task is then born
+    there); None, and the fallback for this task, if that fails."""
+    if cg is None:
+        return None
+    path = cgroups.group_path(cg.base, dispatch.task_id, dispatch.epoch, dispatch.attempt)
+    try:
+        cgroups.create(path)
+        cgroups.enter(path)
+    except OSError as exc:
+        log("task_cgroup_failed", task=dispatch.task_id, cgroup=path, error=exc.strerror or str(exc))
+        cgroups.remove(path)
+        return None
+    return path
+
+
+def _leave_group(path: str | None, cg: Cgroup | None, spawned: bool) -> None:
+    if path is None or cg is None:
+        return
+    cgroups.enter(cg.home)  # must not fail: we came from there
+    if not spawned:
+        cgroups.remove(path)
+
+
+def launch(dispatch: Dispatch, send: Send, now: float, cg: Cgroup | None = None) -> RunningTask | Result:
+    """Spawn the task in its own session (and its own cgroup, given `cg`) and announce it;
+    a spawn failure is a Result."""
     if dispatch.spec.kind == "claude" and not dispatch.claude_command:
         return spawn_failure(dispatch, OSError(0, "no Claude CLI command given"), ["claude"])
     plan: Launch = plan_launch(dispatch, _base_env())
     if not plan.argv:
         return spawn_failure(dispatch, OSError(0, "empty argv"), plan.argv)
+    group = _enter_group(dispatch, cg)
+    popen: subprocess.Popen[bytes] | procs.Spawned | None = None
     try:
         popen = procs.spawn(plan.argv, env=plan.env, cwd=plan.cwd, stdin_data=plan.stdin is not None,
                             new_session=True)
@@ -364,7 +456,9 @@ def launch(dispatch: Dispatch, send: Send, now: float) -> RunningTask | Result:
         return spawn_failure(dispatch, exc, plan.argv)
     except ValueError as exc:  # an env key with "=" or a NUL byte in argv/env
         return spawn_failure(dispatch, OSError(0, str(exc)), plan.argv)
-    task = RunningTask(dispatch, popen, plan.stdin, send, now)
-    send(Started(task_id=task.task_id, attempt=task.attempt, pid=task.pid, pgid=task.pgid))
+    finally:
+        _leave_group(group, cg, popen is not None)
+    task = RunningTask(dispatch, popen, plan.stdin, send, now, group)
+    send(Started(task_id=task.task_id, attempt=task.attempt, epoch=task.epoch, pid=task.pid, pgid=task.pgid))
     log("task_started", task=task.task_id, attempt=task.attempt, kind=dispatch.spec.kind, task_pid=task.pid)
     return task

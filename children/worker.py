@@ -2,7 +2,17 @@
 
 Owns the conversation with the daemon (Hello, Heartbeat, Dispatch/Cancel/Stop ->
 Started/Progress/Result), daemon liveness, signals (as a wakeup fd) and the decision
-to exit. A single `zmq.Poller` watches the socket, the wakeup fd and whatever the
+to exit.
+
+Two rules about the daemon:
+- It is gone when its process is gone (its pidfd, taken at boot, polls readable; or we
+  were re-parented), not when it is silent: a daemon stopped (SIGSTOP, a VM pause, a
+  debugger) or merely slow must find its children and their tasks still there when it
+  comes back. Silence beyond liveness is logged, nothing more.
+- A message that is not Progress or Heartbeat is never dropped: when the socket is full
+  (a stream-json flood, a paused daemon) it waits in a backlog, in order, and goes when
+  the socket drains; Progress is dropped meanwhile. The exit waits for the backlog up
+  to its linger. A single `zmq.Poller` watches the socket, the wakeup fd and whatever the
 running task asks for; its timeout is the time to the next deadline (heartbeat,
 liveness, the task's timers). Process work is delegated to `children.running`.
 Imports the stdlib, zmq, msgspec, setproctitle (late), `proto`, `children.running`/`children.log`
@@ -11,11 +21,13 @@ and `supervisord.spokes.procs`; must not import asyncio or any daemon spoke.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import msgspec
@@ -23,14 +35,24 @@ import zmq
 
 import proto
 from children.log import log
-from children.running import RunningTask, launch
-from proto.children import Cancel, ChildMessage, DaemonMessage, Dispatch, Heartbeat, Hello, Result, Stop
+from children.running import Cgroup, RunningTask, fit, launch
+from proto.children import (
+    Cancel,
+    ChildMessage,
+    DaemonMessage,
+    Dispatch,
+    Heartbeat,
+    Hello,
+    Progress,
+    Result,
+    Stop,
+)
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord.spokes import procs
+from supervisord.spokes import cgroups, procs
 
 __all__ = ["DAEMON_LOST_EXIT", "Worker", "WorkerConfig"]
 
-#: Exit code when the daemon went silent or died: the child killed its task and left.
+#: Exit code when the daemon died: the child killed its task and left.
 DAEMON_LOST_EXIT = 4
 #: The cap on the kill grace when leaving on SIGTERM or daemon loss (a Stop uses the
 #: task's own kill_grace_s: the daemon asked and is waiting).
@@ -48,13 +70,25 @@ class WorkerConfig:
     daemon_pid: int
     heartbeat_s: float
     liveness: int
+    cgroup_base: str = ""  #: the daemon's cgroup subtree for attempts ("": fallback)
+
+
+#: Messages that may be dropped under back-pressure; any other is kept until sent.
+DROPPABLE = (Progress, Heartbeat)
 
 
 class Worker:
-    """The loop. `run()` returns the process exit code."""
+    """The loop. `run()` returns the process exit code. `daemon_pidfd` (a pidfd of the
+    daemon, taken at boot) polls readable when the daemon process is gone."""
 
-    def __init__(self, sock: zmq.Socket[bytes], config: WorkerConfig) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], config: WorkerConfig, daemon_pidfd: int | None = None) -> None:
         self.sock, self.config = sock, config
+        self.daemon_pidfd = daemon_pidfd
+        self.backlog: deque[bytes] = deque()
+        self.dropped = 0  # Progress/Heartbeats dropped since the socket last drained
+        self.silent_logged = False
+        home = cgroups.home_dir() if config.cgroup_base else None
+        self.cgroup = Cgroup(config.cgroup_base, home) if config.cgroup_base and home else None
         self.encode = msgspec.msgpack.Encoder().encode
         self.decode = msgspec.msgpack.Decoder(DaemonMessage).decode
         self.task: RunningTask | None = None
@@ -64,6 +98,7 @@ class Worker:
         self.wake_r, self.wake_w = socket.socketpair()
         self.poller = zmq.Poller()
         self.polled: dict[int, int] = {}
+        self.sock_flags = 0
         now = time.monotonic()
         self.last_sent = now
         self.daemon_seen = now
@@ -83,11 +118,35 @@ class Worker:
 
     def send(self, msg: ChildMessage) -> None:
         self.last_sent = time.monotonic()
+        droppable = isinstance(msg, DROPPABLE)
+        if self.backlog:
+            if droppable:
+                self.dropped += 1
+            else:
+                self.backlog.append(self.encode(msg))  # behind what waits already: order kept
+            return
+        data = self.encode(msg)
         try:
-            self.sock.send(self.encode(msg), zmq.NOBLOCK)
+            self.sock.send(data, zmq.NOBLOCK)
         except zmq.Again:
-            # High-water mark: the daemon is not reading. Liveness will decide its fate.
-            log("send_dropped", msg=type(msg).__name__)
+            # High-water mark: the daemon is not reading (paused, or a flood).
+            if droppable:
+                self.dropped += 1
+                return
+            self.backlog.append(data)
+            log("send_backlogged", msg=type(msg).__name__)
+
+    def _flush(self) -> None:
+        """Send what waits in the backlog, as far as the socket takes it."""
+        while self.backlog:
+            try:
+                self.sock.send(self.backlog[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.backlog.popleft()
+        if self.dropped:
+            log("progress_dropped", count=self.dropped)
+            self.dropped = 0
 
     def _title(self) -> None:
         # Imported here, first used after Hello: setproctitle imports `logging` (~20 ms), and
@@ -99,6 +158,8 @@ class Worker:
 
     def _sync_poller(self) -> None:
         wanted: dict[int, int] = {self.wake_r.fileno(): int(zmq.POLLIN)}
+        if self.daemon_pidfd is not None:
+            wanted[self.daemon_pidfd] = int(zmq.POLLIN)
         if self.task is not None:
             wanted.update(self.task.watch())
         for fd in self.polled.keys() - wanted.keys():
@@ -107,11 +168,15 @@ class Worker:
             if self.polled.get(fd) != flags:
                 self.poller.register(fd, flags)
         self.polled = wanted
+        sock_flags = zmq.POLLIN | (zmq.POLLOUT if self.backlog else 0)
+        if sock_flags != self.sock_flags:
+            self.poller.register(self.sock, sock_flags)
+            self.sock_flags = sock_flags
 
     def _timeout_ms(self, now: float) -> int:
         cfg = self.config
         deadlines = [self.last_sent + cfg.heartbeat_s * OWN_BEAT_FACTOR]
-        if self.exiting is None:  # once leaving, liveness is moot (and past: no busy loop)
+        if self.exiting is None and not self.silent_logged:  # once leaving or logged, moot (no busy loop)
             deadlines.append(self.daemon_seen + cfg.heartbeat_s * cfg.liveness)
         if self.task is not None and (task_at := self.task.next_deadline()) is not None:
             deadlines.append(task_at)
@@ -120,7 +185,7 @@ class Worker:
     # ---- the loop --------------------------------------------------------------------
 
     def run(self) -> int:
-        self.poller.register(self.sock, zmq.POLLIN)
+        self._sync_poller()
         self.send(Hello(protocol=proto.PROTOCOL_VERSION, slot=self.config.identity, pid=os.getpid()))
         log("child_ready", daemon_pid=self.config.daemon_pid)
         self._title()
@@ -131,6 +196,12 @@ class Worker:
             if self.wake_r.fileno() in ready:
                 self._drain_wakeup()
             self._on_signals(now)
+            if self.daemon_pidfd is not None and self.daemon_pidfd in ready:
+                os.close(self.daemon_pidfd)  # stays readable: watch it no more
+                self.daemon_pidfd = None
+                self._leave(DAEMON_LOST_EXIT, "daemon exited", EXIT_GRACE_S, now)
+            if self.backlog:
+                self._flush()
             if self.sock in ready:
                 self._receive(now)
             if self.task is not None:
@@ -166,15 +237,28 @@ class Worker:
     def _on_time(self, now: float) -> None:
         cfg = self.config
         silent_s = now - self.daemon_seen
-        if self.exiting is None and (silent_s > cfg.heartbeat_s * cfg.liveness or os.getppid() != cfg.daemon_pid):
-            why = f"daemon lost (silent {silent_s:.1f}s, parent {os.getppid()})"
-            self._leave(DAEMON_LOST_EXIT, why, EXIT_GRACE_S, now)
+        if self.exiting is None and os.getppid() != cfg.daemon_pid:
+            self._leave(DAEMON_LOST_EXIT, f"daemon lost (parent {os.getppid()})", EXIT_GRACE_S, now)
+        elif self.exiting is None and not self.silent_logged and silent_s > cfg.heartbeat_s * cfg.liveness:
+            # Alive (its pidfd has not fired) but silent: stopped or slow. Stay.
+            self.silent_logged = True
+            log("daemon_silent", silent_s=round(silent_s, 1), daemon_pid=cfg.daemon_pid,
+                task=self.task.task_id if self.task else None)
         if now >= self.last_sent + cfg.heartbeat_s * OWN_BEAT_FACTOR and self.exit_code is None:
             self._beat()
 
     def _beat(self) -> None:
         task_id = self.task.task_id if self.task else None
-        self.send(Heartbeat(task_id=task_id, rss_bytes=procs.rss_bytes(os.getpid())))
+        epoch = self.task.epoch if self.task else 0
+        self.send(Heartbeat(task_id=task_id, epoch=epoch, rss_bytes=procs.rss_bytes(os.getpid())))
+
+    def _apply_settings(self, msg: Heartbeat) -> None:
+        """A reload's new heartbeat settings, carried by the daemon's ping."""
+        hb = msg.heartbeat_s if msg.heartbeat_s is not None and msg.heartbeat_s > 0 else self.config.heartbeat_s
+        live = msg.liveness if msg.liveness is not None and msg.liveness >= 1 else self.config.liveness
+        if (hb, live) != (self.config.heartbeat_s, self.config.liveness):
+            self.config = dataclasses.replace(self.config, heartbeat_s=hb, liveness=live)
+            log("heartbeat_settings", heartbeat_s=hb, liveness=live)
 
     # ---- messages --------------------------------------------------------------------
 
@@ -185,6 +269,9 @@ class Worker:
             except zmq.Again:
                 return
             self.daemon_seen = now  # any message counts as a heartbeat
+            if self.silent_logged:
+                self.silent_logged = False
+                log("daemon_back")
             try:
                 msg = self.decode(frames[-1])
             except proto.DECODE_ERRORS as exc:
@@ -201,6 +288,7 @@ class Worker:
             case Stop():
                 self._leave(0, f"stop: {msg.reason}", None, now)
             case Heartbeat():
+                self._apply_settings(msg)
                 # Answer the daemon's ping at once: all children's beats then reach the hub
                 # together (one wake-up, not one per child), and our own timer stays a fallback.
                 if now >= self.last_sent + self.config.heartbeat_s / 2 and self.exit_code is None:
@@ -212,10 +300,10 @@ class Worker:
             log("dispatch_refused", task=msg.task_id, busy_with=busy_with)
             error = TaskError(kind=ErrorKind.WORKER_BUSY, message=f"child {self.config.identity} is busy ({busy_with})")
             stamp = time.time()
-            self.send(Result(task_id=msg.task_id, attempt=msg.attempt, state=TaskState.FAILED.value,
+            self.send(Result(task_id=msg.task_id, attempt=msg.attempt, epoch=msg.epoch, state=TaskState.FAILED.value,
                              outcome=Outcome(error=error), started_at=stamp, finished_at=stamp))
             return
-        started = launch(msg, self.send, now)
+        started = launch(msg, self.send, now, self.cgroup)
         if isinstance(started, Result):
             self.send(started)
             return
@@ -246,7 +334,7 @@ class Worker:
         if self.task is None or not self.task.finished:
             return
         task, self.task = self.task, None
-        result = task.result()
+        result = fit(task.result(), task.limits.max_result_bytes)
         task.close()
         self.send(result)
         self._title()
@@ -254,10 +342,20 @@ class Worker:
             self.exit_code = self.exiting
 
     def close(self) -> None:
-        """Give a last Result a moment to leave, unless the daemon is gone."""
+        """Give a last Result (and anything backlogged) a moment to leave, unless the
+        daemon is gone."""
         linger = 0 if self.exit_code == DAEMON_LOST_EXIT else EXIT_LINGER_MS
+        deadline = time.monotonic() + linger / 1000
+        while self.backlog and (left_ms := math.ceil((deadline - time.monotonic()) * 1000)) > 0:
+            if self.sock.poll(left_ms, zmq.POLLOUT):
+                self._flush()
+        if self.backlog:
+            log("send_unsent", messages=len(self.backlog))
         signal.set_wakeup_fd(-1)
-        self.sock.close(linger=linger)
+        self.sock.close(linger=max(0, math.ceil((deadline - time.monotonic()) * 1000)))
+        if self.daemon_pidfd is not None:
+            os.close(self.daemon_pidfd)
+            self.daemon_pidfd = None
         self.wake_r.close()
         self.wake_w.close()
         log("child_exit", code=self.exit_code)

@@ -94,6 +94,10 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True):
     result_grace_s: float
     kill_grace_s: float
     output_cap_bytes: int
+    #: the largest encoded `Result` the daemon accepts (0: no cap of its own); the child
+    #: cuts result/stderr (and sets `truncated`) to fit. The daemon sends its
+    #: `max_message_bytes` minus headroom.
+    max_result_bytes: int = 0
 
 
 class Dispatch(msgspec.Struct, tag=True, kw_only=True):

@@ -3,7 +3,9 @@
 Binds a ROUTER on an ipc path, spawns the child through `supervisord.spokes.procs` with
 `--daemon-pid` = this process, and speaks the protocol: `send` a DaemonMessage,
 `recv`/`until` ChildMessages. While it waits it sends a Heartbeat every heartbeat_s,
-like the daemon, unless `silent` is set (to play a lost daemon). Single-threaded: the
+like the daemon, unless `silent` is set (to play a stopped daemon). With `cgroups` (the
+default, where a writable cgroup v2 exists: root), it makes a cgroup subtree for the
+child's attempts like the daemon does and passes `--cgroup`. Single-threaded: the
 socket is only touched from the test's thread.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ import zmq
 
 from proto.children import ChildMessage, DaemonMessage, Dispatch, Heartbeat, Hello, Limits, Result
 from proto.task import TaskSpec
-from supervisord.spokes import procs
+from supervisord.spokes import cgroups, procs
 
 REPO = Path(__file__).resolve().parent.parent
 M = TypeVar("M")
@@ -54,7 +55,8 @@ def exec_dispatch(task_id: str, argv: list[str], *, attempt: int = 1, **limit_ov
 
 class ChildHarness:
     def __init__(self, *, heartbeat_s: float = 0.2, liveness: int = 25, identity: str = "w00.1",
-                 env: dict[str, str] | None = None, daemon_pid: int | None = None) -> None:
+                 env: dict[str, str] | None = None, daemon_pid: int | None = None, cgroups: bool = True,
+                 extra_args: list[str] | None = None, launcher: str | None = None) -> None:
         self.heartbeat_s, self.identity = heartbeat_s, identity
         self.dir = tempfile.mkdtemp(prefix="supd-child-")  # short: ipc paths max ~107 bytes
         self.ctx = zmq.Context()
@@ -71,9 +73,13 @@ class ChildHarness:
                      "PYTHONPATH": str(REPO), "HOME": self.dir, **(env or {})}
         argv = [sys.executable, "-m", "children", "--endpoint", f"ipc://{self.dir}/children.sock",
                 "--identity", identity, "--daemon-pid", str(daemon_pid or os.getpid()),
-                "--heartbeat-s", str(heartbeat_s), "--liveness", str(liveness)]
-        self.proc: subprocess.Popen[bytes] = procs.spawn(argv, env=child_env, cwd=str(REPO), stdin_data=False,
-                                                        new_session=True, capture=False)
+                "--heartbeat-s", str(heartbeat_s), "--liveness", str(liveness), *(extra_args or [])]
+        self.cgroup_base = _open_base(self.dir) if cgroups else None
+        if self.cgroup_base is not None:
+            argv += ["--cgroup", self.cgroup_base]
+        if launcher is not None:  # a stand-in daemon process between us and the child
+            argv = [sys.executable, "-c", launcher, *argv]
+        self.proc: procs.Spawned = procs.spawn_child(argv, env=child_env)
 
     # ---- talking ---------------------------------------------------------------------
 
@@ -160,14 +166,24 @@ class ChildHarness:
             found += procs.tagged(task_id)
         return found
 
+    def groups(self) -> list[str]:
+        """The attempt cgroups that exist now under this harness's subtree."""
+        return cgroups.groups(self.cgroup_base) if self.cgroup_base else []
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            if self.proc.wait(5) is None:
+                self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.proc.close_pidfd()
+        if self.cgroup_base is not None:
+            for path in cgroups.groups(self.cgroup_base):
+                cgroups.kill(path)
+                deadline = time.monotonic() + 2
+                while not cgroups.remove(path) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            cgroups.remove(self.cgroup_base)
         self.router.close(0)
         self.ctx.term()
         try:
@@ -175,3 +191,20 @@ class ChildHarness:
         except FileNotFoundError:
             pass
         os.rmdir(self.dir)
+
+
+def _open_base(state_dir: str) -> str | None:
+    base, _ = cgroups.open_base(state_dir)
+    return base
+
+
+def cgroups_writable() -> tuple[bool, str]:
+    """Whether this process can make cgroups for attempts (root with a writable cgroup v2)."""
+    probe = tempfile.mkdtemp(prefix="supd-probe-")
+    try:
+        base, why = cgroups.open_base(probe)
+        if base is not None:
+            cgroups.remove(base)
+        return base is not None, why
+    finally:
+        os.rmdir(probe)

@@ -184,7 +184,7 @@ class Daemon:
         tcp = (self.config.security.control_endpoint or "", keys) if keys else None
         control = ControlServer(ctx, self.paths.control, self.inbox, limit, tcp)
         bus = EventBus(ctx, self.paths.events)
-        procs = ProcessSpoke(self.inbox, drain_first=transport.drain)
+        procs = ProcessSpoke(self.inbox, transport.drain, str(self.paths.state_dir), self.config.tasks.kill_grace_s)
         timer = _Timer(loop, self.inbox)
         clock = Clock(now=time.monotonic, wall=time.time, wall_ns=time.time_ns, rand=random.random)
         notifier = Notifier.from_env(self.environ)
@@ -228,13 +228,11 @@ class Daemon:
                 flush()
             clean = True
         finally:
-            if not clean:
-                procs.emergency_stop([s.pid for s in h.pool.alive() if s.pid])
             timer.cancel()
+            procs.close(abnormal=not clean)
             transport.close()
             control.close()
             bus.close()
-            procs.close()
             if prom is not None:
                 prom.stop()
             tracer.shutdown()

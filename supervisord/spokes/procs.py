@@ -11,8 +11,13 @@ Rules it keeps for everyone:
   threads, and never with a `preexec_fn`.
 - Reaping is per pid (`waitpid(pid, WNOHANG)`), never `waitpid(-1)`: a status
   stolen from another owner is a lost exit code.
-- Signals to a single pid go through psutil when we have a `psutil.Process`, which
-  checks the pid was not reused since it was listed.
+- Signals to a process we spawned go through its pidfd (`pidfd_send_signal`): a pidfd
+  names one process for good, where a bare pid may have been reused. Signals to a listed
+  process go through psutil, which checks the pid was not reused since it was listed.
+  A process group is signalled only while its leader is verifiably the task's.
+- A stopped process gets SIGCONT before SIGTERM, or the SIGTERM waits for ever.
+- Nothing here touches an event loop: the scans (`tagged`, `tagged_by_task`,
+  `descendants`) may run in a worker thread.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import signal
 import subprocess
 import time
@@ -29,11 +35,13 @@ from typing import TypeAlias
 import psutil
 
 __all__ = [
+    "Adopted",
     "Spawned",
     "children_pids",
     "descendants",
     "kill_task",
     "kill_tree_now",
+    "leads_task_group",
     "pidfd_open",
     "reap",
     "rss_bytes",
@@ -43,6 +51,7 @@ __all__ = [
     "signal_pid",
     "signal_pidfd",
     "spawn",
+    "spawn_child",
     "tagged",
     "terminate_task",
 ]
@@ -77,15 +86,42 @@ def set_parent_death_signal(sig: int) -> None:
 
 
 class Spawned:
-    """What `spawn` returns: the pid and our ends of its pipes (unbuffered file objects, or
-    None), like the parts of `subprocess.Popen` the callers use."""
+    """What `spawn`/`spawn_child` return: the pid, a pidfd for it (opened while the pid is
+    our unreaped child, so it surely names that process) and our ends of its pipes
+    (unbuffered file objects, or None). Not a `subprocess.Popen`: CPython's
+    `subprocess._cleanup()` reaps dropped Popen objects behind our back, and an exit
+    status stolen that way reads as None (a boot failure missed)."""
 
     def __init__(self, pid: int, stdin: int | None, stdout: int | None, stderr: int | None) -> None:
         self.pid = pid
+        self.pidfd: int | None = os.pidfd_open(pid)
         self.returncode: int | None = None
         self.stdin = os.fdopen(stdin, "wb", buffering=0) if stdin is not None else None
         self.stdout = os.fdopen(stdout, "rb", buffering=0) if stdout is not None else None
         self.stderr = os.fdopen(stderr, "rb", buffering=0) if stderr is not None else None
+
+    def poll(self) -> int | None:
+        """The returncode once it has exited (reaped by pid here), else None."""
+        if self.returncode is None:
+            self.returncode = reap(self.pid)
+            if self.returncode is not None:
+                self.close_pidfd()
+        return self.returncode
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Block up to `timeout_s` for the exit (on the pidfd, no polling sleep)."""
+        if self.pidfd is not None and self.returncode is None:
+            select.select([self.pidfd], [], [], max(0.0, timeout_s))
+        return self.poll()
+
+    def send_signal(self, sig: int) -> bool:
+        """Signal it through the pidfd; False once it has exited."""
+        return self.pidfd is not None and self.returncode is None and signal_pidfd(self.pidfd, sig)
+
+    def close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def _program(argv0: str, env: dict[str, str]) -> str:
@@ -99,10 +135,11 @@ def _program(argv0: str, env: dict[str, str]) -> str:
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv0)
 
 
-def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_session: bool) -> Spawned:
+def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_session: bool,
+                 capture: bool = True) -> Spawned:
     """posix_spawn with pipes: ~70 µs of our CPU per task where Popen spends ~150-220 µs.
     Our fds are all close-on-exec (Python's default, libzmq's and pidfds' too), so only
-    the three given here reach the task."""
+    the three given here reach the task. Without `capture`, stdout/stderr are ours."""
     program = _program(argv[0], env)
     ours: list[int] = []
     theirs: list[int] = []
@@ -114,7 +151,7 @@ def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_ses
             actions.append((os.POSIX_SPAWN_DUP2, r, 0))
         else:
             actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
-        for target in (1, 2):
+        for target in (1, 2) if capture else ():
             r, w = os.pipe()
             ours.append(r), theirs.append(w)
             actions.append((os.POSIX_SPAWN_DUP2, w, target))
@@ -127,7 +164,14 @@ def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_ses
         for fd in theirs:
             os.close(fd)
     stdin = ours.pop(0) if stdin_data else None
-    return Spawned(pid, stdin, ours[0], ours[1])
+    return Spawned(pid, stdin, ours[0], ours[1]) if capture else Spawned(pid, stdin, None, None)
+
+
+def spawn_child(argv: list[str], *, env: dict[str, str]) -> Spawned:
+    """Start a child worker (the daemon's side): posix_spawn in its own session, stdin
+    /dev/null, stdout/stderr the daemon's. The caller keeps the `Spawned` (its pidfd)
+    until it has reaped the pid. Raises OSError."""
+    return _posix_spawn(argv, env, stdin_data=False, new_session=True, capture=False)
 
 
 def spawn(
@@ -182,8 +226,31 @@ def reap(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
+def signal_pidfd(pidfd: int, sig: int) -> bool:
+    """Send `sig` to the process a pidfd names; False if it has exited."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def leads_task_group(pgid: int | None, task_id: str) -> bool:
+    """Whether process `pgid` is alive, leads its group and carries `task_id`'s tag: only
+    then may a group signal to `pgid` be sent on the strength of an old `Started` (a stale
+    pgid can name another session after pid wrap)."""
+    if pgid is None or pgid <= 1:
+        return False
+    try:
+        proc = psutil.Process(pgid)
+        return bool(os.getpgid(pgid) == pgid and _has_tag(proc, task_id, os.getuid()))
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return False
+
+
 def signal_group(pgid: int, sig: int) -> bool:
-    """Send `sig` to process group `pgid`; False if the group is gone."""
+    """Send `sig` to process group `pgid`; False if the group is gone. Only for a group
+    whose leader is known to be the task's (unreaped by us, or `leads_task_group`)."""
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
@@ -202,16 +269,6 @@ def signal_pid(pid: Target, sig: int) -> bool:
     except (ProcessLookupError, psutil.NoSuchProcess):
         return False
     except psutil.AccessDenied:
-        return False
-    return True
-
-
-def signal_pidfd(pidfd: int, sig: int) -> bool:
-    """Send `sig` to the process a pidfd we hold refers to: never to a reused pid. False if
-    it is gone."""
-    try:
-        signal.pidfd_send_signal(pidfd, sig)
-    except ProcessLookupError:
         return False
     return True
 
@@ -297,13 +354,13 @@ def _signal_all(pgid: int | None, pids: Iterable[Target], sig: int) -> int:
 
 
 def terminate_task(pgid: int | None, pids: Iterable[Target]) -> int:
-    """Step one of the escalation: SIGCONT (a stopped process cannot act on SIGTERM), then
-    SIGTERM to the task's session group and to each listed process. Never SIGINT (the
-    Claude CLI exits 0 on it). Returns how many SIGTERMs were delivered. The caller
-    schedules `kill_task` after its grace."""
-    pids = list(pids)
-    _signal_all(pgid, pids, signal.SIGCONT)
-    return _signal_all(pgid, pids, signal.SIGTERM)
+    """Step one of the escalation: SIGCONT then SIGTERM to the task's session group and to
+    each listed process (a SIGSTOPped process would hold a SIGTERM pending for ever).
+    Never SIGINT (the Claude CLI exits 0 on it). Returns how many SIGTERMs were
+    delivered. The caller schedules `kill_task` after its grace."""
+    targets = list(pids)
+    _signal_all(pgid, targets, signal.SIGCONT)
+    return _signal_all(pgid, targets, signal.SIGTERM)
 
 
 def kill_task(pgid: int | None, pids: Iterable[Target]) -> int:
@@ -337,3 +394,67 @@ def rss_bytes(pid: int) -> int:
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Adopted:
+    """Orphans re-parented to this process as a subreaper that it did not spawn: what is
+    left of a dead child worker's task tree. The daemon is a subreaper so that they come
+    to it (not to init, which in a container may never reap them), and it kills and reaps
+    them by pid, never with waitpid(-1).
+
+    A process carrying a task tag gets SIGCONT+SIGTERM when first seen and SIGKILL at the
+    first sweep `grace_s` later; one without a tag (it scrubbed its environment) gets
+    SIGKILL at once. Each is watched through a pidfd; when one exits, sweep again: its own
+    children have just been re-parented to us.
+    """
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.watched: dict[int, tuple[int, float]] = {}  # pid -> (pidfd, SIGKILL due at)
+
+    def sweep(self, spawned: Iterable[int], now: float, kill_all: bool = False) -> list[tuple[int, int]]:
+        """Signal (and reap, if dead) every child of ours not in `spawned`. Returns the
+        (pid, pidfd) pairs newly watched: the caller polls each pidfd and calls `reaped`."""
+        mine, new = set(spawned), []
+        for pid in children_pids(os.getpid()):
+            if pid in mine:
+                continue
+            if pid not in self.watched:
+                try:
+                    pidfd = os.pidfd_open(pid)  # our unreaped child: the pid is surely it
+                except ProcessLookupError:
+                    continue
+                tagged_ = _tag_of(pid) is not None
+                self.watched[pid] = (pidfd, now + self.grace_s if tagged_ else now)
+                new.append((pid, pidfd))
+                if tagged_ and not kill_all:
+                    signal_pidfd(pidfd, signal.SIGCONT)
+                    signal_pidfd(pidfd, signal.SIGTERM)
+            pidfd, kill_at = self.watched[pid]
+            if kill_all or now >= kill_at:
+                signal_pidfd(pidfd, signal.SIGKILL)
+        return new
+
+    def reaped(self, pid: int) -> int | None:
+        """The pidfd of `pid` polled readable: reap it, stop watching. Its returncode."""
+        rc = reap(pid)
+        if rc is not None and (entry := self.watched.pop(pid, None)) is not None:
+            os.close(entry[0])
+        return rc
+
+    def close(self) -> None:
+        for pidfd, _ in self.watched.values():
+            os.close(pidfd)
+        self.watched.clear()
+
+
+def _tag_of(pid: int) -> str | None:
+    """SUPD_TASK_ID of `pid` from /proc/PID/environ (None if absent or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            for entry in fh.read().split(b"\0"):
+                if entry.startswith(b"SUPD_TASK_ID="):
+                    return entry[len(b"SUPD_TASK_ID="):].decode(errors="replace")
+    except OSError:
+        pass
+    return None

@@ -250,19 +250,21 @@ BASE = ["-p", "--output-format=stream-json", "--verbose"]
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        (TaskSpec(prompt="hi"), [*BASE, "--", "hi"]),
-        (TaskSpec(prompt="-starts with a dash"), [*BASE, "--", "-starts with a dash"]),
+        (TaskSpec(prompt="hi"), [*BASE]),
+        (TaskSpec(prompt="-starts with a dash"), [*BASE]),
         (TaskSpec(prompt="x", model="claude-sonnet-4-5", max_turns=3), [*BASE, "--model=claude-sonnet-4-5",
-                                                                       "--max-turns=3", "--", "x"]),
+                                                                       "--max-turns=3"]),
         (TaskSpec(prompt="x", allowed_tools=["Bash(git *)", "Edit"], disallowed_tools=["WebFetch"]),
-         [*BASE, "--allowedTools=Bash(git *),Edit", "--disallowedTools=WebFetch", "--", "x"]),
+         [*BASE, "--allowedTools=Bash(git *),Edit", "--disallowedTools=WebFetch"]),
         (TaskSpec(prompt="x", append_system_prompt="be brief", permission_mode="acceptEdits", max_budget_usd=0.5),
-         [*BASE, "--append-system-prompt=be brief", "--permission-mode=acceptEdits", "--max-budget-usd=0.5", "--", "x"]),
-        (TaskSpec(prompt="x", max_budget_usd=2.0, allowed_tools=[]), [*BASE, "--max-budget-usd=2", "--", "x"]),
+         [*BASE, "--append-system-prompt=be brief", "--permission-mode=acceptEdits", "--max-budget-usd=0.5"]),
+        (TaskSpec(prompt="x", max_budget_usd=2.0, allowed_tools=[]), [*BASE, "--max-budget-usd=2"]),
     ],
 )
 def test_build_argv(spec: TaskSpec, expected: list[str]) -> None:
+    """The prompt is never in argv (128 KiB cap, /proc/PID/cmdline): it goes to stdin."""
     assert claude.build_argv(["/opt/claude"], spec) == ["/opt/claude", *expected]
+    assert claude.prompt_input(spec) == (spec.prompt or "").encode()
     assert claude.build_argv(["node", "cli.js"], spec)[:2] == ["node", "cli.js"]
 
 
