@@ -76,6 +76,7 @@ class Scheduler:
     def start(self, task: Task, child: str, now_wall: float) -> None:
         task.move(TaskState.RUNNING)  # QUEUED -> RUNNING
         task.attempts += 1
+        task.epoch += 1  # a new attempt: writes about the previous one are fenced off
         task.child, task.started_at = child, now_wall
 
     def finish(self, task: Task, state: TaskState, outcome: Outcome, now: float, now_wall: float,

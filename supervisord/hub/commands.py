@@ -26,7 +26,7 @@ from supervisord.hub import childcare, lifecycle
 from supervisord.hub.childcare import policy_of
 from supervisord.logs import log
 from supervisord.spokes import claude_cli
-from supervisord.store.journal import JournalError
+from supervisord.store.base import StoreError
 
 if TYPE_CHECKING:
     from supervisord.hub.daemon import Daemon
@@ -93,11 +93,11 @@ def submit(d: Daemon, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
         for spec in req.tasks
     ]
     try:
-        d.journal.accepted(tasks)
-    except JournalError as e:
+        d.journal.accept(tasks)
+    except StoreError as e:
         log("batch_refused", logging.ERROR, tasks=len(tasks), error=str(e))
         return ctl.Error(kind="journal", message=(
-            f"cannot journal the batch, so nothing was accepted: {e} (free disk space, or raise journal.max_mb)"))
+            f"cannot journal the batch, so nothing was accepted: {e}"))
     for task in tasks:
         d.sched.add(task, now)
         d.metrics.received[task.spec.kind] += 1
@@ -156,7 +156,7 @@ def list_(d: Daemon, envelope: Envelope, req: ctl.List) -> ctl.Reply:
         return ctl.Error(kind="bad_request", message=f"unknown state {req.state!r} (one of {states})")
     if req.limit < 1:
         return ctl.Error(kind="bad_request", message=f"limit must be >= 1, got {req.limit}")
-    views, _ = within_budget(d.journal.list(req.state, min(req.limit, 10_000)), reply_budget(d))
+    views, _ = within_budget(d.journal.list(req.state, min(req.limit, 10_000), reply_budget(d)), reply_budget(d))
     return ctl.Tasks(tasks=views)  # the newest first; fewer than asked when their outputs are large
 
 
@@ -170,12 +170,13 @@ def cancel(d: Daemon, envelope: Envelope, req: ctl.Cancel) -> ctl.Reply:
         return ctl.Error(kind="bad_request", message=f"task {req.id} already finished ({past.state})")
     if task.state is TaskState.QUEUED:
         d.sched.cancel_queued(task, d.wall())
-        d.journal.saved(task)
+        d.journal.record(task)
         d.metrics.finish(task.spec.kind, task.state.value, ErrorKind.CANCELLED, None)
         log("task_finished", task=task.id, state=task.state.value, error=ErrorKind.CANCELLED)
         d.task_done(task)
         return ctl.Ok(message=f"cancelled {task.id}")
     task.cancel_requested = True
+    d.journal.request_cancel(task.id)
     from proto import children as cp
 
     d.transport.send(task.child or "", cp.Cancel(task_id=task.id, reason="cancelled"))

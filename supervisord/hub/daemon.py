@@ -11,6 +11,7 @@ verbs (`commands`), the child verbs (`childcare`) and the daemon's own life (`li
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -46,7 +47,8 @@ from supervisord.spokes.eventbus import EventBus
 from supervisord.spokes.systemd import Notifier
 from supervisord.spokes.tracing import make_tracer
 from supervisord.spokes.transport import ChildTransport
-from supervisord.store.journal import Journal, view
+from supervisord.store.base import view
+from supervisord.store.sqlite import SqliteStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +112,8 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        j = self.config.journal
-        self.journal = Journal(self.paths.journal, j.synchronous.upper(), int(j.max_mb * 2**20))
+        # a StoreError here (corrupt, newer schema) reaches main(): one line, exit 1
+        self.journal = SqliteStore(self.paths.journal, max_bytes=int(self.config.journal.max_mb * 2**20))
         self.ctx = zmq.asyncio.Context()
         limit = self.config.limits.max_message_bytes
         self.transport = ChildTransport(self.ctx, self.paths.children, self.inbox, limit)
@@ -156,7 +158,7 @@ class Daemon:
         now = self.clock()
         self._on_timers(now)
         self.pump(now)
-        self.journal.commit()
+        self.commit()
         for envelope, reply in self.after_commit:
             self.control.reply(envelope, reply)
         self.after_commit.clear()
@@ -202,7 +204,7 @@ class Daemon:
             if task.state is TaskState.RUNNING:
                 task.move(TaskState.QUEUED)  # RUNNING -> QUEUED (daemon restarted)
                 task.child = None
-                self.journal.saved(task)
+                self.journal.record(task)
                 # If its child died with the old daemon (kill -9 of both), the tree lives on
                 # under init: end it before the task runs again (SIGKILL after the grace).
                 leftovers = [p.pid for p in leftovers_by_task.get(task.id, [])]
@@ -212,9 +214,14 @@ class Daemon:
                 log("task_recovered", task=task.id, attempts=task.attempts, trace=task.trace_id,
                     leftovers=len(leftovers) or None)
             self.sched.add(task, now)
-        self.journal.commit()
+        self.commit()
         if tasks:
             log("journal_recovered", tasks=len(tasks))
+
+    def commit(self) -> None:
+        """End the group of store writes; a write the store refused (fenced) is logged."""
+        for task_id, epoch in self.journal.commit():
+            log("store_fenced", logging.WARNING, task=task_id, epoch=epoch)
 
     # ---- children -------------------------------------------------------------------
 
@@ -233,13 +240,13 @@ class Daemon:
         if error_kind == ErrorKind.SHUTDOWN and self.winding_down:
             task.outcome = outcome
             self.sched.requeue(task, now)  # RUNNING -> QUEUED: runs again on the next start
-            self.journal.saved(task)
+            self.journal.record(task)
             log("task_requeued", task=task.id, reason="shutdown", attempts=task.attempts)
             return
         t = self.config.tasks
         retried = self.sched.finish(task, state, outcome, now, finished_at or self.wall(),
                                     retry=(t.retry_base_s, t.retry_max_s, self.rand()))
-        self.journal.saved(task)
+        self.journal.record(task)
         if retried:
             self.metrics.retries += 1
             log("task_retry", task=task.id, attempts=task.attempts, error=error_kind,
@@ -312,7 +319,7 @@ class Daemon:
         if spec.kind == "claude":
             env.update(self.tracer.claude_env())
         self.tracer.attempt_started(task, slot.identity, time.time_ns())
-        self.journal.saved(task)
+        self.journal.claim(task)
         self.transport.send(slot.identity, cp.Dispatch(
             task_id=task.id, attempt=task.attempts, spec=spec, limits=limits, env=env,
             claude_command=self.claude.argv if spec.kind == "claude" else [],

@@ -94,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         daemon = Daemon(config, Paths(state_dir, runtime_dir), Path(args.config) if args.config else None)
         return await daemon.run()
 
+    from supervisord.store.base import StoreError
+
     try:
         return uvloop.run(run())
+    except StoreError as e:  # the journal cannot be opened (corrupt, newer schema): nothing was started
+        print(f"supd: cannot open the journal: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception:
         logs.log("daemon_crashed", level=40, error=repr(sys.exc_info()[1]))
         logs.flush()
