@@ -90,9 +90,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from supervisord.hub.daemon import Daemon, Paths
 
+    from supervisord.store.base import StoreError
+    from supervisord.store.sqlite import SqliteStore
+
+    paths = Paths(state_dir, runtime_dir)
+    try:
+        store = SqliteStore(paths.journal, max_bytes=int(config.journal.max_mb * 2**20))
+    except StoreError as e:  # the journal cannot be opened (corrupt, newer schema): nothing was started
+        print(f"supd: cannot open the journal: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
     async def run() -> int:
-        daemon = Daemon(config, Paths(state_dir, runtime_dir), Path(args.config) if args.config else None)
-        return await daemon.run()
+        daemon = Daemon(config, paths, Path(args.config) if args.config else None)
+        return await daemon.run(store)
 
     try:
         return uvloop.run(run())

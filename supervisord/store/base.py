@@ -1,0 +1,94 @@
+"""The `Store` protocol: what the hub asks of the authority on every accepted task.
+
+Backends (SQLite today, PostgreSQL for a fleet) implement it; the hub knows only this
+module. Two kinds of write, with two promises:
+
+- `accept` — a submitted batch, all or nothing, durable (power cut included) when it
+  returns, so the hub may send `Accepted`; refused with `StoreError`, nothing stored.
+- `claim` / `record` / `request_cancel` — an attempt's progress, kept in memory and
+  written by the next `commit()` in one transaction (group commit). Each is fenced by the
+  task's epoch: a write about an attempt that is no longer the task's is refused and
+  reported by `commit()`. A commit that fails keeps its whole group for the next one.
+
+Imports the stdlib, proto and the core only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from proto.task import Outcome, TaskView
+from supervisord.core.task import Task
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message names the cause and what to do."""
+
+
+class Store(Protocol):
+    #: failed commits since open (each one logged; its group stayed pending)
+    write_errors: int
+
+    @property
+    def pending(self) -> int:
+        """Tasks (and cancel requests) written by `claim`/`record`/`request_cancel`, not yet committed."""
+        ...
+
+    def accept(self, tasks: Sequence[Task]) -> None:
+        """Store a submitted batch, all or nothing, durable on return. Raises `StoreError`
+        (nothing of the batch stored; pending writes unaffected)."""
+        ...
+
+    def claim(self, task: Task) -> None:
+        """An attempt started: `task` is RUNNING with `task.epoch` bumped; the write is
+        fenced on `task.epoch - 1`."""
+        ...
+
+    def record(self, task: Task) -> None:
+        """The task's current state (re-queued, blocked, retry, final, cancel flag), fenced
+        on `task.epoch`."""
+        ...
+
+    def request_cancel(self, task_id: str) -> None:
+        """A cancel request, durable at the next commit (`unfinished()` returns the flag)."""
+        ...
+
+    def commit(self) -> list[tuple[str, int]]:
+        """Write every claim/record/cancel since the last commit in one transaction; returns
+        the (task_id, epoch) writes refused by fencing. Never raises: on failure the group
+        stays pending for the next commit."""
+        ...
+
+    def unfinished(self) -> list[Task]:
+        """Queued, blocked and running tasks in arrival order (recovery)."""
+        ...
+
+    def get(self, task_id: str) -> TaskView | None:
+        """One task: its pending state if any, else the stored one."""
+        ...
+
+    def list(self, state: str | None, limit: int, budget_bytes: int) -> list[TaskView]:
+        """The newest tasks first (optionally in one state), at most `limit`, stopping before
+        the row that would pass `budget_bytes` (at least one row)."""
+        ...
+
+    def known(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` exist (pending or stored)."""
+        ...
+
+    def prune(self, finished_before: float) -> int:
+        """Delete final tasks that finished (wall clock) before `finished_before`; how many."""
+        ...
+
+    def check(self) -> str | None:
+        """None while the store is the one opened; else what is wrong (file deleted, replaced)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Stored tasks per state."""
+        ...
+
+    def close(self) -> None:
+        """Commit what is pending (best effort) and release everything."""
+        ...

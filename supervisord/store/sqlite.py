@@ -1,0 +1,480 @@
+"""The SQLite store (WAL): every accepted task, its attempts and its final state, on one host.
+
+Owns the database file, its schema and its migrations (`PRAGMA user_version`). Implements
+`supervisord.store.base.Store`; the hub runs it on its event loop, so every call is short:
+
+- `accept` is its own transaction, committed with `synchronous=FULL` (the WAL is fsynced:
+  a power cut loses no acknowledged task); it shares a transaction with nothing, so a
+  refused batch cannot undo other writes, nor they it.
+- `claim`/`record`/`request_cancel` only note the task (a reference, latest state per id);
+  `commit()` writes them all in one transaction with `synchronous=NORMAL` (no fsync: a
+  power cut may lose the last group, and the attempts it described run again: at least
+  once). If the commit fails (disk full — in WAL mode at COMMIT, not in the statement —,
+  locked, I/O error), the group is rolled back and stays noted, whole, for the next one.
+- Lock waits are capped at `LOCK_TIMEOUT_S` (not SQLite's 5 s): a database held by an
+  outside process refuses a batch quickly instead of stalling the loop.
+- Checkpoints run off the loop. With SQLite's auto-checkpoint the commit that crosses the
+  threshold copies the whole WAL into the database and fsyncs it, inside the hub's loop:
+  with megabytes of results that is a stall of a whole heartbeat or more. So the main
+  connection sets `wal_autocheckpoint=0` and `_Checkpointer`, a thread with its own
+  connection, runs `wal_checkpoint(PASSIVE)` (never blocks a writer) when a write has
+  grown the WAL past `CHECKPOINT_ABOVE_BYTES`, and `TRUNCATE` once a fully copied WAL is
+  past `TRUNCATE_ABOVE_BYTES` (gives the disk back after a burst). sqlite3 releases the
+  GIL while SQLite works, so the loop runs on meanwhile.
+- At open: a corrupt file (bad header or page; `PRAGMA quick_check`) or a schema from a
+  newer supd raises `StoreError` naming the file and what to do, instead of starting and
+  failing later. `check()` notices the file deleted or replaced under us (st_dev/st_ino).
+
+Imports the stdlib, msgspec, proto, `supervisord.core` and `supervisord.logs` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from supervisord.core.task import Task, view
+from supervisord.logs import log
+from supervisord.store.base import StoreError
+
+#: how long a write waits for a lock held by another connection before it fails
+LOCK_TIMEOUT_S = 0.1
+#: the checkpointer copies the WAL into the database once it is this big
+CHECKPOINT_ABOVE_BYTES = 4 << 20
+#: ... and truncates a fully copied WAL this big
+TRUNCATE_ABOVE_BYTES = 64 << 20
+#: what a row costs in a `list` reply beyond its blobs (its other fields, the envelope)
+ROW_OVERHEAD_BYTES = 1024
+
+_UNFINISHED = ("queued", "blocked", "running")
+_UNFINISHED_SQL = "('queued', 'blocked', 'running')"
+
+#: Step N takes a database from `user_version` N to N + 1; each runs in one transaction.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 0 -> 1: the first supd's schema (it set no version). A no-op on the files it wrote.
+    (
+        """CREATE TABLE IF NOT EXISTS tasks (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            retries INTEGER NOT NULL DEFAULT 0,
+            spec BLOB NOT NULL,
+            outcome BLOB,
+            child TEXT,
+            trace_id TEXT,
+            span_id TEXT,
+            parent_span_id TEXT,
+            tracestate TEXT,
+            submitted_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        )""",
+        "CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq)",
+    ),
+    # 1 -> 2: fencing epochs, forgiven attempts, journaled cancel requests; indexes for
+    # `list` (newest first) and `prune`.
+    (
+        "ALTER TABLE tasks ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN forgiven INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX tasks_seq ON tasks (seq)",
+        "CREATE INDEX tasks_finished ON tasks (finished_at)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = (
+    "id, seq, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested"
+)
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+# A cancel request, once journaled, stays (MAX): a later record of the attempt cannot undo it.
+_UPDATE = (
+    "UPDATE tasks SET state=?, attempts=?, epoch=?, forgiven=?, cancel_requested=MAX(cancel_requested, ?),"
+    " outcome=?, child=?, span_id=?, started_at=?, finished_at=? WHERE id=? AND epoch=?"
+)
+
+_enc = msgspec.msgpack.Encoder()
+_spec_dec = msgspec.msgpack.Decoder(TaskSpec)
+_outcome_dec = msgspec.msgpack.Decoder(Outcome)
+
+#: what to do, by SQLite's primary result code
+_REMEDY = {
+    5: "locked by another process: stop whatever holds it (a sqlite3 shell, a backup) and retry",  # BUSY
+    6: "locked by another process: stop whatever holds it and retry",  # LOCKED
+    8: "read-only: give supd write access to it and its directory",  # READONLY
+    10: "I/O error: check the disk (dmesg)",  # IOERR
+    11: "corrupt: move it aside; supd starts with an empty journal",  # CORRUPT
+    13: "full: free disk space, or raise journal.max_mb",  # FULL
+    14: "cannot be opened: check the state dir and its permissions",  # CANTOPEN
+    26: "not a database (corrupt header): move it aside; supd starts with an empty journal",  # NOTADB
+}
+
+
+class SqliteStore:
+    """The `Store` of one host, in `path` (WAL). `max_bytes` > 0 caps the file's size."""
+
+    def __init__(self, path: Path | str, *, max_bytes: int = 0) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.write_errors = 0
+        #: noted writes, latest state per id: (the task itself, the epoch its row must have)
+        self._pending: dict[str, tuple[Task, int]] = {}
+        self._cancels: dict[str, None] = {}
+        self._closed = False
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                      timeout=LOCK_TIMEOUT_S)
+        except sqlite3.Error as e:
+            raise StoreError(self._describe(e)) from None
+        try:
+            self._open()
+        except sqlite3.Error as e:
+            self.db.close()
+            raise StoreError(self._describe(e)) from None
+        except OSError as e:
+            self.db.close()
+            raise StoreError(f"{self.path}: {e.strerror}: check the state dir") from None
+        except StoreError:
+            self.db.close()
+            raise
+        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer.start()
+
+    def _open(self) -> None:
+        self.db.execute("PRAGMA journal_mode=WAL")  # reads the header: "file is not a database"
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        found = [str(r[0]) for r in self.db.execute("PRAGMA quick_check(3)")]
+        if found != ["ok"]:
+            problems = [p for line in found for p in line.splitlines() if not p.startswith("***")]
+            raise StoreError(f"{self.path} is corrupt ({'; '.join(problems)}): move it aside; supd starts "
+                             "with an empty journal")
+        self._migrate()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA wal_autocheckpoint=0")  # `_Checkpointer` does it, off the loop
+        if self.max_bytes:
+            page = self.db.execute("PRAGMA page_size").fetchone()[0]
+            self.db.execute(f"PRAGMA max_page_count={max(16, self.max_bytes // page)}")
+        self._seq = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0])
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        fresh = self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, written by a newer supd (this one knows up to "
+                f"{SCHEMA_VERSION}): run that supd, or move the file aside; supd starts with an empty journal")
+        for step in range(version, SCHEMA_VERSION):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[step]:
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={step + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        if version != SCHEMA_VERSION:
+            log("store_created" if fresh else "store_migrated", path=self.path, from_version=version,
+                version=SCHEMA_VERSION)
+
+    # ---- the batch: durable before `Accepted` ------------------------------------------
+
+    def accept(self, tasks: Sequence[Task]) -> None:
+        problem = self.check()
+        if problem:
+            raise StoreError(problem)
+        seq = self._seq
+        rows = []
+        for t in tasks:
+            seq += 1
+            rows.append(_row(t, seq))
+        try:
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(_INSERT, rows)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            raise StoreError(self._describe(e)) from None
+        finally:
+            try:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error:
+                pass  # the connection is unusable: the next write says why
+        self._seq = seq
+        self._checkpointer.wake.set()
+
+    # ---- the group: noted now, written by `commit` -------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + len(self._cancels)
+
+    def claim(self, task: Task) -> None:
+        self._note(task, task.epoch - 1)
+
+    def record(self, task: Task) -> None:
+        self._note(task, task.epoch)
+
+    def _note(self, task: Task, fence: int) -> None:
+        held = self._pending.get(task.id)
+        # The group's first write fixes the fence: the row is as it was then. Later writes of
+        # the group (a claim, then the attempt's end) only make the task's latest state the one
+        # written.
+        self._pending[task.id] = (task, fence if held is None else held[1])
+
+    def request_cancel(self, task_id: str) -> None:
+        self._cancels[task_id] = None
+
+    def commit(self) -> list[tuple[str, int]]:
+        if error := self._checkpointer.take_error():
+            log("store_checkpoint_failed", logging.WARNING, path=self.path, error=error)
+        if not self._pending and not self._cancels:
+            return []
+        refused: list[tuple[str, int]] = []
+        try:
+            problem = self.check()
+            if problem:
+                raise StoreError(problem)
+            self.db.execute("BEGIN IMMEDIATE")
+            for tid, (task, fence) in self._pending.items():
+                if self.db.execute(_UPDATE, _update_args(task, fence)).rowcount == 0:
+                    refused.append((tid, task.epoch))
+            for tid in self._cancels:
+                self.db.execute(f"UPDATE tasks SET cancel_requested=1 WHERE id=? AND state IN {_UNFINISHED_SQL}",
+                                (tid,))
+            self.db.execute("COMMIT")
+        except Exception as e:  # noqa: BLE001 (whatever it was, nothing is lost: the group stays for the next commit)
+            self._rollback()
+            self.write_errors += 1
+            reason = self._describe(e) if isinstance(e, sqlite3.Error) else str(e)
+            log("store_commit_failed", logging.ERROR, path=self.path, pending=self.pending,
+                write_errors=self.write_errors, error=reason)
+            return []
+        self._pending.clear()
+        self._cancels.clear()
+        self._checkpointer.wake.set()
+        return refused
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled it back (FULL, IOERR at COMMIT)
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def unfinished(self) -> list[Task]:
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE state IN {_UNFINISHED_SQL} ORDER BY seq")
+        tasks = []
+        for r in rows.fetchall():
+            held = self._pending.get(r[0])
+            if held is None:
+                tasks.append(_task(r))
+            elif held[0].state.value in _UNFINISHED:
+                tasks.append(held[0])
+        return tasks
+
+    def get(self, task_id: str) -> TaskView | None:
+        held = self._pending.get(task_id)
+        if held is not None:
+            return view(held[0])
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+        return view(_task(row)) if row else None
+
+    def list(self, state: str | None, limit: int, budget_bytes: int) -> list[TaskView]:
+        # First the rows' sizes (length() reads no blob), to choose; then decode only those chosen.
+        sql = "SELECT rowid, id, length(spec) + COALESCE(length(outcome), 0) FROM tasks"
+        params: list[object] = []
+        if state is not None:
+            # a pending task is listed by its state in memory, not its (older) stored one
+            sql += " WHERE state=? OR id IN (SELECT value FROM json_each(?))"
+            params += [state, json.dumps(list(self._pending))]
+        sql += " ORDER BY seq DESC"
+        if state is None or not self._pending:
+            sql += " LIMIT ?"
+            params.append(limit)
+        chosen: list[int | Task] = []
+        size = 0
+        cur = self.db.execute(sql, params)
+        try:
+            for rowid, tid, nbytes in cur:
+                held = self._pending.get(tid)
+                if held is not None and state is not None and held[0].state.value != state:
+                    continue
+                cost = (_approx_bytes(held[0]) if held else int(nbytes)) + ROW_OVERHEAD_BYTES
+                if chosen and size + cost > budget_bytes:
+                    break
+                chosen.append(held[0] if held else int(rowid))
+                size += cost
+                if len(chosen) >= limit:
+                    break
+        finally:
+            cur.close()
+        rowids = [c for c in chosen if isinstance(c, int)]
+        decoded: dict[int, TaskView] = {}
+        if rowids:
+            cur = self.db.execute(
+                f"SELECT rowid, {_COLUMNS} FROM tasks WHERE rowid IN (SELECT value FROM json_each(?))",
+                (json.dumps(rowids),))
+            for r in cur:  # one row at a time: only the views are kept, not the raw blobs
+                decoded[int(r[0])] = view(_task(r[1:]))
+        # (a row gone between the two queries — pruned by an outside process — is left out)
+        return [view(c) if isinstance(c, Task) else decoded[c] for c in chosen if isinstance(c, Task) or c in decoded]
+
+    def known(self, ids: Sequence[str]) -> set[str]:
+        found = {tid for tid in ids if tid in self._pending}
+        rest = [tid for tid in ids if tid not in found]
+        if rest:
+            cur = self.db.execute("SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+                                  (json.dumps(rest),))
+            found.update(str(r[0]) for r in cur.fetchall())
+        return found
+
+    def counts(self) -> dict[str, int]:
+        return {str(s): int(n) for s, n in self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
+
+    # ---- housekeeping ---------------------------------------------------------------------
+
+    def prune(self, finished_before: float) -> int:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            cur = self.db.execute(
+                f"DELETE FROM tasks WHERE finished_at < ? AND state NOT IN {_UNFINISHED_SQL}"
+                " AND id NOT IN (SELECT value FROM json_each(?))",  # a noted write keeps its row
+                (finished_before, json.dumps(list(self._pending))))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            raise StoreError(self._describe(e)) from None
+        self._checkpointer.wake.set()
+        return int(cur.rowcount)
+
+    def check(self) -> str | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (f"{self.path} was deleted while supd had it open: submits are refused; restart supd "
+                    "to start a new journal")
+        except OSError as e:
+            return f"{self.path}: {e.strerror}: check the state dir"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return (f"{self.path} was replaced by another file while supd had it open: submits are refused; "
+                    "restart supd to use the new file")
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.commit()
+        self._closed = True
+        self._checkpointer.stop()
+        self.db.close()
+
+    def _describe(self, e: sqlite3.Error) -> str:
+        code = getattr(e, "sqlite_errorcode", 1) & 0xFF
+        remedy = _REMEDY.get(code)
+        if code == 13 and self.max_bytes:
+            remedy = f"full (journal.max_mb = {self.max_bytes / 2**20:g}): free disk space, or raise journal.max_mb"
+        return f"{self.path}: {e}" + (f" — {remedy}" if remedy else "")
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL into the database off the event loop (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="store-checkpoint", daemon=True)
+        self.path = path
+        self.wal = Path(f"{path}-wal")
+        #: set by a write that may have grown the WAL, and by `stop`
+        self.wake = threading.Event()
+        self._stopping = False
+        self._error: str | None = None
+
+    def run(self) -> None:
+        # timeout 0: a TRUNCATE that would have to wait for a writer gives up at once instead
+        # of holding writers off while it waits
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        try:
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self._stopping:
+                    return
+                self._step(db)
+        finally:
+            db.close()
+
+    def _step(self, db: sqlite3.Connection) -> None:
+        try:
+            size = self.wal.stat().st_size
+        except OSError:
+            return
+        if size < CHECKPOINT_ABOVE_BYTES:
+            return
+        try:
+            _busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames == copied and size >= TRUNCATE_ABOVE_BYTES:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as e:
+            self._error = str(e)
+
+    def take_error(self) -> str | None:
+        """The last checkpoint failure, once (the hub's thread logs it)."""
+        error, self._error = self._error, None
+        return error
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        self.join()
+
+
+def _row(t: Task, seq: int) -> tuple[object, ...]:
+    return (
+        t.id, seq, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
+        _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
+        t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
+        t.epoch, t.forgiven, int(t.cancel_requested),
+    )
+
+
+def _update_args(t: Task, fence: int) -> tuple[object, ...]:
+    return (
+        t.state.value, t.attempts, t.epoch, t.forgiven, int(t.cancel_requested),
+        _enc.encode(t.outcome) if t.outcome else None, t.child, t.span_id, t.started_at, t.finished_at,
+        t.id, fence,
+    )
+
+
+def _approx_bytes(t: Task) -> int:
+    """A noted task's size in a reply, without encoding it."""
+    o, s = t.outcome or Outcome(), t.spec
+    return len(o.result or "") + len(o.stderr or "") + len(s.prompt or "") + len(s.input or "")
+
+
+def _task(r: Sequence[Any]) -> Task:
+    (tid, seq, _kind, state, _prio, attempts, retries, spec, outcome, child, trace_id, span_id,
+     parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested) = r
+    return Task(
+        id=str(tid), spec=_spec_dec.decode(spec), submitted_at=float(submitted_at), seq=int(seq),
+        state=TaskState(state), attempts=int(attempts), retries=int(retries), epoch=int(epoch),
+        forgiven=int(forgiven), outcome=_outcome_dec.decode(outcome) if outcome else None, child=child,
+        trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, tracestate=tracestate,
+        started_at=started_at, finished_at=finished_at, cancel_requested=bool(cancel_requested),
+    )
