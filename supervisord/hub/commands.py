@@ -288,4 +288,10 @@ _HANDLERS: dict[type, Callable[..., ctl.Reply | None]] = {
     ctl.Submit: submit, ctl.Wait: wait, ctl.Get: get, ctl.List: list_, ctl.Cancel: cancel,
     ctl.Status: status, ctl.Stats: stats, ctl.Health: health, ctl.Scale: scale,
     ctl.Reload: reload, ctl.Shutdown: shutdown,
+    ctl.Prune: lambda d, e, r: _unsupported(r), ctl.RestartSlot: lambda d, e, r: _unsupported(r),
 }
+
+
+def _unsupported(req: ctl.Request) -> ctl.Reply:
+    """Placeholder until the hub carries out these verbs: a known request is never a crash."""
+    return ctl.Error(kind="unsupported", message=f"{type(req).__name__} is not supported by this daemon yet")

@@ -338,6 +338,8 @@ class Daemon:
             self.answer_waiter(waiter)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.config.daemon.heartbeat_s
+            for spoke in (self.control, self.transport, self.events):
+                spoke.check_socket()  # a deleted socket file is rebound, not left unreachable
             for slot in self.pool.slots:
                 if slot.state in (ChildState.IDLE, ChildState.BUSY):
                     self.transport.send(slot.identity, cp.Heartbeat())
