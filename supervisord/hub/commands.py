@@ -25,7 +25,7 @@ from supervisord.core.task import Task
 from supervisord.hub import childcare, lifecycle
 from supervisord.hub.childcare import policy_of
 from supervisord.logs import log
-from supervisord.spokes import claude_cli
+from supervisord.spokes import claude_cli, rlimit
 from supervisord.store.journal import JournalError
 
 if TYPE_CHECKING:
@@ -244,6 +244,8 @@ def scale(d: Daemon, envelope: Envelope, req: ctl.Scale) -> ctl.Reply:
     """Change the pool size live; busy children leave after their task."""
     if not 0 <= req.children <= MAX_CHILDREN:
         return ctl.Error(kind="bad_request", message=f"children must be between 0 and {MAX_CHILDREN}, got {req.children}")
+    if problem := rlimit.ensure(req.children):
+        return ctl.Error(kind="limit", message=problem)
     apply_size(d, req.children)
     return ctl.Ok(message=f"scaled to {req.children} children")
 
@@ -266,6 +268,10 @@ def reload(d: Daemon, envelope: Envelope | None = None, req: ctl.Reload | None =
         log("reload_refused", error=str(e))
         d.notifier.ready()
         return ctl.Error(kind="config", message=str(e))
+    if problem := rlimit.ensure(new.daemon.children):
+        log("reload_refused", error=problem)
+        d.notifier.ready()
+        return ctl.Error(kind="limit", message=problem)
     d.config = new
     d.pool.policy = policy_of(new)
     d.sched.max_queued = new.daemon.max_queued

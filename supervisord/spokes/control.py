@@ -28,7 +28,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from proto import DECODE_ERRORS
+from proto import DECODE_ERRORS, readable_error
 from proto import control as ctl
 from supervisord.events import Event, RequestReceived
 from supervisord.logs import log
@@ -41,15 +41,6 @@ _VIA_TCP = b""
 MAX_IN_FLIGHT = 4096
 #: Messages libzmq queues per client connection, each way.
 HWM = 1000
-
-
-def readable(error: str) -> str:
-    """msgspec's `Expected `int` <= 100 - at `$.tasks[0].retries`` as
-    `tasks[0].retries: Expected `int` <= 100`: the field first."""
-    head, sep, where = error.rpartition(" - at `$")
-    if not sep:
-        return error
-    return f"{where.rstrip('`').lstrip('.') or '(request)'}: {head}"
 
 
 class ControlServer:
@@ -121,7 +112,7 @@ class ControlServer:
                 request = self._dec.decode(payload)
             except DECODE_ERRORS as e:
                 self.bad_requests += 1
-                message = readable(str(e))
+                message = readable_error(str(e))
                 log("bad_request", logging.WARNING, error=message[:200])
                 self._send(envelope, ctl.Error(kind="bad_request", message=f"cannot decode request: {message}"))
                 continue
