@@ -16,3 +16,12 @@ PROTOCOL_VERSION = 1
 #: DecodeError) for invalid UTF-8 inside a msgpack string, and RecursionError when it skips a
 #: deeply nested unknown field (a few KiB of 0x91 bytes; tests/unit/test_fuzz_decoders.py).
 DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def readable_error(message: str) -> str:
+    """msgspec's `Expected `int` <= 100 - at `$.tasks[0].retries`` as
+    `tasks[0].retries: Expected `int` <= 100`: the field first, then the range."""
+    head, sep, where = message.rpartition(" - at `$")
+    if not sep:
+        return message
+    return f"{where.rstrip('`').lstrip('.') or '(message)'}: {head}"

@@ -9,11 +9,32 @@ Imports msgspec and the stdlib only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from proto.task import TaskSpec, TaskView
+
+# ---- bounds (the decoder refuses a request past them with an `Error` naming the field) ----
+
+#: ids one `Wait` may ask about: beyond this, ask in several requests
+MAX_WAIT_IDS = 10_000
+#: the longest one `Wait` may be asked to wait (the daemon may answer sooner; ask again)
+MAX_WAIT_S = 3600.0
+#: tasks one `List` may ask for
+MAX_LIST = 10_000
+#: the largest pool `Scale` may ask for
+MAX_CHILDREN = 1024
+#: W3C trace context: a traceparent is 55 characters for version 00 (later versions may
+#: append fields); a tracestate at most 512
+MAX_TRACEPARENT_CHARS, MAX_TRACESTATE_CHARS = 256, 512
+TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[0-9a-zA-Z_.-]*)?$"
+#: task ids are 22 characters; slot names a few
+MAX_ID_CHARS = 64
+#: the oldest age `Prune` takes: ten years
+MAX_AGE_S = 3650 * 86_400.0
+
+TaskId = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]
 
 # ---- requests --------------------------------------------------------------------
 
@@ -22,30 +43,30 @@ class Submit(msgspec.Struct, tag=True, kw_only=True):
     """Accept these tasks as one batch (one master trace). Journaled before `Accepted`."""
 
     tasks: list[TaskSpec]
-    traceparent: str | None = None
-    tracestate: str | None = None
+    traceparent: Annotated[str, msgspec.Meta(max_length=MAX_TRACEPARENT_CHARS, pattern=TRACEPARENT_PATTERN)] | None = None
+    tracestate: Annotated[str, msgspec.Meta(max_length=MAX_TRACESTATE_CHARS)] | None = None
 
 
 class Wait(msgspec.Struct, tag=True, kw_only=True):
     """Answer when every id is final, or after `timeout_s` with the ones still pending."""
 
-    ids: list[str]
-    timeout_s: float = 5.0
+    ids: Annotated[list[TaskId], msgspec.Meta(max_length=MAX_WAIT_IDS)]
+    timeout_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_S)] = 5.0
 
 
 class Get(msgspec.Struct, tag=True, kw_only=True):
     """One task, from memory or the journal."""
 
-    id: str
+    id: TaskId
 
 
 class List(msgspec.Struct, tag=True, kw_only=True):
-    state: str | None = None
-    limit: int = 100
+    state: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST)] = 100
 
 
 class Cancel(msgspec.Struct, tag=True, kw_only=True):
-    id: str
+    id: TaskId
 
 
 class Status(msgspec.Struct, tag=True, kw_only=True):
@@ -61,7 +82,7 @@ class Health(msgspec.Struct, tag=True, kw_only=True):
 
 
 class Scale(msgspec.Struct, tag=True, kw_only=True):
-    children: int
+    children: Annotated[int, msgspec.Meta(ge=0, le=MAX_CHILDREN)]
 
 
 class Reload(msgspec.Struct, tag=True, kw_only=True):
@@ -72,7 +93,22 @@ class Shutdown(msgspec.Struct, tag=True, kw_only=True):
     pass
 
 
-Request = Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown
+class Prune(msgspec.Struct, tag=True, kw_only=True):
+    """Delete finished tasks older than `older_than_s` from the journal (None: the
+    configured `journal.retain_s`); answered with `Ok` saying how many went."""
+
+    older_than_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_AGE_S)] | None = None
+
+
+class RestartSlot(msgspec.Struct, tag=True, kw_only=True):
+    """Give a child slot (e.g. `w03`) another chance: a FATAL slot is spawned again, its
+    crash history forgotten."""
+
+    slot: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown | Prune
+           | RestartSlot)
 
 
 # ---- replies ---------------------------------------------------------------------

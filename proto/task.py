@@ -6,11 +6,34 @@ Imports msgspec and the stdlib only.
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 Kind = Literal["claude", "exec"]
+
+# ---- bounds on what a client may ask for (the decoder refuses the rest, naming the field) ----
+
+#: retries per task, as in the config's tasks.retries
+MAX_RETRIES = 100
+#: priorities fit 32 bits: any order a client wants, and nothing that overflows a store
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+#: a timeout (wall clock or stall) of at most 30 days
+MAX_TIMEOUT_S = 30 * 86_400.0
+MAX_TURNS = 10_000
+MAX_BUDGET_USD = 1_000_000.0
+#: a path, a model name, a tool name
+MAX_PATH_CHARS, MAX_NAME_CHARS = 4096, 256
+MAX_TOOLS = 1024
+
+Retries = Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)]
+Priority = Annotated[int, msgspec.Meta(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
+TimeoutS = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)]
+Turns = Annotated[int, msgspec.Meta(ge=1, le=MAX_TURNS)]
+BudgetUSD = Annotated[float, msgspec.Meta(gt=0, le=MAX_BUDGET_USD)]
+PathStr = Annotated[str, msgspec.Meta(max_length=MAX_PATH_CHARS)]
+NameStr = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]
+Tools = Annotated[list[NameStr], msgspec.Meta(max_length=MAX_TOOLS)]
 
 
 class TaskState(enum.Enum):
@@ -32,27 +55,30 @@ class TaskState(enum.Enum):
 
 
 class TaskSpec(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """What a client asks to run. Every field but `kind` and `prompt`/`argv` is optional."""
+    """What a client asks to run. Every field but `kind` and `prompt`/`argv` is optional.
+
+    Numbers are bounded here (the decoder refuses a value out of range, naming the field);
+    sizes of prompt, argv, env and input are checked against `[limits]` by the daemon."""
 
     kind: Kind = "claude"
     prompt: str | None = None
     argv: list[str] | None = None
     input: str | None = None
-    timeout_s: float | None = None
-    stall_timeout_s: float | None = None
-    retries: int | None = None
+    timeout_s: TimeoutS | None = None
+    stall_timeout_s: TimeoutS | None = None
+    retries: Retries | None = None
     retry_on_exit: bool = False
-    priority: int = 0
-    cwd: str | None = None
+    priority: Priority = 0
+    cwd: PathStr | None = None
     env: dict[str, str] = {}
     # Claude-only options.
-    model: str | None = None
-    max_turns: int | None = None
-    allowed_tools: list[str] | None = None
-    disallowed_tools: list[str] | None = None
+    model: NameStr | None = None
+    max_turns: Turns | None = None
+    allowed_tools: Tools | None = None
+    disallowed_tools: Tools | None = None
     append_system_prompt: str | None = None
-    permission_mode: str | None = None
-    max_budget_usd: float | None = None
+    permission_mode: NameStr | None = None
+    max_budget_usd: BudgetUSD | None = None
 
 
 class Usage(msgspec.Struct, kw_only=True, omit_defaults=False):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -104,6 +103,7 @@ class SecurityConfig(_Section, frozen=True):
 class JournalConfig(_Section, frozen=True):
     max_mb: float = 0.0
     synchronous: str = "normal"
+    retain_s: float = 604_800.0
 
 
 class Config(_Section, frozen=True):
@@ -120,36 +120,146 @@ class Config(_Section, frozen=True):
     security: SecurityConfig = SecurityConfig()
 
 
-_POSITIVE: dict[str, Callable[[Config], bool]] = {
-    "daemon.children": lambda c: c.daemon.children >= 0,
-    "daemon.drain_s": lambda c: c.daemon.drain_s >= 0,
-    "daemon.heartbeat_s": lambda c: c.daemon.heartbeat_s > 0,
-    "daemon.liveness": lambda c: c.daemon.liveness >= 1,
-    "daemon.max_queued": lambda c: c.daemon.max_queued >= 1,
-    "daemon.max_starting": lambda c: c.daemon.max_starting >= 1,
-    "tasks.timeout_s": lambda c: c.tasks.timeout_s > 0,
-    "tasks.stall_timeout_s": lambda c: c.tasks.stall_timeout_s > 0,
-    "tasks.kill_grace_s": lambda c: c.tasks.kill_grace_s >= 0,
-    "tasks.retries": lambda c: c.tasks.retries >= 0,
-    "tasks.output_cap_bytes": lambda c: c.tasks.output_cap_bytes > 0,
-    "restart.intensity": lambda c: c.restart.intensity >= 1,
-    "breaker.threshold": lambda c: c.breaker.threshold >= 1,
+DAY_S = 86_400.0
+
+#: The range of every number, `(low, high)` inclusive. NaN is outside every range.
+RANGES: dict[str, tuple[float, float]] = {
+    "daemon.children": (0, 1024),
+    "daemon.drain_s": (0, DAY_S),
+    "daemon.heartbeat_s": (0.05, 60),
+    "daemon.liveness": (1, 100),
+    "daemon.max_queued": (1, 10_000_000),
+    "daemon.max_starting": (1, 1024),
+    "tasks.timeout_s": (0.01, 30 * DAY_S),
+    "tasks.stall_timeout_s": (0.01, 30 * DAY_S),
+    "tasks.result_grace_s": (0, 600),
+    "tasks.kill_grace_s": (0, 600),
+    "tasks.retries": (0, 100),
+    "tasks.retry_base_s": (0, 3600),
+    "tasks.retry_max_s": (0, DAY_S),
+    "tasks.output_cap_bytes": (1, 1 << 30),
+    "restart.backoff_base_s": (0, 3600),
+    "restart.backoff_max_s": (0, DAY_S),
+    "restart.stable_after_s": (0, DAY_S),
+    "restart.intensity": (1, 10_000),
+    "restart.period_s": (0.01, DAY_S),
+    "recycle.max_tasks": (0, 1_000_000_000),
+    "recycle.max_age_s": (0, 365 * DAY_S),
+    "recycle.max_age_jitter_s": (0, 365 * DAY_S),
+    "recycle.max_rss_mb": (0, 1 << 20),
+    "claude.max_retries": (0, 100),
+    "breaker.threshold": (1, 10_000),
+    "breaker.open_s": (0.1, DAY_S),
+    "limits.max_message_bytes": (64 << 10, 1 << 30),
+    "limits.max_prompt_bytes": (1, 1 << 30),
+    "limits.max_argv_bytes": (1, 16 << 20),
+    "limits.max_env_bytes": (1, 16 << 20),
+    "limits.max_batch": (1, 100_000),
+    "metrics.prometheus_port": (0, 65_535),
+    "journal.max_mb": (0, 1 << 20),
+    "journal.retain_s": (0, 3650 * DAY_S),
 }
-_EXPORTERS = ("none", "console", "otlp-http", "otlp-grpc")
+#: Keys that take one of a few words.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "daemon.log_level": ("debug", "info", "warning", "error"),
+    "tracing.exporter": ("none", "console", "otlp-http", "otlp-grpc"),
+    "journal.synchronous": ("off", "normal", "full", "extra"),
+}
+#: Text keys (and lists or tables of text): the most characters one value (or item) may
+#: have, and the most items a list or table may have.
+TEXT: dict[str, tuple[int, int]] = {
+    "daemon.runtime_dir": (4096, 1),
+    "claude.command": (4096, 256),
+    "claude.env": (1 << 16, 1024),
+    "claude.model": (256, 1),
+    "tracing.endpoint": (2048, 1),
+    "tracing.service_name": (256, 1),
+    "metrics.prometheus_host": (255, 1),
+    "security.server_secret_key": (4096, 1),
+    "security.client_public_keys_dir": (4096, 1),
+    "security.client_secret_key": (4096, 1),
+    "security.server_public_key": (4096, 1),
+    "security.control_endpoint": (1024, 1),
+    "security.pass_env": (1024, 1024),
+}
+
+#: Keys a reload cannot apply to a running daemon (sockets, the open journal, exporters,
+#: the Prometheus listener, the log setup): changing one needs a restart. A prefix ending
+#: in "." stands for its whole section. `security.pass_env` is applied live.
+RESTART_REQUIRED: tuple[str, ...] = (
+    "daemon.runtime_dir", "daemon.log_level", "limits.max_message_bytes", "journal.max_mb",
+    "journal.synchronous", "tracing.", "metrics.", "security.server_secret_key",
+    "security.client_public_keys_dir", "security.control_endpoint",
+)
+
+
+def _get(config: Config, key: str) -> object:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def _num(x: float) -> str:
+    """1e-06 -> 1e-06, 60.0 -> 60, 604800.0 -> 604800, inf -> inf."""
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
+
+
+def keys() -> list[str]:
+    """Every dotted key of the config, in file order."""
+    return [f"{s.name}.{f.name}" for s in msgspec.structs.fields(Config)
+            for f in msgspec.structs.fields(s.type)]
+
+
+def key_problem(config: Config, key: str) -> str | None:
+    """What is wrong with one key's value, as `key = value: must be ...`, or None."""
+    value = _get(config, key)
+    if key in RANGES:
+        low, high = RANGES[key]
+        assert isinstance(value, int | float)
+        if not low <= value <= high:  # also NaN
+            return f"{key} = {_num(value)}: must be between {_num(low)} and {_num(high)}"
+    elif key in CHOICES:
+        assert isinstance(value, str)
+        if value.lower() not in CHOICES[key]:
+            return f"{key} = {value!r}: must be one of {', '.join(CHOICES[key])}"
+    elif key in TEXT:
+        chars, items = TEXT[key]
+        texts: list[str] = ([] if value is None else [value] if isinstance(value, str)
+                            else [*value, *value.values()] if isinstance(value, dict) else list(value))  # type: ignore[call-overload]
+        count = len(value) if isinstance(value, dict | list) else len(texts)
+        if count > items:
+            return f"{key}: {count} entries, at most {items}"
+        for text in texts:
+            if len(text) > chars:
+                return f"{key}: a value of {len(text)} characters, at most {chars}"
+            if "\0" in text:
+                return f"{key}: contains a NUL character"
+    else:  # pragma: no cover (tests/unit/test_config_validate.py checks that every key has a range)
+        raise AssertionError(f"{key} has no range")
+    return None
 
 
 def validate(config: Config) -> Config:
-    """Range checks msgspec's types cannot express; raises `ConfigError` naming the key."""
-    for key, ok in _POSITIVE.items():
-        if not ok(config):
-            raise ConfigError(f"{key}: out of range")
-    if config.journal.synchronous.lower() not in ("off", "normal", "full", "extra"):
-        raise ConfigError("journal.synchronous: must be one of off, normal, full, extra")
-    if config.journal.max_mb < 0:
-        raise ConfigError("journal.max_mb: out of range")
-    if config.tracing.exporter not in _EXPORTERS:
-        raise ConfigError(f"tracing.exporter: must be one of {', '.join(_EXPORTERS)}")
+    """Every key in its range; raises `ConfigError` naming the key, its value and the range."""
+    for key in keys():
+        problem = key_problem(config, key)
+        if problem:
+            raise ConfigError(problem)
+    if config.tasks.retry_max_s < config.tasks.retry_base_s:
+        raise ConfigError(f"tasks.retry_max_s = {_num(config.tasks.retry_max_s)}: must be >= tasks.retry_base_s "
+                          f"= {_num(config.tasks.retry_base_s)}")
+    if config.restart.backoff_max_s < config.restart.backoff_base_s:
+        raise ConfigError(f"restart.backoff_max_s = {_num(config.restart.backoff_max_s)}: must be >= "
+                          f"restart.backoff_base_s = {_num(config.restart.backoff_base_s)}")
     return config
+
+
+def restart_required(old: Config, new: Config) -> list[str]:
+    """The dotted keys that differ between `old` and `new` and that a reload cannot apply:
+    a reload that changes one of them should be refused, naming them."""
+    return [key for key in keys()
+            if key.startswith(RESTART_REQUIRED) and _get(old, key) != _get(new, key)]
 
 
 def decode(text: str | bytes, source: str = "<config>") -> Config:

@@ -2,10 +2,13 @@
 
 Owns the rules for a well-formed `TaskSpec` and the size limits a message may carry.
 Each problem is one message that names the field (and the limit, when one is hit).
+The numeric bounds are `proto.task`'s: the decoder enforces them on the wire, and these
+checks say the same for specs built in-process.
 """
 
 from __future__ import annotations
 
+from proto import task as pt
 from proto.task import TaskSpec
 from supervisord.config import LimitsConfig
 
@@ -31,14 +34,26 @@ def task_problem(spec: TaskSpec, limits: LimitsConfig) -> str | None:
             return "argv: contains a NUL byte"
         if spec.prompt is not None:
             return "exec task: prompt is only for claude tasks (give the command as argv)"
-    for name in ("timeout_s", "stall_timeout_s", "max_budget_usd"):
+    for name, high in (("timeout_s", pt.MAX_TIMEOUT_S), ("stall_timeout_s", pt.MAX_TIMEOUT_S),
+                       ("max_budget_usd", pt.MAX_BUDGET_USD)):
         value = getattr(spec, name)
-        if value is not None and not value > 0:
-            return f"{name}: must be > 0, got {value}"
-    if spec.retries is not None and spec.retries < 0:
-        return f"retries: must be >= 0, got {spec.retries}"
-    if spec.max_turns is not None and spec.max_turns < 1:
-        return f"max_turns: must be >= 1, got {spec.max_turns}"
+        if value is not None and not 0 < value <= high:
+            return f"{name}: must be > 0 and <= {high:.15g}, got {value}"
+    for name, low, high in (("retries", 0, pt.MAX_RETRIES), ("max_turns", 1, pt.MAX_TURNS),
+                            ("priority", pt.MIN_PRIORITY, pt.MAX_PRIORITY)):
+        value = getattr(spec, name)
+        if value is not None and not low <= value <= high:
+            return f"{name}: must be between {low} and {high}, got {value}"
+    if spec.cwd is not None and (len(spec.cwd.encode()) > pt.MAX_PATH_CHARS or "\0" in spec.cwd):
+        return f"cwd: must be a path of at most {pt.MAX_PATH_CHARS} bytes without NUL"
+    if spec.model is not None and len(spec.model) > pt.MAX_NAME_CHARS:
+        return f"model: longer than {pt.MAX_NAME_CHARS} characters"
+    for name in ("allowed_tools", "disallowed_tools"):
+        tools = getattr(spec, name)
+        if tools is not None and (len(tools) > pt.MAX_TOOLS or any(len(t) > pt.MAX_NAME_CHARS for t in tools)):
+            return f"{name}: at most {pt.MAX_TOOLS} names of at most {pt.MAX_NAME_CHARS} characters"
+    if spec.append_system_prompt is not None and len(spec.append_system_prompt.encode()) > limits.max_prompt_bytes:
+        return f"append_system_prompt: exceeds limits.max_prompt_bytes={limits.max_prompt_bytes}"
     if spec.permission_mode is not None and spec.permission_mode not in _PERMISSION_MODES:
         return f"permission_mode: unknown mode {spec.permission_mode!r}"
     env_size = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in spec.env.items())

@@ -7,7 +7,9 @@ Imports proto, zmq and msgspec only.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
 from typing import Self, TypeVar
 
@@ -46,6 +48,23 @@ def control_endpoint(state_dir: str | None, runtime_dir: str | None) -> str:
     return f"ipc://{Path(base).resolve() / 'control.sock'}"
 
 
+def listening(path: str) -> None:
+    """Raise `ClientError` at once when nothing listens on the ipc socket `path` (no file,
+    or a file left by a daemon that is gone): ZMQ would retry a refused connect forever."""
+    if not os.path.exists(path):
+        raise ClientError(f"supd is not running (no {path})")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ClientError(f"supd is not running ({path} refuses connections: left by a daemon that is gone)") from None
+        if e.errno != errno.EAGAIN:  # EAGAIN: a full backlog, someone is listening
+            raise ClientError(f"cannot connect to {path}: {e.strerror}") from None
+    finally:
+        probe.close()
+
+
 class Client:
     """`curve`: (client public, client secret, server public) keys, z85, for a tcp:// endpoint
     that is a CurveZMQ server; without them such a daemon never answers."""
@@ -55,8 +74,8 @@ class Client:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
-        if path is not None and not os.path.exists(path):
-            raise ClientError(f"no daemon: {path} does not exist (is supd running with this state dir?)")
+        if path is not None:
+            listening(path)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)

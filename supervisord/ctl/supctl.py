@@ -8,7 +8,9 @@ Owns argument parsing and output formatting; talks to the daemon only through
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +20,10 @@ from typing import Any
 import msgspec
 
 from proto import control as ctl
+from proto import readable_error
+from proto import task as pt
 from proto.task import TaskSpec, TaskView
+from supervisord.core import traceids
 from supervisord.ctl.client import Client, ClientError, RequestFailed, control_endpoint, expect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -26,6 +31,97 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2,
 
 class UsageError(Exception):
     pass
+
+
+# ---- arguments ----------------------------------------------------------------------
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], else a usage error naming the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is out of range: must be between {low} and {high}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def bounded_float(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (or (low, high] with `low_open`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
+        above = value > low if low_open else value >= low
+        if not (math.isfinite(value) and above and value <= high):
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]} is out of range: must be {'>' if low_open else '>='} {low:.15g} and <= {high:.15g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `30m`, `12h`, `7d` (or plain seconds) as seconds; an argparse type."""
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration: {text[:40]!r} (e.g. 90s, 30m, 12h, 7d)")
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds > ctl.MAX_AGE_S:
+        raise argparse.ArgumentTypeError(f"{text[:40]} is too long: at most {ctl.MAX_AGE_S / 86_400:.0f}d")
+    return seconds
+
+
+parse_duration.__name__ = "duration"
+
+
+def undecodable_argument(argv: list[str]) -> str | None:
+    """The first argument that is not valid UTF-8 (Python keeps such bytes as surrogates)."""
+    for arg in argv:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            return arg.encode(errors="surrogateescape").decode(errors="backslashreplace")
+    return None
+
+
+def check_request(req: ctl.Request) -> None:
+    """What the daemon's decoder would refuse, refused here as a usage error naming the field."""
+    try:
+        msgspec.convert(msgspec.to_builtins(req), type(req))
+    except (msgspec.ValidationError, OverflowError) as e:
+        raise UsageError(readable_error(str(e))) from None
+
+
+def trace_context() -> tuple[str | None, str | None]:
+    """$TRACEPARENT / $TRACESTATE, or None for one that is not well-formed (W3C: ignore it)."""
+    parent = os.environ.get("TRACEPARENT")
+    if parent is None or traceids.parse_traceparent(parent) is None or len(parent) > ctl.MAX_TRACEPARENT_CHARS \
+            or not re.fullmatch(ctl.TRACEPARENT_PATTERN[1:-1], parent):
+        return None, None
+    state = os.environ.get("TRACESTATE")
+    if state is not None and (len(state) > ctl.MAX_TRACESTATE_CHARS or undecodable_argument([state])):
+        state = None
+    return parent, state
+
+
+class CheckedClient(Client):
+    """A `Client` that refuses, before sending, a request the daemon would refuse to decode."""
+
+    def request(self, req: ctl.Request, timeout_s: float | None = None) -> ctl.Reply:
+        check_request(req)
+        return super().request(req, timeout_s)
 
 
 # ---- output ------------------------------------------------------------------------
@@ -118,7 +214,7 @@ def specs_from_file(path: str) -> list[TaskSpec]:
         try:
             specs.append(msgspec.json.decode(line, type=TaskSpec))
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise UsageError(f"{path}:{n}: {e}") from None
+            raise UsageError(f"{path}:{n}: {readable_error(str(e))}") from None
     if not specs:
         raise UsageError(f"{path}: no tasks")
     return specs
@@ -128,16 +224,24 @@ def specs_from_file(path: str) -> list[TaskSpec]:
 
 
 def wait_for(c: Client, ids: list[str], timeout_s: float | None) -> tuple[list[TaskView], list[str]]:
-    """Long-poll until every id is final (or `timeout_s` passes); never hangs on a dead daemon."""
-    deadline = None if not timeout_s else time.monotonic() + timeout_s
+    """Long-poll until every id is final (or `timeout_s` passes; None waits for ever, 0 asks
+    once and answers with what is final now); never hangs on a dead daemon. Asks about at
+    most `ctl.MAX_WAIT_IDS` ids per request."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     done: dict[str, TaskView] = {}
     pending = list(ids)
     while pending:
         left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
-        reply = expect(c.request(ctl.Wait(ids=pending, timeout_s=left), timeout_s=left + c.timeout_s), ctl.Tasks)
-        for t in reply.tasks:
-            done[t.id] = t
-        pending = list(reply.pending)
+        still: list[str] = []
+        for i in range(0, len(pending), ctl.MAX_WAIT_IDS):
+            chunk = pending[i:i + ctl.MAX_WAIT_IDS]
+            wait_s = left if i + ctl.MAX_WAIT_IDS >= len(pending) else 0.0  # long-poll on the last chunk only
+            reply = expect(c.request(ctl.Wait(ids=chunk, timeout_s=wait_s), timeout_s=wait_s + c.timeout_s),
+                           ctl.Tasks)
+            for t in reply.tasks:
+                done[t.id] = t
+            still += reply.pending
+        pending = still
         if deadline is not None and time.monotonic() >= deadline:
             break
     return [done[i] for i in ids if i in done], pending
@@ -161,8 +265,8 @@ def show_tasks(a: argparse.Namespace, tasks: list[TaskView], pending: list[str])
 
 def cmd_submit(c: Client, a: argparse.Namespace) -> int:
     specs = a.specs
-    reply = expect(c.request(ctl.Submit(tasks=specs, traceparent=os.environ.get("TRACEPARENT"),
-                                        tracestate=os.environ.get("TRACESTATE"))), ctl.Accepted)
+    traceparent, tracestate = trace_context()
+    reply = expect(c.request(ctl.Submit(tasks=specs, traceparent=traceparent, tracestate=tracestate)), ctl.Accepted)
     if not a.wait:
         if a.json:
             emit_json({"ids": reply.ids, "trace_id": reply.trace_id})
@@ -267,17 +371,19 @@ def cmd_simple(make: Callable[[argparse.Namespace], ctl.Request]) -> Callable[[C
 
 def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=["claude", "exec"], default="claude")
-    p.add_argument("--timeout", type=float, help="wall-clock limit, seconds")
-    p.add_argument("--stall-timeout", type=float, help="limit on silence (no output line), seconds")
-    p.add_argument("--retries", type=int, help="retries for retryable failures")
+    timeout = bounded_float(0, pt.MAX_TIMEOUT_S, low_open=True)
+    p.add_argument("--timeout", type=timeout, help="wall-clock limit, seconds")
+    p.add_argument("--stall-timeout", type=timeout, help="limit on silence (no output line), seconds")
+    p.add_argument("--retries", type=bounded_int(0, pt.MAX_RETRIES), help="retries for retryable failures")
     p.add_argument("--retry-on-exit", action="store_true", help="exec: also retry a non-zero exit")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument("--priority", type=bounded_int(pt.MIN_PRIORITY, pt.MAX_PRIORITY), default=0,
+                   help="higher runs first")
     p.add_argument("--cwd", help="working directory of the task")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra environment (repeatable)")
     p.add_argument("--input", help="text written to the task's stdin")
     p.add_argument("--input-file", help="file (or -) whose text is written to the task's stdin")
     p.add_argument("--model")
-    p.add_argument("--max-turns", type=int)
+    p.add_argument("--max-turns", type=bounded_int(1, pt.MAX_TURNS))
     p.add_argument("--allowed-tools", help="comma-separated, e.g. Bash,Read")
     p.add_argument("--append-system-prompt")
     p.add_argument("--permission-mode")
@@ -287,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="supctl", description="Control a running supd.")
     p.add_argument("--state-dir", help="the daemon's state dir (or $SUPD_STATE_DIR)")
     p.add_argument("--runtime-dir", help="the daemon's socket dir if not the state dir (or $SUPD_RUNTIME_DIR)")
-    p.add_argument("--reply-timeout", type=float, default=5.0, help="seconds to wait for the daemon's answer")
+    p.add_argument("--reply-timeout", type=bounded_float(0, 86_400, low_open=True), default=5.0,
+                   help="seconds to wait for the daemon's answer")
     p.add_argument("--endpoint", help="connect here instead, e.g. tcp://host:port (CurveZMQ keys from --config)")
     p.add_argument("--config", help="TOML file whose [security] client_secret_key/server_public_key are used for tcp")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -302,26 +409,34 @@ def build_parser() -> argparse.ArgumentParser:
     _task_options(s)
     s.add_argument("--file", help="one JSON task per line, e.g. {\"kind\":\"exec\",\"argv\":[\"true\"]}; - for stdin")
     s.add_argument("--wait", action="store_true", help="wait for the result(s)")
-    s.add_argument("--wait-timeout", type=float, help="give up waiting after S seconds (exit 3)")
+    s.add_argument("--wait-timeout", type=bounded_float(0, 365 * 86_400),
+                   help="give up waiting after S seconds (exit 3); 0: do not wait, show what is final")
     s.add_argument("words", nargs="*", metavar="PROMPT | -- CMD ARG")
     w = cmd("wait", "wait for tasks to finish", cmd_wait)
     w.add_argument("ids", nargs="+", metavar="ID")
-    w.add_argument("--timeout", type=float, help="give up after S seconds (exit 3)")
+    w.add_argument("--timeout", type=bounded_float(0, 365 * 86_400),
+                   help="give up after S seconds (exit 3); 0: do not wait, show what is final now")
     r = cmd("result", "show one task (also finished ones, also after a restart)", cmd_result)
     r.add_argument("id", metavar="ID")
     r.add_argument("--raw", action="store_true", help="print only the result text")
     ls = cmd("list", "list recent tasks", cmd_list)
     ls.add_argument("--state", help="queued, running, succeeded, failed, timed_out or cancelled")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=bounded_int(1, ctl.MAX_LIST), default=50)
     cmd("status", "the daemon, its children and queue", cmd_status)
     cmd("health", "ok / degraded / failing (exit 0 only when ok)", cmd_info(ctl.Health(), "health"))
     cmd("stats", "counters, latency percentiles, tokens and cost", cmd_info(ctl.Stats(), "stats"))
     cn = cmd("cancel", "cancel a queued or running task", cmd_simple(lambda a: ctl.Cancel(id=a.id)))
     cn.add_argument("id", metavar="ID")
     sc = cmd("scale", "change the number of children live", cmd_simple(lambda a: ctl.Scale(children=a.children)))
-    sc.add_argument("children", type=int, metavar="N")
+    sc.add_argument("children", type=bounded_int(0, ctl.MAX_CHILDREN), metavar="N")
     cmd("reload", "re-read the config file and apply it", cmd_simple(lambda a: ctl.Reload()))
     cmd("shutdown", "drain running tasks and stop the daemon", cmd_simple(lambda a: ctl.Shutdown()))
+    pr = cmd("prune", "delete finished tasks older than a duration (default: journal.retain_s) from the journal",
+             cmd_simple(lambda a: ctl.Prune(older_than_s=a.older_than)))
+    pr.add_argument("--older-than", type=parse_duration, metavar="DURATION", help="e.g. 90s, 30m, 12h, 7d")
+    rs = cmd("restart-slot", "give a child slot (e.g. w03) another chance after it went FATAL",
+             cmd_simple(lambda a: ctl.RestartSlot(slot=a.slot)))
+    rs.add_argument("slot", metavar="NAME")
     _extra_commands(sub, cmd)
     return p
 
@@ -353,14 +468,22 @@ def connection(a: argparse.Namespace) -> tuple[str, tuple[bytes, bytes, bytes] |
 
 
 def main(argv: list[str] | None = None) -> int:
+    bad = undecodable_argument(sys.argv[1:] if argv is None else argv)
+    if bad is not None:
+        print(f"supctl: an argument is not valid UTF-8: {bad[:80]}", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
         if a.command == "submit":  # bad input is a usage error whether or not a daemon runs
             a.specs = specs_from_file(a.file) if a.file else [spec_from_args(a)]
+            check_request(ctl.Submit(tasks=a.specs))
         endpoint, keys = connection(a)
-        with Client(endpoint, timeout_s=a.reply_timeout, curve=keys) as c:
+        with CheckedClient(endpoint, timeout_s=a.reply_timeout, curve=keys) as c:
             return int(a.fn(c, a))
+    except UnicodeError as e:  # a --file or --input-file that is not UTF-8
+        print(f"supctl: not valid UTF-8: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except UsageError as e:
         print(f"supctl: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,7 +24,7 @@ from supervisord.hub import childcare, lifecycle, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
-from supervisord.spokes import claude_cli
+from supervisord.spokes import claude_cli, rlimit
 from supervisord.store.base import StoreError
 
 Envelope = tuple[bytes, ...]
@@ -205,6 +205,8 @@ def scale(h: Hub, envelope: Envelope, req: ctl.Scale) -> ctl.Reply:
     """Change the pool size live; busy children leave after their task."""
     if not 0 <= req.children <= MAX_CHILDREN:
         return ctl.Error(kind="bad_request", message=f"children must be between 0 and {MAX_CHILDREN}, got {req.children}")
+    if problem := rlimit.ensure(req.children):
+        return ctl.Error(kind="limit", message=problem)
     apply_size(h, req.children)
     return ctl.Ok(message=f"scaled to {req.children} children")
 
@@ -226,6 +228,13 @@ def reload(h: Hub, envelope: Envelope | None = None, req: ctl.Reload | None = No
         log("reload_refused", error=str(e))
         h.spokes.notifier.ready()
         return ctl.Error(kind="config", message=str(e))
+    problem = rlimit.ensure(new.daemon.children)
+    if changed := config_mod.restart_required(h.config, new):
+        problem = f"{', '.join(changed)} changed: applied only by a restart (nothing was reloaded)"
+    if problem:
+        log("reload_refused", error=problem)
+        h.spokes.notifier.ready()
+        return ctl.Error(kind="config" if changed else "limit", message=problem)
     h.config = new
     h.pool.policy = policy_of(new)
     h.sched.max_queued = new.daemon.max_queued
@@ -239,6 +248,22 @@ def reload(h: Hub, envelope: Envelope | None = None, req: ctl.Reload | None = No
     return ctl.Ok(message=f"reloaded {h.config_path}")
 
 
+def prune(h: Hub, envelope: Envelope, req: ctl.Prune) -> ctl.Reply:
+    """Delete finished tasks older than --older-than (default: journal.retain_s) from the store."""
+    older_than_s = req.older_than_s if req.older_than_s is not None else h.config.journal.retain_s
+    if not older_than_s:
+        return ctl.Ok(message="journal.retain_s = 0 keeps every task; give --older-than")
+    n = h.store.prune(h.clock.wall() - older_than_s)
+    log("journal_pruned", tasks=n, older_than_s=older_than_s, reason="request")
+    return ctl.Ok(message=f"pruned {n} finished tasks older than {older_than_s:g}s")
+
+
+def restart_slot(h: Hub, envelope: Envelope, req: ctl.RestartSlot) -> ctl.Reply:
+    """Give a FATAL child slot (e.g. w03) another chance now, its crash history forgotten."""
+    problem = childcare.restart_slot(h, req.slot)
+    return ctl.Error(kind="bad_request", message=problem) if problem else ctl.Ok(message=f"restarting {req.slot}")
+
+
 def shutdown(h: Hub, envelope: Envelope, req: ctl.Shutdown) -> ctl.Reply:
     """Stop taking work, let running tasks finish (up to daemon.drain_s), stop, exit 0."""
     lifecycle.begin_drain(h, "shutdown request")
@@ -248,5 +273,5 @@ def shutdown(h: Hub, envelope: Envelope, req: ctl.Shutdown) -> ctl.Reply:
 _HANDLERS: dict[type, Callable[..., ctl.Reply | None]] = {
     ctl.Submit: submit, ctl.Wait: wait, ctl.Get: get, ctl.List: list_, ctl.Cancel: cancel,
     ctl.Status: status, ctl.Stats: stats, ctl.Health: health, ctl.Scale: scale,
-    ctl.Reload: reload, ctl.Shutdown: shutdown,
+    ctl.Reload: reload, ctl.Shutdown: shutdown, ctl.Prune: prune, ctl.RestartSlot: restart_slot,
 }

@@ -134,6 +134,8 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
     if now >= t.next_heartbeat:
         t.next_heartbeat = now + h.config.daemon.heartbeat_s
         childcare.ping(h)
+        for spoke in (h.spokes.control, h.spokes.children, h.spokes.events):
+            spoke.check_socket()  # a deleted socket file is rebound, not left unreachable
         if t.on_heartbeat is not None:
             t.on_heartbeat()
         h.store_problem = h.store.check()

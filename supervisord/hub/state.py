@@ -58,6 +58,7 @@ class ChildLink(Protocol):
     dropped: int
 
     def send(self, identity: str, message: cp.DaemonMessage) -> bool: ...
+    def check_socket(self) -> bool: ...
 
 
 class ControlLink(Protocol):
@@ -66,12 +67,14 @@ class ControlLink(Protocol):
     bad_requests: int
 
     def reply(self, envelope: tuple[bytes, ...], reply: ctl.Reply) -> None: ...
+    def check_socket(self) -> bool: ...
 
 
 class Publisher(Protocol):
     """The event bus `supctl watch` subscribes to."""
 
     def publish(self, topic: str, **data: Any) -> None: ...
+    def check_socket(self) -> bool: ...
 
 
 class Processes(Protocol):

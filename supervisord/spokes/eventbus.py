@@ -12,13 +12,16 @@ task, on the dispatch hot path). Must not import other spokes.
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 import time
 from typing import Any
 
 import msgspec
 import zmq
 import zmq.asyncio
+
+from supervisord.logs import log
+from supervisord.spokes.sockfile import BoundFile
 
 
 class EventBus:
@@ -27,13 +30,12 @@ class EventBus:
         self.sock: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.XPUB)  # plain socket on the loop's reader
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 10_000)
-        old = os.umask(0o177)
-        try:
-            self.sock.bind(endpoint)
-        finally:
-            os.umask(old)
+        self.sock.setsockopt(zmq.RCVHWM, 10_000)
+        self.bound = BoundFile(self.sock, endpoint)
         self._enc = msgspec.json.Encoder()
         self.published = 0
+        #: events libzmq refused (XPUB drops for a slow subscriber silently; this is the rest)
+        self.send_errors = 0
         #: topic prefixes with at least one subscriber (XPUB passes the first subscribe and
         #: the last unsubscribe of each, also when a subscriber disconnects)
         self.wanted: set[bytes] = set()
@@ -57,6 +59,10 @@ class EventBus:
             elif frame[:1] == b"\x00":
                 self.wanted.discard(frame[1:])
 
+    def check_socket(self) -> bool:
+        """True when events.sock is in place; else log `socket_missing`, rebind, False."""
+        return self.bound.check()
+
     def publish(self, topic: str, **data: Any) -> None:
         if not self.wanted:
             return
@@ -67,12 +73,14 @@ class EventBus:
         try:
             self.sock.send_multipart([raw, self._enc.encode(data)], flags=zmq.NOBLOCK)
             self.published += 1
-        except zmq.ZMQError:
-            pass  # no subscriber can take it now: events are best-effort by design
+        except zmq.ZMQError as e:  # events are best-effort by design: count it, say it, go on
+            self.send_errors += 1
+            log("event_send_failed", logging.WARNING, topic=topic, error=e.strerror)
         if self._loop is not None and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._loop.call_soon(self._hear)  # a send can swallow the FD's edge
 
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._fd)
+        self.bound.remove()
         self.sock.close(linger=0)

@@ -19,6 +19,7 @@ from proto import DECODE_ERRORS
 from proto import children as cp
 from supervisord.events import ChildSaid, Event
 from supervisord.logs import log
+from supervisord.spokes.sockfile import BoundFile
 
 
 class ChildTransport:
@@ -32,20 +33,30 @@ class ChildTransport:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        # Unlimited queues on purpose: a child's Result must never be dropped, and what one
+        # child may send is bounded by MAXMSGSIZE and its one task at a time.
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.bind(endpoint)
+        self.bound = BoundFile(self.sock, endpoint)
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(cp.ChildMessage)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = self.sock.getsockopt(zmq.FD)
         self._drain_pending = False
+        #: frames from children that did not decode
         self.dropped = 0
+        #: messages to children libzmq would not take (the child is gone)
+        self.send_errors = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self.drain)
         self._schedule_drain()  # what arrived before we were watching
+
+    def check_socket(self) -> bool:
+        """True when children.sock is in place; else log `socket_missing`, rebind, False
+        (running children keep their connections; new ones can connect again)."""
+        return self.bound.check()
 
     def _schedule_drain(self) -> None:
         if not self._drain_pending and self._loop is not None:
@@ -82,7 +93,8 @@ class ChildTransport:
             self.sock.send_multipart([identity.encode(), self._enc.encode(message)], flags=zmq.NOBLOCK)
             return True
         except zmq.ZMQError as e:
-            log("child_send_failed", logging.DEBUG, child=identity, error=e.strerror)
+            self.send_errors += 1
+            log("child_send_failed", logging.WARNING, child=identity, error=e.strerror, message=type(message).__name__)
             return False
         finally:
             # A send can consume the FD's edge for input that arrived meanwhile: look again.
@@ -92,4 +104,5 @@ class ChildTransport:
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._fd)
+        self.bound.remove()
         self.sock.close(linger=0)

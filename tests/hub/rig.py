@@ -48,6 +48,9 @@ class FakeChildren:
         return [m for i, m in self.sent if isinstance(m, kind) and (identity is None or i == identity)]
 
 
+    def check_socket(self) -> bool:
+        return True
+
 @dataclass
 class FakeControl:
     replies: list[tuple[tuple[bytes, ...], ctl.Reply]] = field(default_factory=list)
@@ -57,6 +60,9 @@ class FakeControl:
         self.replies.append((envelope, reply))
 
 
+    def check_socket(self) -> bool:
+        return True
+
 @dataclass
 class FakeBus:
     topics: list[str] = field(default_factory=list)
@@ -64,6 +70,9 @@ class FakeBus:
     def publish(self, topic: str, **data: Any) -> None:
         self.topics.append(topic)
 
+
+    def check_socket(self) -> bool:
+        return True
 
 @dataclass
 class FakeProcs:

@@ -257,7 +257,7 @@ def test_scale_up_and_down_live_lets_running_tasks_finish(supd_factory, tmp_path
     (task,) = d.wait(d.submit(TaskSpec(kind="exec", argv=["true"])))
     assert task.state == "succeeded"
     bad = d.supctl("scale", "100000")
-    assert bad.returncode == 1 and "children must be between" in bad.stderr
+    assert bad.returncode == 2 and "argument N: 100000 is out of range: must be between 0 and 1024" in bad.stderr
 
 
 def test_reload_without_a_config_file_is_a_no_op(supd_factory):
