@@ -285,11 +285,13 @@ def test_a_task_overrunning_its_deadline_is_killed_and_lost(tmp_path: Path) -> N
                                "[daemon]\nheartbeat_s = 0.5\nliveness = 3\n").boot()
     (tid,) = rig.submit(exec_spec())
     who, _ = rig.dispatched(tid)
-    for _ in range(12):  # the child keeps beating but never reports a result
+    other = next(i for i in rig.procs.spawned if i != who)
+    for _ in range(24):  # the child keeps beating but never reports a result (backstop: 4.5 s)
         rig.advance(0.25)
+        rig.say(other, cp.Heartbeat())
         if rig.slot(who).state.value == "busy":
             rig.say(who, cp.Heartbeat(task_id=tid, epoch=1))
-    assert rig.procs.spawned[who] in rig.procs.killed
+    assert rig.procs.killed == [rig.procs.spawned[who]]
     rig.exit(who)
     rig.advance(0.5)
     v = rig.view(tid)

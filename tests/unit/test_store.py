@@ -16,7 +16,8 @@ import pytest
 from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState, Usage
 from supervisord.core.scheduler import Scheduler
 from supervisord.core.task import Task
-from supervisord.store.base import StoreError, view
+from supervisord.core.task import view
+from supervisord.store.base import StoreError
 from supervisord.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 pytestmark = pytest.mark.timeout(30)
