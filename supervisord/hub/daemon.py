@@ -147,15 +147,18 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
         n.watchdog()
     if h.config.journal.retain_s and now >= t.next_prune:
         t.next_prune = now + PRUNE_EVERY_S
-        pruned = h.store.prune(h.clock.wall() - h.config.journal.retain_s)
-        if pruned:
-            log("journal_pruned", tasks=pruned, older_than_s=h.config.journal.retain_s)
+        h.prune_before = max(h.prune_before or 0.0, h.clock.wall() - h.config.journal.retain_s)
+    if h.prune_before is not None:  # a chunk per turn: a big prune never stalls the loop
+        if h.store.prune(h.prune_before, commands.PRUNE_CHUNK) < commands.PRUNE_CHUNK:
+            h.prune_before = None
     lifecycle.drain_step(h, now)
 
 
 def _next_wake(h: Hub, t: Turn, now: float) -> float:
     candidates = [h.pool.next_deadline(), h.sched.next_due(), t.next_heartbeat, h.orphans.next_deadline(),
                   h.waiters.next_deadline(), *(p.deadline for p in h.pending_loss.values())]
+    if h.prune_before is not None:
+        candidates.append(now + 0.01)
     if h.sched.queued and (b := h.breaker.next_change()) is not None:
         candidates.append(b)
     if h.spokes.notifier.watchdog_interval_s:

@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = Paths(state_dir, runtime_dir)
     try:
-        store = SqliteStore(paths.journal, max_bytes=int(config.journal.max_mb * 2**20))
+        store = SqliteStore(paths.journal, max_bytes=int(config.journal.max_mb * 2**20),
+                            group_sync=config.journal.synchronous)
     except StoreError as e:  # the journal cannot be opened (corrupt, newer schema): nothing was started
         print(f"supd: cannot open the journal: {e}", file=sys.stderr)
         return EXIT_FAILURE

@@ -179,6 +179,8 @@ class Hub:
     #: Lost attempts until then are the daemon's own fault (it was paused): free re-runs
     forgive_until: float = 0.0
     started_at: float = 0.0
+    #: finished tasks before this wall time are being pruned, a chunk per turn
+    prune_before: float | None = None
     #: the store's last complaint about its file (deleted, replaced), for health and status
     store_problem: str | None = None
 

@@ -77,8 +77,10 @@ class Store(Protocol):
         """Which of `ids` exist (pending or stored)."""
         ...
 
-    def prune(self, finished_before: float) -> int:
-        """Delete final tasks that finished (wall clock) before `finished_before`; how many."""
+    def prune(self, finished_before: float, limit: int = 500) -> int:
+        """Delete final tasks that finished (wall clock) before `finished_before`, the oldest
+        first and at most `limit` (so a call stays short); how many. Call again while it
+        returns `limit`."""
         ...
 
     def check(self) -> str | None:

@@ -14,6 +14,8 @@ import msgspec
 import pytest
 
 from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState, Usage
+from supervisord.core import fate
+from supervisord.core.fate import Context
 from supervisord.core.scheduler import Scheduler
 from supervisord.core.task import Task
 from supervisord.core.task import view
@@ -133,9 +135,9 @@ def test_a_claim_and_the_attempts_end_in_one_group_are_one_write(tmp_path: Path,
     store.accept([t])
     sched.add(t, 0.0)
     assert sched.take(0.0, True) is t
-    sched.start(t, "w00.1", WALL)  # bumps the epoch: 0 -> 1
+    fate.start(t, "w00.1", WALL)  # bumps the epoch: 0 -> 1
     store.claim(t)
-    sched.finish(t, S.SUCCEEDED, Outcome(exit_code=0, result="ok"), 1.0, WALL + 1)
+    fate.decide(t, fate.Ended(t.epoch, S.SUCCEEDED, Outcome(exit_code=0, result="ok")), Context(1.0, WALL + 1, 0.0))
     store.record(t)
     assert store.commit() == []
     assert stored(tmp_path / "tasks.db", "t1") == ("succeeded", 1)
@@ -144,7 +146,7 @@ def test_a_claim_and_the_attempts_end_in_one_group_are_one_write(tmp_path: Path,
     for _ in range(3):  # three attempts, each claimed and ended (retry), one group
         sched.tasks[t2.id] = t2
         t2.state = S.QUEUED
-        sched.start(t2, "w00.1", WALL)
+        fate.start(t2, "w00.1", WALL)
         store.claim(t2)
         t2.state = S.QUEUED
         store.record(t2)
@@ -498,7 +500,9 @@ def test_prune_deletes_final_tasks_finished_before_the_cutoff(store: SqliteStore
         t.state, t.finished_at = rows[t.id]
         store.record(t)
     store.commit()
-    assert store.prune(WALL) == 2
+    assert store.prune(WALL, limit=1) == 1  # the oldest first
+    assert store.known(list(rows)) == {"old-failed", "new-ok", "at-cutoff", "queued", "running"}
+    assert store.prune(WALL) == 1
     assert store.known(list(rows)) == {"new-ok", "at-cutoff", "queued", "running"}
     assert store.prune(WALL) == 0
 
@@ -518,16 +522,16 @@ def test_round_trip_through_a_reopen(tmp_path: Path) -> None:
     b = sched.take(0.0, True)
     assert a is tasks[0] and b is tasks[1]
     a.span_id = "ef" * 8
-    sched.start(a, "w00.1", WALL + 1)
-    sched.start(b, "w01.1", WALL + 1)
+    fate.start(a, "w00.1", WALL + 1)
+    fate.start(b, "w01.1", WALL + 1)
     b.forgiven = 1
     s.claim(a)
     s.claim(b)
     outcome = Outcome(exit_code=0, result="42", usage=Usage(input_tokens=5, output_tokens=7), cost_usd=0.01,
                       session_id="sess", num_turns=2, is_error=False)
-    sched.finish(a, S.SUCCEEDED, outcome, now=3.0, now_wall=WALL + 3.5)
+    fate.decide(a, fate.Ended(a.epoch, S.SUCCEEDED, outcome), Context(3.0, WALL + 3.5, 0.0))
     s.record(a)
-    sched.cancel_queued(tasks[2], WALL + 2)
+    fate.decide(tasks[2], fate.CancelRequested(), Context(2.0, WALL + 2, 0.0))
     s.record(tasks[2])
     s.close()  # close commits
 
