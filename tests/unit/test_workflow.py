@@ -16,9 +16,27 @@ from proto.task import TaskError, TaskSpec, TaskState
 from supervisord.core.flowspec import parse_flow
 from supervisord.core.flowstatus import status
 from supervisord.core.workflow import (
-    TRANSITIONS, Begin, BudgetExceeded, CancelRequested, CancelTask, Decision, Event, FlowState, JobState,
-    StartTask, StepState, TaskAccepted, TaskFinished, UndoState, Workflow, WorkflowFinished,
-    WorkflowTransitionError, _move, decide, new_workflow, resume,
+    TRANSITIONS,
+    Begin,
+    BudgetExceeded,
+    CancelRequested,
+    CancelTask,
+    Decision,
+    Event,
+    FlowState,
+    JobState,
+    StartTask,
+    StepState,
+    TaskAccepted,
+    TaskFinished,
+    UndoState,
+    Workflow,
+    WorkflowFinished,
+    WorkflowTransitionError,
+    _move,
+    decide,
+    new_workflow,
+    resume,
 )
 
 pytestmark = pytest.mark.timeout(10)
