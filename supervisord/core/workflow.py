@@ -3,7 +3,7 @@
 Reactor's semantics, made durable. The `Workflow` record is plain msgspec data: the store
 saves it after every event, and a record decoded from the store decides exactly as the
 one that was saved (nothing is kept outside it). `decide` is the one function that moves
-a workflow; `_move` is the one place any state changes, checked against `TRANSITIONS`.
+a workflow; the record and its transition table are in `flowrecord`.
 
 - A step is queued once every step in its `after` has succeeded (or been compensated); a
   map step is then expanded into one job per non-empty line of the mapped step's result.
@@ -16,24 +16,47 @@ a workflow; `_move` is the one place any state changes, checked against `TRANSIT
 - `max_cost_usd`: a Claude job that would start once the cost of finished jobs has reached
   it fails the workflow with error kind `budget`.
 
-A job is one task the workflow runs, named by a key the hub carries on the task: `NAME`
-(a step), `NAME[i]` (a map item), `NAME:compensate`, `NAME:undo:N` (attempt N).
-
 Pure: no I/O, no clock (`now`, wall seconds, is an argument), no randomness. Must not
 import asyncio, zmq, sqlite3 or any spoke.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import msgspec
 
 from proto.task import ErrorKind, TaskError, TaskSpec, TaskState
+from supervisord.core.flowrecord import (
+    SUCCESSFUL,
+    TEMPLATE,
+    TRANSITIONS,
+    Begin,
+    BudgetExceeded,
+    CancelRequested,
+    CancelTask,
+    Decision,
+    Event,
+    FlowState,
+    Job,
+    JobState,
+    Role,
+    StartTask,
+    StepRun,
+    StepState,
+    TaskAccepted,
+    TaskFinished,
+    UndoRun,
+    UndoState,
+    Workflow,
+    WorkflowFinished,
+    WorkflowTransitionError,
+    move,
+)
 from supervisord.core.flowspec import FlowSpec, TaskTemplate
 from supervisord.core.template import RenderError, Template, render
 
+# the record's names are re-exported: the hub needs only this module
 __all__ = [
     "TEMPLATE", "TRANSITIONS", "Begin", "BudgetExceeded", "CancelRequested", "CancelTask", "Decision",
     "Event", "FlowState", "Job", "JobState", "Role", "StartTask", "StepRun", "StepState", "TaskAccepted",
@@ -41,228 +64,7 @@ __all__ = [
     "decide", "new_workflow", "resume",
 ]
 
-#: error kind of a step whose template could not be filled (a missing JSON field, ...)
-TEMPLATE = "template"
-
-
-class FlowState(enum.Enum):
-    RUNNING = "running"
-    #: failed or cancelled (`ending` says which): cancelling what runs, then undoing
-    STOPPING = "stopping"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def final(self) -> bool:
-        return self not in (FlowState.RUNNING, FlowState.STOPPING)
-
-
-class StepState(enum.Enum):
-    BLOCKED = "blocked"  # a step it comes after has not succeeded yet
-    QUEUED = "queued"  # ready; its jobs wait for room under max_parallel
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    COMPENSATING = "compensating"  # failed for good; its compensate task runs
-    COMPENSATED = "compensated"  # the compensate's result stands in for the step's
-    SKIPPED = "skipped"  # never started: the workflow stopped first
-    CANCELLED = "cancelled"  # was running when the workflow stopped
-    UNDONE = "undone"
-    UNDO_FAILED = "undo_failed"
-
-
-class JobState(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"  # a StartTask was decided; the task may not exist yet
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"
-
-
-class UndoState(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-class Role(enum.Enum):
-    STEP = "step"
-    COMPENSATE = "compensate"
-    UNDO = "undo"
-
-
 F, S, J, U = FlowState, StepState, JobState, UndoState
-_OK = frozenset({S.SUCCEEDED, S.COMPENSATED})
-
-#: The only legal moves, for every state machine here; `_move` checks each change against it.
-TRANSITIONS: dict[enum.Enum, frozenset[enum.Enum]] = {
-    F.RUNNING: frozenset({F.STOPPING, F.SUCCEEDED}),
-    F.STOPPING: frozenset({F.FAILED, F.CANCELLED}),
-    S.BLOCKED: frozenset({S.QUEUED, S.SKIPPED}),
-    # QUEUED -> SUCCEEDED: a map over zero items; QUEUED -> FAILED: a template that cannot be filled
-    S.QUEUED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.SKIPPED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED}),
-    S.FAILED: frozenset({S.COMPENSATING}),
-    S.COMPENSATING: frozenset({S.COMPENSATED, S.FAILED}),
-    S.SUCCEEDED: frozenset({S.UNDONE, S.UNDO_FAILED}),
-    J.QUEUED: frozenset({J.RUNNING, J.FAILED, J.SKIPPED}),
-    J.RUNNING: frozenset({J.SUCCEEDED, J.FAILED, J.CANCELLED}),
-    U.QUEUED: frozenset({U.RUNNING}),
-    U.RUNNING: frozenset({U.SUCCEEDED, U.FAILED, U.QUEUED}),  # -> QUEUED: retry
-}
-
-
-class WorkflowTransitionError(Exception):
-    pass
-
-
-class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
-    key: str
-    step: str
-    role: Role = Role.STEP
-    #: a map item's 0-based position
-    index: int | None = None
-    state: JobState = JobState.QUEUED
-    task_id: str | None = None
-    result: str | None = None
-    error: TaskError | None = None
-    cost_usd: float = 0.0
-    started_at: float | None = None
-    finished_at: float | None = None
-    cancel_sent: bool = False
-
-
-class StepRun(msgspec.Struct, kw_only=True, omit_defaults=True):
-    state: StepState = StepState.BLOCKED
-    #: a map step's items, fixed when it is queued
-    items: list[str] | None = None
-    #: its own jobs (one, or one per item), in item order
-    jobs: list[str] = []
-    compensate_job: str | None = None
-    #: jobs of this step not yet succeeded; jobs of this step running (kept by `_move`)
-    left: int = 0
-    running: int = 0
-    result: str | None = None
-    item_results: list[str] | None = None
-    error: TaskError | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    #: 1 for the first step to succeed, 2 for the next, ...: undo runs in reverse
-    finish_seq: int | None = None
-
-
-class UndoRun(msgspec.Struct, kw_only=True, omit_defaults=True):
-    step: str
-    state: UndoState = UndoState.QUEUED
-    attempts: int = 0
-    jobs: list[str] = []
-    error: TaskError | None = None
-
-
-class Workflow(msgspec.Struct, kw_only=True, omit_defaults=True):
-    id: str
-    spec: FlowSpec
-    inputs: dict[str, str] = {}
-    trace_id: str | None = None
-    state: FlowState = FlowState.RUNNING
-    #: what a stopping workflow ends as
-    ending: FlowState | None = None
-    error: TaskError | None = None
-    started_at: float = 0.0
-    finished_at: float | None = None
-    cost_usd: float = 0.0
-    steps: dict[str, StepRun] = {}
-    jobs: dict[str, Job] = {}
-    #: queued jobs in start order
-    ready: list[str] = []
-    #: the rollback plan in the order it runs, once the workflow has stopped and nothing runs
-    undo: list[UndoRun] | None = None
-    #: jobs running; steps succeeded or compensated; steps finished (all kept by `_move`)
-    running: int = 0
-    steps_ok: int = 0
-    finish_seq: int = 0
-
-
-# ---- events (what the hub reports) and decisions (what it must do) --------------------
-
-class Begin(msgspec.Struct, tag="begin"):
-    """The record is stored: start what can start."""
-
-
-class TaskAccepted(msgspec.Struct, tag="accepted"):
-    """The store accepted the task for `job` (after a `StartTask`)."""
-
-    job: str
-    task_id: str
-
-
-class TaskFinished(msgspec.Struct, tag="finished", kw_only=True):
-    """The task for `job` reached a final state (after its own retries)."""
-
-    job: str
-    state: TaskState
-    result: str | None = None
-    cost_usd: float = 0.0
-    error: TaskError | None = None
-
-
-class CancelRequested(msgspec.Struct, tag="cancel"):
-    reason: str = "cancelled by request"
-
-
-class BudgetExceeded(msgspec.Struct, tag="budget"):
-    """A budget outside this workflow ran out: fail it with error kind `budget`."""
-
-    message: str
-
-
-Event = Begin | TaskAccepted | TaskFinished | CancelRequested | BudgetExceeded
-
-
-class StartTask(msgspec.Struct, tag="start", kw_only=True):
-    """Submit `spec` as the task for `job`, once: after a crash, `resume` asks again."""
-
-    job: str
-    step: str
-    role: Role
-    spec: TaskSpec
-
-
-class CancelTask(msgspec.Struct, tag="cancel", kw_only=True):
-    """Cancel the task for `job` (`task_id` None: not accepted yet; find it by the job)."""
-
-    job: str
-    task_id: str | None
-
-
-class WorkflowFinished(msgspec.Struct, tag="done", kw_only=True):
-    state: FlowState
-    error: TaskError | None
-
-
-Decision = StartTask | CancelTask | WorkflowFinished
-
-
-# ---- the one place states change -------------------------------------------------------
-
-def _move(wf: Workflow, rec: Workflow | StepRun | Job | UndoRun, to: enum.Enum) -> None:
-    old = rec.state
-    if to not in TRANSITIONS.get(old, frozenset()):
-        raise WorkflowTransitionError(f"workflow {wf.id}: {type(rec).__name__} {old.value} -> {to.value} "
-                                      f"is not allowed")
-    rec.state = to  # type: ignore[assignment]  # the table keeps each record within its enum
-    if isinstance(rec, Job):
-        step = wf.steps[rec.step]
-        delta = (to is J.RUNNING) - (old is J.RUNNING)
-        wf.running += delta
-        step.running += delta
-        if to is J.SUCCEEDED and rec.role is Role.STEP:
-            step.left -= 1
-    elif isinstance(rec, StepRun) and to in _OK:
-        wf.steps_ok += 1
 
 
 # ---- the state machine -----------------------------------------------------------------
@@ -300,7 +102,7 @@ def decide(wf: Workflow, event: Event, now: float) -> list[Decision]:
             _stop(wf, F.FAILED, TaskError(kind=ErrorKind.BUDGET, message=message), out)
     _pump(wf, now, out)
     if wf.state is F.RUNNING and wf.steps_ok == len(wf.steps):
-        _move(wf, wf, F.SUCCEEDED)  # RUNNING -> SUCCEEDED
+        move(wf, wf, F.SUCCEEDED)  # RUNNING -> SUCCEEDED
         wf.finished_at = now
         out.append(WorkflowFinished(state=wf.state, error=None))
     _rollback(wf, now, out)
@@ -330,9 +132,9 @@ def _release(wf: Workflow, names: list[str], now: float) -> None:
     while i < len(todo):
         name, i = todo[i], i + 1
         step, spec = wf.steps[name], wf.spec.steps[name]
-        if step.state is not S.BLOCKED or any(wf.steps[a].state not in _OK for a in spec.after):
+        if step.state is not S.BLOCKED or any(wf.steps[a].state not in SUCCESSFUL for a in spec.after):
             continue
-        _move(wf, step, S.QUEUED)  # BLOCKED -> QUEUED
+        move(wf, step, S.QUEUED)  # BLOCKED -> QUEUED
         if spec.map is None:
             step.jobs = [name]
             wf.jobs[name] = Job(key=name, step=name)
@@ -379,15 +181,15 @@ def _start(wf: Workflow, job: Job, now: float, out: list[Decision]) -> bool:
     try:
         spec = _job_spec(wf, job)
     except RenderError as e:
-        _move(wf, job, J.FAILED)  # QUEUED -> FAILED (its template)
+        move(wf, job, J.FAILED)  # QUEUED -> FAILED (its template)
         job.error, job.finished_at = TaskError(kind=TEMPLATE, message=str(e)), now
         _ended(wf, job, now, out)
         return False
-    _move(wf, job, J.RUNNING)  # QUEUED -> RUNNING
+    move(wf, job, J.RUNNING)  # QUEUED -> RUNNING
     job.started_at = now
     step = wf.steps[job.step]
     if job.role is Role.STEP and step.state is S.QUEUED:
-        _move(wf, step, S.RUNNING)  # QUEUED -> RUNNING (its first job)
+        move(wf, step, S.RUNNING)  # QUEUED -> RUNNING (its first job)
         step.started_at = now
     out.append(StartTask(job=job.key, step=job.step, role=job.role, spec=spec))
     return True
@@ -395,18 +197,18 @@ def _start(wf: Workflow, job: Job, now: float, out: list[Decision]) -> bool:
 
 def _finished(wf: Workflow, ev: TaskFinished, now: float, out: list[Decision]) -> None:
     job = wf.jobs.get(ev.job)
-    if job is None or job.state is not J.RUNNING:
-        return  # a repeat, or not ours
+    if job is None or job.state is not J.RUNNING or not ev.state.final:
+        return  # a repeat, not ours, or not an end
     job.result, job.error, job.cost_usd, job.finished_at = ev.result, ev.error, ev.cost_usd, now
     wf.cost_usd += ev.cost_usd
     if ev.state is TaskState.SUCCEEDED:
-        _move(wf, job, J.SUCCEEDED)  # RUNNING -> SUCCEEDED
+        move(wf, job, J.SUCCEEDED)  # RUNNING -> SUCCEEDED
     elif ev.state is TaskState.CANCELLED:
         job.error = job.error or TaskError(kind=ErrorKind.CANCELLED, message="task cancelled")
-        _move(wf, job, J.CANCELLED)  # RUNNING -> CANCELLED
+        move(wf, job, J.CANCELLED)  # RUNNING -> CANCELLED
     else:
         job.error = job.error or TaskError(kind=ev.state.value, message=f"task ended {ev.state.value}")
-        _move(wf, job, J.FAILED)  # RUNNING -> FAILED
+        move(wf, job, J.FAILED)  # RUNNING -> FAILED
     _ended(wf, job, now, out)
 
 
@@ -426,7 +228,7 @@ def _ended(wf: Workflow, job: Job, now: float, out: list[Decision]) -> None:
             if wf.state is F.RUNNING:
                 _release(wf, list(spec.dependents), now)
             return
-        _move(wf, step, S.FAILED)  # COMPENSATING -> FAILED
+        move(wf, step, S.FAILED)  # COMPENSATING -> FAILED
         if job.state is J.FAILED:
             error = TaskError(kind=error.kind, message=f"step {name}: compensate failed: {error.message}")
         else:
@@ -450,7 +252,7 @@ def _ended(wf: Workflow, job: Job, now: float, out: list[Decision]) -> None:
 
 def _succeed(wf: Workflow, name: str, result: str, item_results: list[str] | None, now: float) -> None:
     step = wf.steps[name]
-    _move(wf, step, S.COMPENSATED if step.state is S.COMPENSATING else S.SUCCEEDED)  # -> SUCCEEDED/COMPENSATED
+    move(wf, step, S.COMPENSATED if step.state is S.COMPENSATING else S.SUCCEEDED)  # -> SUCCEEDED/COMPENSATED
     wf.finish_seq += 1
     step.result, step.item_results, step.finish_seq, step.finished_at = result, item_results, wf.finish_seq, now
 
@@ -460,14 +262,14 @@ def _step_failed(wf: Workflow, job: Job, error: TaskError, now: float, out: list
     step, spec = wf.steps[name], wf.spec.steps[name]
     if job.index is not None:
         error = TaskError(kind=error.kind, message=f"item {job.index}: {error.message}")
-    _move(wf, step, S.FAILED)  # QUEUED/RUNNING -> FAILED
+    move(wf, step, S.FAILED)  # QUEUED/RUNNING -> FAILED
     step.error, step.finished_at = error, now
     for key in step.jobs:
         sibling = wf.jobs[key]
         if sibling.state is J.RUNNING:
             _cancel(sibling, out)
         elif sibling.state is J.QUEUED:
-            _move(wf, sibling, J.SKIPPED)  # QUEUED -> SKIPPED
+            move(wf, sibling, J.SKIPPED)  # QUEUED -> SKIPPED
     if spec.compensate is None:
         _stop(wf, F.FAILED, TaskError(kind=error.kind, message=f"step {name}: {error.message}"), out)
 
@@ -481,10 +283,10 @@ def _settle(wf: Workflow, name: str, now: float, out: list[Decision]) -> None:
             and wf.state is F.RUNNING:
         key = step.compensate_job = f"{name}:compensate"
         job = wf.jobs[key] = Job(key=key, step=name, role=Role.COMPENSATE)
-        _move(wf, step, S.COMPENSATING)  # FAILED -> COMPENSATING
+        move(wf, step, S.COMPENSATING)  # FAILED -> COMPENSATING
         _start(wf, job, now, out)
     elif step.state is S.RUNNING and wf.state is F.STOPPING:
-        _move(wf, step, S.CANCELLED)  # RUNNING -> CANCELLED
+        move(wf, step, S.CANCELLED)  # RUNNING -> CANCELLED
         step.finished_at = now
 
 
@@ -498,19 +300,19 @@ def _stop(wf: Workflow, ending: FlowState, error: TaskError, out: list[Decision]
     """Fail or cancel: cancel what runs, skip what has not started (undo waits for quiet)."""
     if wf.state is not F.RUNNING:
         return  # the first reason wins
-    _move(wf, wf, F.STOPPING)  # RUNNING -> STOPPING
+    move(wf, wf, F.STOPPING)  # RUNNING -> STOPPING
     wf.ending, wf.error = ending, error
     for job in wf.jobs.values():
         if job.state is J.RUNNING:
             _cancel(job, out)
         elif job.state is J.QUEUED:
-            _move(wf, job, J.SKIPPED)  # QUEUED -> SKIPPED
+            move(wf, job, J.SKIPPED)  # QUEUED -> SKIPPED
     wf.ready.clear()
     for step in wf.steps.values():
         if step.state in (S.BLOCKED, S.QUEUED):
-            _move(wf, step, S.SKIPPED)  # BLOCKED/QUEUED -> SKIPPED
+            move(wf, step, S.SKIPPED)  # BLOCKED/QUEUED -> SKIPPED
         elif step.state is S.RUNNING and not step.running:
-            _move(wf, step, S.CANCELLED)  # RUNNING -> CANCELLED (only queued items were left)
+            move(wf, step, S.CANCELLED)  # RUNNING -> CANCELLED (only queued items were left)
 
 
 def _rollback(wf: Workflow, now: float, out: list[Decision]) -> None:
@@ -529,11 +331,11 @@ def _rollback(wf: Workflow, now: float, out: list[Decision]) -> None:
             key = f"{undo.step}:undo:{undo.attempts}"
             job = wf.jobs[key] = Job(key=key, step=undo.step, role=Role.UNDO)
             undo.jobs.append(key)
-            _move(wf, undo, U.RUNNING)  # QUEUED -> RUNNING
+            move(wf, undo, U.RUNNING)  # QUEUED -> RUNNING
             if _start(wf, job, now, out):
                 return
     assert wf.ending is not None
-    _move(wf, wf, wf.ending)  # STOPPING -> FAILED/CANCELLED
+    move(wf, wf, wf.ending)  # STOPPING -> FAILED/CANCELLED
     wf.finished_at = now
     out.append(WorkflowFinished(state=wf.state, error=wf.error))
 
@@ -543,15 +345,15 @@ def _undo_ended(wf: Workflow, job: Job) -> None:
     undo = next(u for u in wf.undo if u.step == job.step)
     step = wf.steps[job.step]
     if job.state is J.SUCCEEDED:
-        _move(wf, undo, U.SUCCEEDED)  # RUNNING -> SUCCEEDED
-        _move(wf, step, S.UNDONE)  # SUCCEEDED -> UNDONE
+        move(wf, undo, U.SUCCEEDED)  # RUNNING -> SUCCEEDED
+        move(wf, step, S.UNDONE)  # SUCCEEDED -> UNDONE
     elif job.state is J.FAILED and job.error is not None and job.error.kind != TEMPLATE \
             and undo.attempts <= wf.spec.undo_retries:
-        _move(wf, undo, U.QUEUED)  # RUNNING -> QUEUED (retry)
+        move(wf, undo, U.QUEUED)  # RUNNING -> QUEUED (retry)
     else:  # out of retries, a template that will never fill, or cancelled by hand
-        _move(wf, undo, U.FAILED)  # RUNNING -> FAILED
+        move(wf, undo, U.FAILED)  # RUNNING -> FAILED
         undo.error = job.error
-        _move(wf, step, S.UNDO_FAILED)  # SUCCEEDED -> UNDO_FAILED
+        move(wf, step, S.UNDO_FAILED)  # SUCCEEDED -> UNDO_FAILED
 
 
 # ---- rendering ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from proto.task import TaskError, TaskSpec, TaskState
+from supervisord.core.flowrecord import move
 from supervisord.core.flowspec import parse_flow
 from supervisord.core.flowstatus import status
 from supervisord.core.workflow import (
@@ -33,7 +34,6 @@ from supervisord.core.workflow import (
     Workflow,
     WorkflowFinished,
     WorkflowTransitionError,
-    _move,
     decide,
     new_workflow,
     resume,
@@ -122,7 +122,7 @@ def test_a_move_off_the_table_is_refused(old: StepState, new: StepState) -> None
     wf = flow(f"name = 'x'\n[steps.a]\n{EXEC}")
     wf.steps["a"].state = old
     with pytest.raises(WorkflowTransitionError, match=f"StepRun {old.value} -> {new.value} is not allowed"):
-        _move(wf, wf.steps["a"], new)
+        move(wf, wf.steps["a"], new)
 
 
 # ---- order -----------------------------------------------------------------------------
