@@ -114,6 +114,9 @@ class Fate:
         return self.verdict is not Verdict.IGNORED
 
 
+#: Re-runs a task gets after daemon crashes, whatever its `retries`.
+RECOVERY_FLOOR = 1
+
 IGNORED_STALE = Fate(Verdict.IGNORED, "stale: not the current attempt")
 
 
@@ -200,13 +203,15 @@ def _cancel(task: Task, ctx: Context) -> Fate:
 def _recovered(task: Task, tree_alive: bool, ctx: Context) -> Fate:
     """A previous daemon stopped with this task unfinished (a crash, or a drain that ran out).
     A running attempt was counted when it was claimed: a task that keeps killing its daemon
-    uses up its retries like one that keeps killing its child, then fails `worker_lost`."""
+    uses up its retries like one that keeps killing its child, then fails `worker_lost`. One
+    daemon crash is not proof the task is at fault, so it runs again at least once
+    (`RECOVERY_FLOOR`), even with `retries = 0`: a running attempt is at-least-once."""
     if task.cancel_requested:
         task.outcome = Outcome(error=TaskError(kind=ErrorKind.CANCELLED, message="cancelled by request"))
         return _final(task, TaskState.CANCELLED, ctx, "cancelled by request", kill_tree=tree_alive)
     if task.state is TaskState.QUEUED:
         return Fate(Verdict.QUEUED, "recovered")
-    if task.state is TaskState.RUNNING and task.attempts - task.forgiven > task.retries:
+    if task.state is TaskState.RUNNING and task.attempts - task.forgiven > max(task.retries, RECOVERY_FLOOR):
         task.outcome = Outcome(error=TaskError(kind=ErrorKind.WORKER_LOST, message=(
             f"the daemon stopped while attempt {task.attempts} ran, and the task has no retries left")))
         return _final(task, TaskState.FAILED, ctx, "worker_lost (daemon restarts)", kill_tree=tree_alive)

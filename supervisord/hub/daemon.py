@@ -57,8 +57,8 @@ class Turn:
     #: when the hub asked to be woken; a wake-up far later than that means it was stalled
     armed_at: float | None = None
     shown: lifecycle.Shown = field(default_factory=lifecycle.Shown)
-    #: called once per heartbeat (the Prometheus snapshot, when it is on)
-    on_heartbeat: Callable[[], None] | None = None
+    #: called at the end of every turn (the Prometheus snapshot, when it is on: ~10 µs)
+    on_turn: Callable[[], None] | None = None
 
 
 def handle(h: Hub, event: Event) -> None:
@@ -107,6 +107,8 @@ def turn(h: Hub, t: Turn) -> None:
     t.armed_at = _next_wake(h, t, now)
     h.spokes.wake_at(t.armed_at)
     lifecycle.show_status(h, t.shown)
+    if t.on_turn is not None:
+        t.on_turn()
 
 
 def _notice_stall(h: Hub, t: Turn, now: float) -> None:
@@ -136,8 +138,6 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
         childcare.ping(h)
         for spoke in (h.spokes.control, h.spokes.children, h.spokes.events):
             spoke.check_socket()  # a deleted socket file is rebound, not left unreachable
-        if t.on_heartbeat is not None:
-            t.on_heartbeat()
         h.store_problem = h.store.check()
         if h.store_problem:
             log("journal_problem", logging.ERROR, problem=h.store_problem)
@@ -215,7 +215,7 @@ class Daemon:
             from supervisord.spokes import prom as prom_mod  # prometheus_client is loaded only when asked for
 
             self.latest = prom_snapshot(h)
-            t.on_heartbeat = lambda: setattr(self, "latest", prom_snapshot(h))
+            t.on_turn = lambda: setattr(self, "latest", prom_snapshot(h))
             prom = prom_mod.start(self.config.metrics, lambda: self.latest)
         log("daemon_started", pid=os.getpid(), state_dir=self.paths.state_dir, children=self.config.daemon.children,
             claude=" ".join(h.claude.argv), claude_source=h.claude.source)

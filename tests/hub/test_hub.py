@@ -204,18 +204,23 @@ def test_a_journaled_cancel_survives_a_restart(tmp_path: Path) -> None:
     assert again.view(tid).state == "cancelled"
 
 
-def test_a_poison_task_ends_failed_instead_of_crash_looping_the_daemon(tmp_path: Path) -> None:
-    """Defect 7: recovered attempts count against the retry budget."""
-    rig = Rig(tmp_path, config="[tasks]\nretries = 1\n").boot()
+@pytest.mark.parametrize(("retries", "runs"), [(0, 2), (1, 2), (2, 3)])
+def test_a_poison_task_ends_failed_instead_of_crash_looping_the_daemon(tmp_path: Path, retries: int,
+                                                                       runs: int) -> None:
+    """Defect 7: recovered attempts count against the retry budget (one re-run at least: a
+    single daemon crash is not the task's fault)."""
+    config = f"[tasks]\nretries = {retries}\n"
+    rig = Rig(tmp_path, config=config).boot()
     (tid,) = rig.submit(exec_spec())
-    rig.store.close()  # the daemon dies while attempt 1 runs
-    second = Rig(tmp_path, config="[tasks]\nretries = 1\n").boot()
-    assert second.view(tid).state == "running" and second.view(tid).attempts == 2
-    second.store.close()  # and again while attempt 2 runs
-    third = Rig(tmp_path, config="[tasks]\nretries = 1\n").boot()
-    v = third.view(tid)
-    assert (v.state, v.attempts, v.error.kind) == ("failed", 2, ErrorKind.WORKER_LOST)
-    assert third.children.of(cp.Dispatch) == []
+    for attempt in range(1, runs):
+        rig.store.close()  # the daemon dies while the attempt runs
+        rig = Rig(tmp_path, config=config).boot()
+        assert rig.view(tid).state == "running" and rig.view(tid).attempts == attempt + 1
+    rig.store.close()
+    last = Rig(tmp_path, config=config).boot()
+    v = last.view(tid)
+    assert (v.state, v.attempts, v.error.kind) == ("failed", runs, ErrorKind.WORKER_LOST)
+    assert last.children.of(cp.Dispatch) == []
 
 
 def test_a_recovered_task_with_a_live_tree_waits_for_it(tmp_path: Path) -> None:
