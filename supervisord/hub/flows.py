@@ -114,7 +114,7 @@ def status_(h: Hub, envelope: Envelope, req: ctl.FlowStatus) -> ctl.Reply:
     wf = find(h, req.id)
     if wf is None:
         return ctl.Error(kind="not_found", message=f"no workflow with id {req.id!r}")
-    return ctl.Flows(flows=[status(wf)])
+    return ctl.Flows(flows=[view(wf)])
 
 
 def list_(h: Hub, envelope: Envelope, req: ctl.FlowList) -> ctl.Reply:
@@ -157,6 +157,15 @@ def find(h: Hub, wf_id: str) -> Workflow | None:
     return h.flows.live.get(wf_id) or h.store.workflow(wf_id)
 
 
+def view(wf: Workflow) -> dict[str, object]:
+    """`status(wf)`, each step also with its `after` and `map` (supctl draws the tree)."""
+    out = status(wf)
+    for step in out["steps"]:  # type: ignore[attr-defined]
+        spec = wf.spec.steps[step["name"]]
+        step["after"], step["map"] = list(spec.after), spec.map
+    return out
+
+
 def summary(wf: Workflow) -> dict[str, object]:
     """A workflow for `flow list`: `flow status` without the steps' results."""
     states = [s.state.value for s in wf.steps.values()]
@@ -170,7 +179,7 @@ def summary(wf: Workflow) -> dict[str, object]:
 
 def answer(h: Hub, waiter: Waiter) -> None:
     """Answer a `FlowWait` (after the commit that saved the final records)."""
-    done = [status(wf) for wid in waiter.ids if wid not in waiter.pending and (wf := find(h, wid))]
+    done = [view(wf) for wid in waiter.ids if wid not in waiter.pending and (wf := find(h, wid))]
     h.after_commit.append((waiter.envelope, ctl.Flows(flows=done, pending=sorted(waiter.pending))))
 
 
