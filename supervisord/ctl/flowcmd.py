@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from proto import control as ctl
 from supervisord.core import flowspec
@@ -79,7 +79,7 @@ def prepare_run(a: argparse.Namespace) -> None:
     if len(inputs) > ctl.MAX_INPUTS:
         raise FlowUsageError(f"--set: {len(inputs)} inputs exceeds the limit of {ctl.MAX_INPUTS}")
     text = sys.stdin.read() if a.file == "-" else Path(a.file).read_text()
-    fmt = "json" if a.file.endswith(".json") else "toml"
+    fmt: Literal["toml", "json"] = "json" if a.file.endswith(".json") else "toml"
     try:
         doc = flowspec.load(text, fmt)
         flowspec.check(doc, inputs)
@@ -213,7 +213,7 @@ def tree(flow: dict[str, Any]) -> str:
     for s in flow["steps"]:
         after = [a for a in s.get("after", []) if a in steps]
         children.setdefault(after[-1] if after else None, []).append(s["name"])
-    name_w = max(len(n) for n in steps) + 2 * _depth(steps) + 3
+    name_w = 2 + 3 * (_depth(steps) + 1) + max(len(n) for n in steps)
 
     def walk(parent: str | None, prefix: str) -> None:
         kids = children.get(parent, [])

@@ -19,6 +19,7 @@ Imports the stdlib, proto and the core only.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -106,11 +107,11 @@ class Store(Protocol):
         """One workflow's record (its noted state if any)."""
         ...
 
-    def workflows(self, state: str | None, limit: int) -> list[Workflow]:
+    def workflows(self, state: str | None, limit: int) -> builtins.list[Workflow]:
         """The newest first, optionally in one public state (running includes stopping)."""
         ...
 
-    def unfinished_workflows(self) -> list[Workflow]:
+    def unfinished_workflows(self) -> builtins.list[Workflow]:
         """Workflows not final, oldest first (recovery)."""
         ...
 

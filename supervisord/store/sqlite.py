@@ -33,6 +33,7 @@ Imports the stdlib, msgspec, proto, `supervisord.core` and `supervisord.logs` on
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -423,7 +424,7 @@ class SqliteStore:
         row = self.db.execute("SELECT record FROM workflows WHERE id=?", (wf_id,)).fetchone()
         return _flow_dec.decode(row[0]) if row else None
 
-    def workflows(self, state: str | None, limit: int) -> list[Workflow]:
+    def workflows(self, state: str | None, limit: int) -> builtins.list[Workflow]:
         """The newest first; `state` as `flow status` shows it (running includes stopping)."""
         if state is None:
             rows = self.db.execute("SELECT id, record FROM workflows ORDER BY seq DESC LIMIT ?", (limit,))
@@ -433,7 +434,7 @@ class SqliteStore:
                                    " ORDER BY seq DESC LIMIT ?", (json.dumps(states), limit))
         return [self._flows.get(str(wid)) or _flow_dec.decode(record) for wid, record in rows.fetchall()]
 
-    def unfinished_workflows(self) -> list[Workflow]:
+    def unfinished_workflows(self) -> builtins.list[Workflow]:
         rows = self.db.execute(f"SELECT record FROM workflows WHERE state IN {_FLOW_UNFINISHED_SQL} ORDER BY seq")
         return [_flow_dec.decode(r[0]) for r in rows.fetchall()]
 
