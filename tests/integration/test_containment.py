@@ -100,7 +100,11 @@ def test_a_stopped_task_gets_sigcont_then_sigterm(contained: bool, tmp_path: Pat
         h.send(Cancel(task_id=tid("t-stopped")))
         result, _ = h.until(Result, 8)
         assert time.monotonic() - t0 < 5, "waited for the SIGKILL: the SIGTERM was held by the stop"
-        assert marker.read_text() == "term" and result.outcome.exit_code == 0
+        # Continued, then ended by the SIGTERM: by its handler (exit 0), or — under load, when
+        # the SIGTERM lands before the interpreter runs Python code again — by its default
+        # action (-15). A stopped process can do neither without the SIGCONT.
+        assert (marker.exists() and result.outcome.exit_code == 0) or result.outcome.signal == signal.SIGTERM \
+            or result.outcome.exit_code == -signal.SIGTERM, result.outcome
         h.send(Stop())
         assert h.wait_exit(5) == 0
     finally:
@@ -286,8 +290,6 @@ def test_a_daemon_stopped_longer_than_liveness_finds_its_child_and_task_alive(su
     d.wait([task_id], timeout_s=30)
 
 
-@pytest.mark.xfail(reason="hub side (lead): after SIGCONT the hub kills a child that was 'silent' only "
-                          "because the hub itself was stopped", strict=False)
 def test_after_a_pause_the_task_finishes_on_its_first_attempt(supd_factory: Any, tmp_path: Path) -> None:
     d, task_id, child_pid, _, gate = _pause_daemon_with_a_task(supd_factory, tmp_path)
     gate.touch()
