@@ -41,7 +41,7 @@ def handle(h: Hub, envelope: Envelope, request: ctl.Request) -> None:
     handler = _HANDLERS[type(request)]
     try:
         reply = handler(h, envelope, request)
-    except Exception as e:  # a bug must cost one request, never the daemon
+    except Exception as e:  # noqa: BLE001 (a bug must cost one request, never the daemon)
         log("request_failed", logging.ERROR, request=type(request).__name__, error=repr(e),
             traceback=traceback.format_exc(limit=8).replace("\n", " | "))
         reply = ctl.Error(kind="internal", message=f"{type(request).__name__} failed inside supd: {e!r} (see its log)")
