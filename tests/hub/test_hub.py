@@ -326,3 +326,34 @@ def test_a_submit_past_the_queues_byte_limit_is_refused_whole(tmp_path: Path) ->
     reply = rig.request(ctl.Submit(tasks=[exec_spec("echo", "y" * 2000)]))
     assert isinstance(reply, ctl.Error) and reply.kind == "queue_full" and "max_queued_bytes=4096" in reply.message
     assert rig.view(first).state == "queued"
+
+
+def test_a_cancel_that_cannot_be_sent_kills_the_child_and_still_ends_cancelled(rig: Rig) -> None:
+    """Defect 11: a failed `Cancel` send is not ignored (the task would run until the backstop)."""
+    (tid,) = rig.submit(exec_spec())
+    who, _ = rig.dispatched(tid)
+    rig.children.unreachable.add(who)
+    assert isinstance(rig.request(ctl.Cancel(id=tid)), ctl.Ok)
+    assert rig.procs.killed == [rig.procs.spawned[who]]
+    rig.exit(who)
+    rig.advance(0.5)
+    assert rig.view(tid).state == "cancelled"
+
+
+def test_finished_tasks_past_retain_s_are_pruned_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """Defect 13: the journal no longer grows until `max_mb` refuses every submit."""
+    from supervisord.hub import commands
+
+    rig = Rig(tmp_path, config="[journal]\nretain_s = 60.0\n", children=1).boot()
+    ids = rig.submit(*[exec_spec() for _ in range(commands.PRUNE_CHUNK + 10)])
+    for tid in ids:
+        rig.request(ctl.Cancel(id=tid))  # final at once: queued (or running: then by its Result)
+    running = [t for t in ids if rig.view(t).state == "running"]
+    for tid in running:
+        rig.result(tid)
+    assert rig.request(ctl.Get(id=ids[-1])).tasks[0].state == "cancelled"
+    rig.t += 3600.0 + 61.0  # past the hourly prune and past retain_s
+    rig.step()
+    rig.step()
+    for tid in ids:
+        assert isinstance(rig.request(ctl.Get(id=tid)), ctl.Error)
