@@ -23,7 +23,7 @@ import builtins
 from collections.abc import Sequence
 from typing import Protocol
 
-from proto.task import Outcome, TaskView
+from proto.task import TaskView
 from supervisord.core.task import Task
 from supervisord.core.workflow import Workflow
 
