@@ -259,6 +259,10 @@ def build_argv(command_prefix: list[str], spec: TaskSpec) -> list[str]:
 
 
 def prompt_input(spec: TaskSpec) -> bytes:
-    """What the CLI reads on stdin in `-p` mode: the prompt. The child writes it all and
-    closes the pipe (an open, idle stdin costs the CLI a 3 s wait)."""
-    return (spec.prompt or "").encode()
+    """What the CLI reads on stdin in `-p` mode: the prompt, and after it the task's `input`
+    (as `cat input | claude -p PROMPT` would give it). The child writes it all and closes
+    the pipe (an open, idle stdin costs the CLI a 3 s wait)."""
+    text = spec.prompt or ""
+    if spec.input:
+        text = f"{text}\n\n{spec.input}"
+    return text.encode()

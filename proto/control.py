@@ -107,8 +107,48 @@ class RestartSlot(msgspec.Struct, tag=True, kw_only=True):
     slot: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
+#: workflows one `FlowWait` may ask about; `FlowList` may return
+MAX_FLOW_IDS = 1000
+#: `--set KEY=VALUE` inputs of one workflow, and the size of each value
+MAX_INPUTS, MAX_INPUT_BYTES = 256, 1 << 20
+
+
+class FlowRun(msgspec.Struct, tag=True, kw_only=True):
+    """Check a workflow file (its TOML or JSON decoded to plain data) with these inputs and
+    accept it atomically: the record and its first tasks are journaled before `FlowAccepted`."""
+
+    doc: dict[str, Any]
+    inputs: Annotated[dict[Annotated[str, msgspec.Meta(max_length=256)],
+                           Annotated[str, msgspec.Meta(max_length=MAX_INPUT_BYTES)]],
+                      msgspec.Meta(max_length=MAX_INPUTS)] = {}
+    traceparent: Annotated[str, msgspec.Meta(max_length=MAX_TRACEPARENT_CHARS, pattern=TRACEPARENT_PATTERN)] | None = None
+    tracestate: Annotated[str, msgspec.Meta(max_length=MAX_TRACESTATE_CHARS)] | None = None
+
+
+class FlowStatus(msgspec.Struct, tag=True, kw_only=True):
+    id: TaskId
+
+
+class FlowList(msgspec.Struct, tag=True, kw_only=True):
+    state: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_FLOW_IDS)] = 100
+
+
+class FlowCancel(msgspec.Struct, tag=True, kw_only=True):
+    """Stop the running steps, skip the rest, run the undos."""
+
+    id: TaskId
+
+
+class FlowWait(msgspec.Struct, tag=True, kw_only=True):
+    """Answer when every workflow is final, or after `timeout_s` with those still running."""
+
+    ids: Annotated[list[TaskId], msgspec.Meta(min_length=1, max_length=MAX_FLOW_IDS)]
+    timeout_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_S)] = 5.0
+
+
 Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown | Prune
-           | RestartSlot)
+           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait)
 
 
 # ---- replies ---------------------------------------------------------------------
@@ -144,4 +184,17 @@ class Error(msgspec.Struct, tag=True, kw_only=True):
     message: str
 
 
-Reply = Accepted | Tasks | Info | Ok | Error
+class FlowAccepted(msgspec.Struct, tag=True, kw_only=True):
+    id: str
+    trace_id: str
+
+
+class Flows(msgspec.Struct, tag=True, kw_only=True):
+    """Workflows as `flow status --json` shows them; for a `FlowWait`, `pending` is every id
+    not final yet."""
+
+    flows: list[dict[str, Any]]
+    pending: list[str] = []
+
+
+Reply = Accepted | Tasks | Info | Ok | Error | FlowAccepted | Flows

@@ -25,6 +25,7 @@ from proto import task as pt
 from proto.task import TaskSpec, TaskView
 from supervisord.core import traceids
 from supervisord.ctl.client import Client, ClientError, RequestFailed, control_endpoint, expect
+from supervisord.ctl.flowcmd import FlowUsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -146,6 +147,8 @@ def describe(t: TaskView) -> str:
     lines = [f"{t.id}  {t.kind}  {t.state}  attempts={t.attempts}  duration={_dur(t.duration_s)}  child={t.child or '-'}"]
     what = t.prompt if t.kind == "claude" else " ".join(t.argv or [])
     lines.append(f"  task:   {_short(what, 100)}")
+    if t.workflow:
+        lines.append(f"  flow:   {t.workflow}  step={t.step}")
     if t.exit_code is not None:
         lines.append(f"  exit:   {t.exit_code}")
     if t.error:
@@ -302,9 +305,9 @@ def cmd_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         emit_json({"tasks": reply.tasks})
         return EXIT_OK
-    rows = [[t.id, t.kind, t.state, str(t.attempts), _dur(t.duration_s),
+    rows = [[t.id, t.kind, t.state, str(t.attempts), _dur(t.duration_s), f"{t.workflow}:{t.step}" if t.workflow else "-",
              _short(t.prompt if t.kind == "claude" else " ".join(t.argv or []), 50)] for t in reply.tasks]
-    print(table(rows, ["ID", "KIND", "STATE", "ATT", "DURATION", "TASK"]))
+    print(table(rows, ["ID", "KIND", "STATE", "ATT", "DURATION", "FLOW:STEP", "TASK"]))
     return EXIT_OK
 
 
@@ -443,9 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
     """watch and bench live in their own modules and register their commands here."""
-    from supervisord.ctl import benchcmd, watch
+    from supervisord.ctl import benchcmd, flowcmd, watch
 
-    for module in (watch, benchcmd):
+    for module in (watch, benchcmd, flowcmd):
         module.register(cmd)
 
 
@@ -478,13 +481,15 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "submit":  # bad input is a usage error whether or not a daemon runs
             a.specs = specs_from_file(a.file) if a.file else [spec_from_args(a)]
             check_request(ctl.Submit(tasks=a.specs))
+        if (prepare := getattr(a, "prepare", None)) is not None:  # e.g. flow run checks its file first
+            prepare(a)
         endpoint, keys = connection(a)
         with CheckedClient(endpoint, timeout_s=a.reply_timeout, curve=keys) as c:
             return int(a.fn(c, a))
     except UnicodeError as e:  # a --file or --input-file that is not UTF-8
         print(f"supctl: not valid UTF-8: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except UsageError as e:
+    except (UsageError, FlowUsageError) as e:
         print(f"supctl: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as e:

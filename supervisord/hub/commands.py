@@ -20,7 +20,7 @@ from supervisord.core import fate as core
 from supervisord.core import taskenv, traceids, validate
 from supervisord.core.pool import policy_of
 from supervisord.core.task import Task
-from supervisord.hub import childcare, lifecycle, tasks
+from supervisord.hub import childcare, flows, lifecycle, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
@@ -283,4 +283,6 @@ _HANDLERS: dict[type, Callable[..., ctl.Reply | None]] = {
     ctl.Submit: submit, ctl.Wait: wait, ctl.Get: get, ctl.List: list_, ctl.Cancel: cancel,
     ctl.Status: status, ctl.Stats: stats, ctl.Health: health, ctl.Scale: scale,
     ctl.Reload: reload, ctl.Shutdown: shutdown, ctl.Prune: prune, ctl.RestartSlot: restart_slot,
+    ctl.FlowRun: flows.run, ctl.FlowStatus: flows.status_, ctl.FlowList: flows.list_, ctl.FlowCancel: flows.cancel,
+    ctl.FlowWait: flows.wait,
 }

@@ -37,7 +37,7 @@ from supervisord.events import (
     TimerFired,
     TreesChecked,
 )
-from supervisord.hub import childcare, commands, lifecycle, tasks
+from supervisord.hub import childcare, commands, flows, lifecycle, tasks
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
 from supervisord.spokes import claude_cli, curve
@@ -106,6 +106,7 @@ def turn(h: Hub, t: Turn) -> None:
     now = h.clock.now()
     _notice_stall(h, t, now)
     _timers(h, t, now)
+    flows.turn(h)
     tasks.pump(h)
     for task_id, epoch in h.store.commit():  # a write for an attempt no longer current
         log("store_fenced", logging.WARNING, task=task_id, epoch=epoch)
@@ -164,7 +165,8 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
 
 def _next_wake(h: Hub, t: Turn, now: float) -> float:
     candidates = [h.pool.next_deadline(), h.sched.next_due(), t.next_heartbeat, h.orphans.next_deadline(),
-                  h.waiters.next_deadline(), *(p.deadline for p in h.pending_loss.values())]
+                  h.waiters.next_deadline(), h.flows.waiters.next_deadline(),
+                  *(p.deadline for p in h.pending_loss.values())]
     if h.prune_before is not None:
         candidates.append(now + 0.01)
     if h.sched.queued and (b := h.breaker.next_change()) is not None:
@@ -214,6 +216,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.inbox.put_nowait, SignalReceived(signum))
         tasks.recover(h)
+        flows.recover(h)
         store.commit()
         transport.start()
         bus.start()

@@ -23,6 +23,7 @@ from supervisord.core.phase import Life
 from supervisord.core.pool import Pool, policy_of
 from supervisord.core.scheduler import Scheduler
 from supervisord.core.traceids import Ids
+from supervisord.hub.flowbook import FlowBook
 from supervisord.hub.orphans import Orphans
 from supervisord.hub.waiters import Waiters
 from supervisord.spokes.claude_cli import ClaudeCommand
@@ -170,6 +171,7 @@ class Hub:
     metrics: Metrics = field(default_factory=Metrics)
     waiters: Waiters = field(default_factory=Waiters)
     orphans: Orphans = field(default_factory=Orphans)
+    flows: FlowBook = field(default_factory=FlowBook)
     #: lost attempts waiting for a Result that may still be in flight, by task id
     pending_loss: dict[str, Pending] = field(default_factory=dict)
     #: (pgid, pid) of each running attempt's process, by task id, from `Started`

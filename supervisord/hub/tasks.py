@@ -96,6 +96,8 @@ def _final(h: Hub, task: Task) -> None:
                             error=error.kind if error else None, attempts=task.attempts)
     for waiter in h.waiters.task_final(task.id):
         answer(h, waiter)
+    if task.workflow is not None:  # its workflow hears of it at the turn (hub/flows.py)
+        h.flows.ended.append(task)
 
 
 def breaker_changed(h: Hub, state: BreakerState, **fields: object) -> None:

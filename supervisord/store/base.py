@@ -9,17 +9,23 @@ module. Two kinds of write, with two promises:
   written by the next `commit()` in one transaction (group commit). Each is fenced by the
   task's epoch: a write about an attempt that is no longer the task's is refused and
   reported by `commit()`. A commit that fails keeps its whole group for the next one.
+- Workflows: `accept_workflow` (a new workflow's record and its first tasks, like `accept`)
+  and `save_workflow` (the record after an event, with the tasks it started, noted and
+  written by the next `commit()` in the same transaction as the group: a record and the
+  tasks it names never disagree after a crash).
 
 Imports the stdlib, proto and the core only.
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from typing import Protocol
 
 from proto.task import TaskView
 from supervisord.core.task import Task
+from supervisord.core.workflow import Workflow
 
 
 class StoreError(Exception):
@@ -85,6 +91,32 @@ class Store(Protocol):
 
     def check(self) -> str | None:
         """None while the store is the one opened; else what is wrong (file deleted, replaced)."""
+        ...
+
+    def accept_workflow(self, wf: Workflow, tasks: Sequence[Task]) -> None:
+        """A new workflow's record and its first tasks, all or nothing, durable on return.
+        Raises `StoreError` (nothing stored)."""
+        ...
+
+    def save_workflow(self, wf: Workflow, tasks: Sequence[Task] = ()) -> None:
+        """The record as it is now, and the new tasks it started (each tagged with the
+        workflow and its job): written by the next `commit()`, in its transaction."""
+        ...
+
+    def workflow(self, wf_id: str) -> Workflow | None:
+        """One workflow's record (its noted state if any)."""
+        ...
+
+    def workflows(self, state: str | None, limit: int) -> builtins.list[Workflow]:
+        """The newest first, optionally in one public state (running includes stopping)."""
+        ...
+
+    def unfinished_workflows(self) -> builtins.list[Workflow]:
+        """Workflows not final, oldest first (recovery)."""
+        ...
+
+    def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
+        """A workflow's tasks by job key: what a restart looks up before it submits a job."""
         ...
 
     def counts(self) -> dict[str, int]:

@@ -33,6 +33,7 @@ Imports the stdlib, msgspec, proto, `supervisord.core` and `supervisord.logs` on
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ import msgspec
 
 from proto.task import Outcome, TaskSpec, TaskState, TaskView
 from supervisord.core.task import Task, view
+from supervisord.core.workflow import Workflow
 from supervisord.logs import log
 from supervisord.store.base import StoreError
 
@@ -97,14 +99,42 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX tasks_seq ON tasks (seq)",
         "CREATE INDEX tasks_finished ON tasks (finished_at)",
     ),
+    # 2 -> 3: workflows (the record, saved after every event) and each task's workflow and job.
+    (
+        "ALTER TABLE tasks ADD COLUMN workflow TEXT",
+        "ALTER TABLE tasks ADD COLUMN step TEXT",
+        "CREATE INDEX tasks_workflow ON tasks (workflow, step) WHERE workflow IS NOT NULL",
+        """CREATE TABLE workflows (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            trace_id TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            record BLOB NOT NULL
+        )""",
+        "CREATE INDEX workflows_seq ON workflows (seq)",
+        "CREATE INDEX workflows_state ON workflows (state, seq)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, seq, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,"
+    " workflow, step"
 )
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+#: a workflow's record: inserted once (its seq then fixed), replaced after every event
+_SAVE_FLOW = (
+    "INSERT INTO workflows (id, seq, name, state, trace_id, started_at, finished_at, record)"
+    " VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM workflows), ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET state=excluded.state, finished_at=excluded.finished_at, record=excluded.record"
+)
+_FLOW_UNFINISHED_SQL = "('running', 'stopping')"
+#: a noted task whose row does not exist yet (a workflow's task): its first write is an INSERT
+_INSERT_FENCE = -1
 # A cancel request, once journaled, stays (MAX): a later record of the attempt cannot undo it.
 _UPDATE = (
     "UPDATE tasks SET state=?, attempts=?, epoch=?, forgiven=?, cancel_requested=MAX(cancel_requested, ?),"
@@ -114,6 +144,7 @@ _UPDATE = (
 _enc = msgspec.msgpack.Encoder()
 _spec_dec = msgspec.msgpack.Decoder(TaskSpec)
 _outcome_dec = msgspec.msgpack.Decoder(Outcome)
+_flow_dec = msgspec.msgpack.Decoder(Workflow)
 
 #: what to do, by SQLite's primary result code
 _REMEDY = {
@@ -139,6 +170,9 @@ class SqliteStore:
         #: noted writes, latest state per id: (the task itself, the epoch its row must have)
         self._pending: dict[str, tuple[Task, int]] = {}
         self._cancels: dict[str, None] = {}
+        #: noted workflow records (the latest object per id) and the seq of noted new tasks
+        self._flows: dict[str, Workflow] = {}
+        self._insert_seq: dict[str, int] = {}
         self._closed = False
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -205,6 +239,13 @@ class SqliteStore:
     # ---- the batch: durable before `Accepted` ------------------------------------------
 
     def accept(self, tasks: Sequence[Task]) -> None:
+        self._accept(tasks, None)
+
+    def accept_workflow(self, wf: Workflow, tasks: Sequence[Task]) -> None:
+        """A new workflow's record and its first tasks, all or nothing, durable on return."""
+        self._accept(tasks, wf)
+
+    def _accept(self, tasks: Sequence[Task], wf: Workflow | None) -> None:
         problem = self.check()
         if problem:
             raise StoreError(problem)
@@ -217,6 +258,8 @@ class SqliteStore:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(_INSERT, rows)
+            if wf is not None:
+                self.db.execute(_SAVE_FLOW, _flow_args(wf))
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -233,7 +276,7 @@ class SqliteStore:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._cancels)
+        return len(self._pending) + len(self._cancels) + len(self._flows)
 
     def claim(self, task: Task) -> None:
         self._note(task, task.epoch - 1)
@@ -251,10 +294,19 @@ class SqliteStore:
     def request_cancel(self, task_id: str) -> None:
         self._cancels[task_id] = None
 
+    def save_workflow(self, wf: Workflow, tasks: Sequence[Task] = ()) -> None:
+        """Note the record and its new tasks: the next commit writes them in the same
+        transaction as every other write of the group (each new task as it is then)."""
+        self._flows[wf.id] = wf
+        for t in tasks:
+            self._seq += 1
+            self._insert_seq[t.id] = self._seq
+            self._pending[t.id] = (t, _INSERT_FENCE)
+
     def commit(self) -> list[tuple[str, int]]:
         if error := self._checkpointer.take_error():
             log("store_checkpoint_failed", logging.WARNING, path=self.path, error=error)
-        if not self._pending and not self._cancels:
+        if not self._pending and not self._cancels and not self._flows:
             return []
         refused: list[tuple[str, int]] = []
         try:
@@ -263,8 +315,12 @@ class SqliteStore:
                 raise StoreError(problem)
             self.db.execute("BEGIN IMMEDIATE")
             for tid, (task, fence) in self._pending.items():
-                if self.db.execute(_UPDATE, _update_args(task, fence)).rowcount == 0:
+                if fence == _INSERT_FENCE:
+                    self.db.execute(_INSERT, _row(task, self._insert_seq[tid]))
+                elif self.db.execute(_UPDATE, _update_args(task, fence)).rowcount == 0:
                     refused.append((tid, task.epoch))
+            for wf in self._flows.values():
+                self.db.execute(_SAVE_FLOW, _flow_args(wf))
             for tid in self._cancels:
                 self.db.execute(f"UPDATE tasks SET cancel_requested=1 WHERE id=? AND state IN {_UNFINISHED_SQL}",
                                 (tid,))
@@ -278,6 +334,8 @@ class SqliteStore:
             return []
         self._pending.clear()
         self._cancels.clear()
+        self._flows.clear()
+        self._insert_seq.clear()
         self._checkpointer.wake.set()
         return refused
 
@@ -357,6 +415,38 @@ class SqliteStore:
             found.update(str(r[0]) for r in cur.fetchall())
         return found
 
+    # ---- workflows ------------------------------------------------------------------------
+
+    def workflow(self, wf_id: str) -> Workflow | None:
+        held = self._flows.get(wf_id)
+        if held is not None:
+            return held
+        row = self.db.execute("SELECT record FROM workflows WHERE id=?", (wf_id,)).fetchone()
+        return _flow_dec.decode(row[0]) if row else None
+
+    def workflows(self, state: str | None, limit: int) -> builtins.list[Workflow]:
+        """The newest first; `state` as `flow status` shows it (running includes stopping)."""
+        if state is None:
+            rows = self.db.execute("SELECT id, record FROM workflows ORDER BY seq DESC LIMIT ?", (limit,))
+        else:
+            states = ["running", "stopping"] if state == "running" else [state]
+            rows = self.db.execute("SELECT id, record FROM workflows WHERE state IN (SELECT value FROM json_each(?))"
+                                   " ORDER BY seq DESC LIMIT ?", (json.dumps(states), limit))
+        return [self._flows.get(str(wid)) or _flow_dec.decode(record) for wid, record in rows.fetchall()]
+
+    def unfinished_workflows(self) -> builtins.list[Workflow]:
+        rows = self.db.execute(f"SELECT record FROM workflows WHERE state IN {_FLOW_UNFINISHED_SQL} ORDER BY seq")
+        return [_flow_dec.decode(r[0]) for r in rows.fetchall()]
+
+    def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
+        """The tasks of a workflow by job key (noted states over stored ones)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE workflow=?", (wf_id,))
+        found = {t.step or "": t for t in map(_task, rows.fetchall())}
+        for task, _fence in self._pending.values():
+            if task.workflow == wf_id:
+                found[task.step or ""] = task
+        return found
+
     def counts(self) -> dict[str, int]:
         return {str(s): int(n) for s, n in self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
 
@@ -370,8 +460,15 @@ class SqliteStore:
             cur = self.db.execute(
                 f"DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE finished_at < ?"
                 f" AND state NOT IN {_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
+                # a workflow that is not over still needs its finished tasks (a restart looks them up)
+                f" AND (workflow IS NULL OR workflow NOT IN (SELECT id FROM workflows WHERE state IN"
+                f" {_FLOW_UNFINISHED_SQL}))"
                 " ORDER BY finished_at LIMIT ?)",  # a noted write keeps its row
                 (finished_before, json.dumps(list(self._pending)), limit))
+            self.db.execute(
+                f"DELETE FROM workflows WHERE rowid IN (SELECT rowid FROM workflows WHERE finished_at < ?"
+                f" AND state NOT IN {_FLOW_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
+                " ORDER BY finished_at LIMIT ?)", (finished_before, json.dumps(list(self._flows)), limit))
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -460,8 +557,12 @@ def _row(t: Task, seq: int) -> tuple[object, ...]:
         t.id, seq, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
         _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
         t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
-        t.epoch, t.forgiven, int(t.cancel_requested),
+        t.epoch, t.forgiven, int(t.cancel_requested), t.workflow, t.step,
     )
+
+
+def _flow_args(wf: Workflow) -> tuple[object, ...]:
+    return (wf.id, wf.spec.name, wf.state.value, wf.trace_id, wf.started_at, wf.finished_at, _enc.encode(wf))
 
 
 def _update_args(t: Task, fence: int) -> tuple[object, ...]:
@@ -480,11 +581,13 @@ def _approx_bytes(t: Task) -> int:
 
 def _task(r: Sequence[Any]) -> Task:
     (tid, seq, _kind, state, _prio, attempts, retries, spec, outcome, child, trace_id, span_id,
-     parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested) = r
+     parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,
+     workflow, step) = r
     return Task(
         id=str(tid), spec=_spec_dec.decode(spec), submitted_at=float(submitted_at), seq=int(seq),
         state=TaskState(state), attempts=int(attempts), retries=int(retries), epoch=int(epoch),
         forgiven=int(forgiven), outcome=_outcome_dec.decode(outcome) if outcome else None, child=child,
         trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, tracestate=tracestate,
         started_at=started_at, finished_at=finished_at, cancel_requested=bool(cancel_requested),
+        workflow=workflow, step=step,
     )

@@ -162,6 +162,7 @@ class Rig:
     def boot(self) -> Rig:
         """Recover, size the pool, and let every spawned child say Hello."""
         daemon.tasks.recover(self.hub)
+        daemon.flows.recover(self.hub)
         self.hub.pool.resize(self.hub.config.daemon.children, self.t)
         self.step()
         for identity in list(self.procs.spawned):
