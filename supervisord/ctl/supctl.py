@@ -442,10 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
-    """watch and bench live in their own modules and register their commands here."""
-    from supervisord.ctl import benchcmd, watch
+    """watch, bench and web live in their own modules and register their commands here."""
+    from supervisord.ctl import benchcmd, watch, webcmd
 
-    for module in (watch, benchcmd):
+    for module in (watch, benchcmd, webcmd):
         module.register(cmd)
 
 
