@@ -83,11 +83,12 @@ function chart(title, points, opts) {
     }
   }
   const fmt = opts.fmt || ((v) => String(+v.toPrecision(3)));
-  const legend = series.map((s, i) => `<text x="${P + 80 * i}" y="10" fill="${s.color}">■ ${esc(s.label)}</text>`).join("");
+  const legend = series.map((s, i) => `<text x="${W - 70 * (series.length - i)}" y="10" fill="${s.color}">■ ${esc(s.label)}</text>`).join("");
+  const top = max > 1e-6 ? fmt(max) : "";
   return `<div class="chart" data-chart="${esc(opts.id)}"><div class="t">${esc(title)}</div>
     <svg viewBox="0 0 ${W} ${H}" width="100%" role="img" aria-label="${esc(title)}">
     ${legend}<line x1="${P}" y1="${H - P}" x2="${W}" y2="${H - P}" stroke="#ccc"/>
-    <text x="0" y="${y(max) + 4}">${esc(fmt(max))}</text><text x="0" y="${H - P}">0</text>
+    <text x="0" y="${y(max) + 4}">${esc(top)}</text><text x="0" y="${H - P}">0</text>
     <text x="${P}" y="${H - 6}">-60 min</text><text x="${W - 30}" y="${H - 6}">now</text>${body}</svg></div>`;
 }
 
@@ -157,6 +158,7 @@ function patchRow(table, e, refetch) {
 }
 
 async function overview() {
+  const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Overview</h2><div id="numbers"></div><h2>Last hour</h2><div id="charts"></div>
     <h2>Children</h2><div id="kids"></div><h2>Recent tasks</h2><table id="recent">${TASK_HEAD}</table>`;
   const paint = (d) => {
@@ -165,9 +167,11 @@ async function overview() {
     $("#kids").innerHTML = childrenTable(d.status || {});
   };
   const d = await api("/api/overview");
+  if (my !== gen) return;
   paint(d); showHealth(d);
   $("#recent").innerHTML = TASK_HEAD + taskRows(d.recent || []);
   const refetch = throttled(async () => { const r = await api("/api/overview"); $("#recent").innerHTML = TASK_HEAD + taskRows(r.recent || []); });
+  if (my !== gen) return;
   listen("", { snapshot: paint, event: (e) => patchRow($("#recent"), e, refetch) });
 }
 
@@ -176,6 +180,7 @@ async function overview() {
 function query() { const q = location.hash.split("?")[1] || ""; return new URLSearchParams(q); }
 
 async function tasksPage() {
+  const my = gen;  // a later route makes this page stale: it must not take over the stream
   const q = query();
   const opt = (vals, cur) => vals.map((v) => `<option ${v === cur ? "selected" : ""}>${esc(v)}</option>`).join("");
   main.innerHTML = `<h2>Tasks</h2><form class="filters" id="filters">
@@ -193,6 +198,7 @@ async function tasksPage() {
   };
   const load = async () => {
     const d = await api("/api/tasks?" + q.toString());
+    if (my !== gen) return;
     if (d.ok === false) { $("#filter-na").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
     $("#tasks").innerHTML = TASK_HEAD + taskRows(d.tasks || []);
     $("#filter-na").innerHTML = ["label", "key"].filter((k) => d[k]).map((k) => na(d[k])).join("");
@@ -200,6 +206,7 @@ async function tasksPage() {
   await load();
   const refetch = throttled(load);
   const filtered = q.get("state") || q.get("kind") || q.get("batch");
+  if (my !== gen) return;
   listen("", { event: (e) => (filtered ? ((e.topic || "").startsWith("task/") && !e.topic.endsWith("/progress") && refetch()) : patchRow($("#tasks"), e, refetch)) });
 }
 
@@ -237,27 +244,29 @@ function fields(t) {
 function line(l) { return `<div class="line"><span class="ev">${esc(when(l.ts))} ${esc(l.event)}</span> ${esc(l.summary)}</div>`; }
 
 async function taskPage(id) {
+  const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Task <span class="mono">${esc(id)}</span></h2><div id="actions"></div><div id="tl"></div>
     <div id="body"></div><h2>Transcript (live)</h2><div class="transcript" id="transcript"></div><div id="stored"></div>
     <h2>Result</h2><div id="result"></div><h2>Diff</h2><div id="diff"></div>`;
+  $("#actions").innerHTML = `<button id="cancel" class="danger" disabled>Cancel</button>
+    <button id="retry" disabled title="retry: not available on this daemon">Retry</button> <span id="said"></span>`;
+  $("#cancel").onclick = async () => {
+    $("#cancel").disabled = true;
+    const r = await api(`/api/task/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    $("#said").textContent = r.ok ? r.message : r.error;
+  };
   const attempts = [];
   let task = null;
   const paint = (d) => {
     if (d.ok === false) { $("#body").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
     task = d.task;
-    const live = !FINAL.has(task.state);
-    $("#actions").innerHTML = `<button id="cancel" class="danger" ${live ? "" : "disabled"}>Cancel</button>
-      <button id="retry" disabled title="retry: not available on this daemon">Retry</button> <span id="said"></span>`;
-    $("#cancel").onclick = async () => {
-      $("#cancel").disabled = true;
-      const r = await api(`/api/task/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-      $("#said").textContent = r.ok ? r.message : r.error;
-    };
+    $("#cancel").disabled = FINAL.has(task.state);
     $("#tl").innerHTML = timeline(task, attempts);
     $("#body").innerHTML = fields(task);
     $("#result").innerHTML = task.result || task.stderr ? `<pre class="result" id="result-text">${esc(task.result || "")}${task.stderr ? "\n--- stderr ---\n" + esc(task.stderr) : ""}</pre>` : `<p class="na">no output yet</p>`;
   };
   const d = await api(`/api/task/${encodeURIComponent(id)}`);
+  if (my !== gen) return;
   paint(d);
   if (d.ok !== false) {
     $("#transcript").innerHTML = (d.transcript || []).map(line).join("") || "";
@@ -265,6 +274,7 @@ async function taskPage(id) {
     $("#diff").innerHTML = na(d.diff);
   }
   const refetch = throttled(async () => paint(await api(`/api/task/${encodeURIComponent(id)}`)));
+  if (my !== gen) return;
   listen("task=" + encodeURIComponent(id), {
     event: (e) => {
       const what = (e.topic || "").split("/")[2];
@@ -284,9 +294,11 @@ async function taskPage(id) {
 // ---- batches, workflows, hosts --------------------------------------------------------------
 
 async function batchesPage() {
+  const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Batches</h2><p class="na">One submit is one batch: its tasks share a trace id.</p><table id="batches"></table><div id="named"></div>`;
   const load = async () => {
     const d = await api("/api/batches");
+    if (my !== gen) return;
     $("#batches").innerHTML = `<tr><th>trace id</th><th>submitted</th><th>tasks</th><th>states</th><th>kinds</th><th>cost</th></tr>` +
       (d.batches || []).map((b) => `<tr data-batch="${esc(b.trace_id)}"><td class="mono"><a href="#/tasks?batch=${esc(b.trace_id)}">${esc(b.trace_id)}</a></td>
       <td>${esc(when(b.submitted_at))}</td><td>${esc(b.tasks)}</td><td>${Object.entries(b.states).map(([s, n]) => `${pill(s)} ${n}`).join(" ")}</td>
@@ -295,6 +307,7 @@ async function batchesPage() {
   };
   await load();
   const refetch = throttled(load);
+  if (my !== gen) return;
   listen("", { event: (e) => (e.topic || "").startsWith("task/") && refetch() });
 }
 
@@ -332,15 +345,19 @@ function drawDag(steps) {
 }
 
 async function workflowsPage() {
+  const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Workflows</h2><div id="flows"></div>`;
   const d = await api("/api/workflows");
+  if (my !== gen) return;
   if (d.available === false) { $("#flows").innerHTML = na(d); return; }
   $("#flows").innerHTML = (d.workflows || []).map((w) => `<h3>${esc(w.id)} ${pill(w.state)}</h3>${drawDag(w.steps || [])}`).join("");
 }
 
 async function hostsPage() {
+  const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Hosts</h2><div id="hosts"></div>`;
   const d = await api("/api/hosts");
+  if (my !== gen) return;
   const t = d.this || {};
   $("#hosts").innerHTML = `<table id="this-host"><tr><th>this daemon</th><th>phase</th><th>state dir</th><th>children</th><th>queued</th><th>running</th></tr>
     <tr><td class="mono">pid ${esc(t.pid)}</td><td>${esc(t.phase)}</td><td class="mono">${esc(t.state_dir)}</td>
@@ -349,11 +366,14 @@ async function hostsPage() {
 
 // ---- routes ---------------------------------------------------------------------------------
 
+let gen = 0;
 async function route() {
+  const my = ++gen;
   const path = location.hash.replace(/^#/, "").split("?")[0] || "/";
   const page = path.startsWith("/task/") ? "tasks" : path.slice(1) || "overview";
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("on", a.dataset.page === page));
   document.body.dataset.page = path.startsWith("/task/") ? "task" : page;
+  delete document.body.dataset.ready;
   try {
     if (path.startsWith("/task/")) await taskPage(decodeURIComponent(path.slice(6)));
     else if (path === "/tasks") await tasksPage();
@@ -361,9 +381,9 @@ async function route() {
     else if (path === "/workflows") await workflowsPage();
     else if (path === "/hosts") await hostsPage();
     else await overview();
-    document.body.dataset.ready = path;
+    if (my === gen) document.body.dataset.ready = path;
   } catch (err) {
-    if (String(err.message) !== "401") main.innerHTML = `<p class="na">could not load: ${esc(err.message)}</p>`;
+    if (my === gen && String(err.message) !== "401") main.innerHTML = `<p class="na">could not load: ${esc(err.message)}</p>`;
   }
 }
 window.addEventListener("hashchange", route);
