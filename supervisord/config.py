@@ -102,6 +102,11 @@ class SecurityConfig(_Section, frozen=True):
     pass_env: list[str] = []
 
 
+class WebConfig(_Section, frozen=True):
+    port: int = 0
+    host: str = "127.0.0.1"
+
+
 class JournalConfig(_Section, frozen=True):
     max_mb: float = 0.0
     synchronous: str = "normal"
@@ -120,6 +125,7 @@ class Config(_Section, frozen=True):
     metrics: MetricsConfig = MetricsConfig()
     journal: JournalConfig = JournalConfig()
     security: SecurityConfig = SecurityConfig()
+    web: WebConfig = WebConfig()
 
 
 DAY_S = 86_400.0
@@ -159,6 +165,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "limits.max_env_bytes": (1, 16 << 20),
     "limits.max_batch": (1, 100_000),
     "metrics.prometheus_port": (0, 65_535),
+    "web.port": (0, 65_535),
     "journal.max_mb": (0, 1 << 20),
     "journal.retain_s": (0, 3650 * DAY_S),
 }
@@ -184,6 +191,7 @@ TEXT: dict[str, tuple[int, int]] = {
     "security.server_public_key": (4096, 1),
     "security.control_endpoint": (1024, 1),
     "security.pass_env": (1024, 1024),
+    "web.host": (255, 1),
 }
 
 #: Keys a reload cannot apply to a running daemon (sockets, the open journal, exporters,
@@ -191,7 +199,7 @@ TEXT: dict[str, tuple[int, int]] = {
 #: in "." stands for its whole section. `security.pass_env` is applied live.
 RESTART_REQUIRED: tuple[str, ...] = (
     "daemon.runtime_dir", "daemon.log_level", "limits.max_message_bytes", "journal.max_mb",
-    "journal.synchronous", "tracing.", "metrics.", "security.server_secret_key",
+    "journal.synchronous", "tracing.", "metrics.", "web.", "security.server_secret_key",
     "security.client_public_keys_dir", "security.control_endpoint",
 )
 

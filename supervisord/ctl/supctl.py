@@ -445,10 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
-    """watch and bench live in their own modules and register their commands here."""
-    from supervisord.ctl import benchcmd, flowcmd, watch
+    """watch, bench, flow and web live in their own modules and register their commands here."""
+    from supervisord.ctl import benchcmd, flowcmd, watch, webcmd
 
-    for module in (watch, benchcmd, flowcmd):
+    for module in (watch, benchcmd, flowcmd, webcmd):
         module.register(cmd)
 
 

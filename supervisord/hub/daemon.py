@@ -206,6 +206,7 @@ class Daemon:
         tracer = make_tracer(self.config.tracing)
         spokes = Spokes(children=transport, control=control, events=bus, procs=procs, notifier=notifier,
                         tracer=tracer, wake_at=timer.wake_at)
+        web = None
         self.hub = h = Hub(
             config=self.config, paths=self.paths, clock=clock, ids=Ids(random.getrandbits), store=store,
             spokes=spokes, claude=claude_cli.resolve(self.config.claude.command, self.environ.get("PATH")),
@@ -228,6 +229,13 @@ class Daemon:
             self.latest = prom_snapshot(h)
             t.on_turn = lambda: setattr(self, "latest", prom_snapshot(h))
             prom = prom_mod.start(self.config.metrics, lambda: self.latest)
+        if self.config.web.port > 0:
+            from supervisord.hub import web as web_mod  # aiohttp is loaded only when asked for
+
+            web = await web_mod.start(self.config.web, ctx, self.paths.events, self.inbox, self.paths.state_dir,
+                                      clock.wall)
+            if web is not None:
+                spokes.control = web_mod.Replies(control, web)  # the dashboard's answers go back to it
         log("daemon_started", pid=os.getpid(), state_dir=self.paths.state_dir, children=self.config.daemon.children,
             claude=" ".join(h.claude.argv), claude_source=h.claude.source)
         h.pool.resize(self.config.daemon.children, clock.now())
@@ -245,6 +253,8 @@ class Daemon:
             clean = True
         finally:
             timer.cancel()
+            if web is not None:
+                await web.close()
             procs.close(abnormal=not clean)
             transport.close()
             control.close()

@@ -93,7 +93,9 @@ def _final(h: Hub, task: Task) -> None:
         exit_code=o.exit_code if o else None, attempts=task.attempts, child=task.child, trace=task.trace_id)
     h.spokes.tracer.task_final(task, h.clock.wall_ns())
     h.spokes.events.publish(f"task/{task.id}/finished", task=task.id, state=task.state.value,
-                            error=error.kind if error else None, attempts=task.attempts)
+                            error=error.kind if error else None, attempts=task.attempts, kind=task.spec.kind,
+                            duration_s=duration, tokens=(usage.input_tokens + usage.output_tokens) if usage else None,
+                            cost_usd=o.cost_usd if o else None)
     for waiter in h.waiters.task_final(task.id):
         answer(h, waiter)
     if task.workflow is not None:  # its workflow hears of it at the turn (hub/flows.py)
