@@ -12,7 +12,8 @@ Endpoints
         prompt ~21.8k tokens), output_tokens ~ reply JSON chars / 4, cache fields 0.
     POST /v1/messages/count_tokens  {"input_tokens": N}.
     GET /_stats, POST /_reset     bookkeeping of /v1/messages requests only (plus "other":
-        every other request by "METHOD path"; the CLI sends none when configured by claude_env).
+        every other request by "METHOD path"; the CLI sends none when configured by claude_env),
+        and "log": each request's arrival time (time.time()), prompt and behaviours, in order.
     anything else                  200 {} and a log line.
 
 Behaviours, per request: a directive in the last user text, or the `x-fake-behaviour` header
@@ -24,7 +25,11 @@ Behaviours, per request: a directive in the last user text, or the `x-fake-behav
     normally: 2 requests) | [[latency:S]] S extra seconds before the first byte (adds to the
     server-wide latency) | [[bash:CMD]] answer with a `Bash` tool_use {"command": CMD,
     "description": "x"}; the request carrying its tool_result is answered "DONE: <output>"
-    (CMD must not contain "]]"; in the header it must not contain ",").
+    (CMD must not contain "]]"; in the header it must not contain ","). With a status:
+    [[retry_after:S]] sends `retry-after: S` and `anthropic-ratelimit-unified-status: rejected`
+    with `-reset` S seconds from now (epoch seconds, rounded up) | [[once]] only the first
+    request with this prompt gets the status, later ones are answered (a retry succeeds).
+    [[ratelimit:STATUS:S]] adds the unified headers with that status to any reply.
 Hung and stalled requests are held until stop(), which returns at once (~0.05 s).
 
 Measured with Claude Code 2.1.330 (bundled in claude-agent-sdk 0.2.187), 2 cores, as root:
@@ -51,6 +56,12 @@ Measured with Claude Code 2.1.330 (bundled in claude-agent-sdk 0.2.187), 2 cores
   and tool features one by one), ~0.9 s.
 - [[stall]] and [[hang]]: the CLI prints its `system/init` line, then nothing (without
   --include-partial-messages the delta is not shown); SIGTERM ends it, rc 143.
+- Rate limits (CLI 2.1.332 in claude-agent-sdk): a 429 shows in stream-json only as an
+  `assistant` "API Error: Request rejected (429)" and a result with api_error_status 429;
+  its retry-after is nowhere in it, and no `rate_limit_event` line appears for an API key,
+  not even with the unified headers on a 429 or a 200. With ANTHROPIC_LOG=debug the CLI's
+  API client prints each request and each failed response's headers on stdout, between the
+  JSON lines (`    "retry-after": "3",`; ~8 KB for a trivial run): supd's child reads it there.
 - [[bash:CMD]]: with no permission flag, read-only commands (echo, id) run but a command
   that writes files is denied (the tool_result is the denial text, `permission_denials` is
   filled, is_error stays false). `--allowedTools Bash` runs anything. `--permission-mode

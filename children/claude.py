@@ -20,7 +20,7 @@ import msgspec
 
 from proto.task import ErrorKind, TaskError, TaskSpec, TaskState, Usage
 
-__all__ = ["StreamEvent", "retry_after_line", "build_argv", "classify", "describe_exit", "event_name", "parse_line", "prompt_input", "summarize"]
+__all__ = ["StreamEvent", "build_argv", "classify", "describe_exit", "event_name", "parse_line", "prompt_input", "retry_after_line", "summarize"]
 
 SUMMARY_TEXT_CHARS = 60
 MESSAGE_CHARS = 300
@@ -65,7 +65,7 @@ class RateLimitInfo(msgspec.Struct, kw_only=True):
     """A `rate_limit_event` line's `rate_limit_info` (only what the gate needs)."""
 
     status: str | None = None
-    resetsAt: float | None = None  # noqa: N815 (the CLI's name)
+    resetsAt: float | None = None
 
 
 class ContentBlock(msgspec.Struct, kw_only=True):

@@ -66,9 +66,6 @@ class TaskSpec(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     kind: Kind = "claude"
     prompt: str | None = None
     argv: list[str] | None = None
-    key: str | None = None
-    #: the batch (its submit) the task came in: the batch id is the trace id
-    batch: str | None = None
     input: str | None = None
     timeout_s: TimeoutS | None = None
     stall_timeout_s: TimeoutS | None = None

@@ -275,8 +275,8 @@ def _final(task: Task, state: TaskState, ctx: Context, reason: str, finished_at:
     return Fate(Verdict.FINAL, reason, left, kill_tree=kill_tree)
 
 
-def _with(fate: Fate, **changes: bool) -> Fate:
-    return dataclasses.replace(fate, **changes)
+def _with(fate: Fate, *, release_key: bool = False, hold_key: bool = False) -> Fate:
+    return dataclasses.replace(fate, release_key=release_key or fate.release_key, hold_key=hold_key or fate.hold_key)
 
 
 def _with_error(outcome: Outcome, kind: str, message: str) -> Outcome:

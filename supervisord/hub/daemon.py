@@ -27,8 +27,16 @@ import zmq.asyncio
 from supervisord.config import Config
 from supervisord.core import taskenv
 from supervisord.core.traceids import Ids
-from supervisord.events import (ChildExited, ChildSaid, Event, HookFinished, RequestReceived, SignalReceived,
-                                TimerFired, TreesChecked)
+from supervisord.events import (
+    ChildExited,
+    ChildSaid,
+    Event,
+    HookFinished,
+    RequestReceived,
+    SignalReceived,
+    TimerFired,
+    TreesChecked,
+)
 from supervisord.hub import batches, childcare, commands, lifecycle, ratelimit, tasks
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
