@@ -89,7 +89,7 @@ def handle(h: Hub, event: Event) -> None:
                 batches.hook_finished(h, name, returncode, problem)
             case TimerFired():
                 pass
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
         log("event_failed", logging.ERROR, event=type(event).__name__, error=repr(e),
             traceback=traceback.format_exc(limit=8).replace("\n", " | "))
 
@@ -158,9 +158,9 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
     if h.config.journal.retain_s and now >= t.next_prune:
         t.next_prune = now + PRUNE_EVERY_S
         h.prune_before = max(h.prune_before or 0.0, h.clock.wall() - h.config.journal.retain_s)
-    if h.prune_before is not None:  # a chunk per turn: a big prune never stalls the loop
-        if h.store.prune(h.prune_before, commands.PRUNE_CHUNK) < commands.PRUNE_CHUNK:
-            h.prune_before = None
+    # a chunk per turn: a big prune never stalls the loop
+    if h.prune_before is not None and h.store.prune(h.prune_before, commands.PRUNE_CHUNK) < commands.PRUNE_CHUNK:
+        h.prune_before = None
     lifecycle.drain_step(h, now)
 
 

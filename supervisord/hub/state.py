@@ -197,7 +197,7 @@ class Hub:
     def __post_init__(self) -> None:
         self.pool = Pool(policy_of(self.config))
         d = self.config.daemon
-        self.sched = Scheduler(max_queued=d.max_queued)
+        self.sched = Scheduler(max_queued=d.max_queued, max_queued_bytes=d.max_queued_bytes)
         self.breaker = Breaker(self.config.breaker.threshold, self.config.breaker.open_s)
         self.gate = Gate(max_s=self.config.gate.max_s)
         self.sched.keys.limits = self.config.keys

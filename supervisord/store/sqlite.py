@@ -33,6 +33,7 @@ Imports the stdlib, msgspec, proto, `supervisord.core` and `supervisord.logs` on
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -392,12 +393,12 @@ class SqliteStore:
         row = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).fetchone()
         return _batch(row) if row else None
 
-    def open_batches(self) -> list[Batch]:
+    def open_batches(self) -> builtins.list[Batch]:  # (`list` here is the method)
         rows = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE done_at IS NULL").fetchall()
         found = [self._batches.get(str(r[0])) or _batch(r) for r in rows]
         return [b for b in found if b.done_at is None]
 
-    def batch_ids(self, label: str, limit: int = 10_000) -> list[str]:
+    def batch_ids(self, label: str, limit: int = 10_000) -> builtins.list[str]:
         rows = self.db.execute("SELECT id FROM batches WHERE label=? ORDER BY submitted_at DESC LIMIT ?",
                                (label, limit))
         return [str(r[0]) for r in rows.fetchall()]
