@@ -34,6 +34,9 @@ MAX_ID_CHARS = 64
 #: the oldest age `Prune` takes: ten years
 MAX_AGE_S = 3650 * 86_400.0
 
+#: a batch label; a batch's cost cap
+MAX_LABEL_CHARS, MAX_BATCH_COST_USD = 256, 1_000_000.0
+
 TaskId = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]
 
 # ---- requests --------------------------------------------------------------------
@@ -43,6 +46,11 @@ class Submit(msgspec.Struct, tag=True, kw_only=True):
     """Accept these tasks as one batch (one master trace). Journaled before `Accepted`."""
 
     tasks: list[TaskSpec]
+    #: a name for the batch (`supctl list --label`)
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LABEL_CHARS)] | None = None
+    #: once the batch's finished tasks have cost this much, its queued Claude tasks end
+    #: `cancelled` with error kind `budget` (running ones finish)
+    max_cost_usd: Annotated[float, msgspec.Meta(gt=0, le=MAX_BATCH_COST_USD)] | None = None
     traceparent: Annotated[str, msgspec.Meta(max_length=MAX_TRACEPARENT_CHARS, pattern=TRACEPARENT_PATTERN)] | None = None
     tracestate: Annotated[str, msgspec.Meta(max_length=MAX_TRACESTATE_CHARS)] | None = None
 
@@ -63,6 +71,17 @@ class Get(msgspec.Struct, tag=True, kw_only=True):
 class List(msgspec.Struct, tag=True, kw_only=True):
     state: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST)] = 100
+    #: only the tasks of this batch (its id is its trace id)
+    batch: TaskId | None = None
+    #: only the tasks of batches with this label
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LABEL_CHARS)] | None = None
+
+
+class Batch(msgspec.Struct, tag=True, kw_only=True):
+    """One batch: its summary (`Info.data["batch"]`) and its tasks (`Info.data["tasks"]`)."""
+
+    id: TaskId
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST)] = 1000
 
 
 class Cancel(msgspec.Struct, tag=True, kw_only=True):
@@ -148,7 +167,7 @@ class FlowWait(msgspec.Struct, tag=True, kw_only=True):
 
 
 Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown | Prune
-           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait)
+           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait | Batch)
 
 
 # ---- replies ---------------------------------------------------------------------
@@ -157,6 +176,8 @@ Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale
 class Accepted(msgspec.Struct, tag=True, kw_only=True):
     ids: list[str]
     trace_id: str
+    #: the batch's id (its trace id)
+    batch: str | None = None
 
 
 class Tasks(msgspec.Struct, tag=True, kw_only=True):

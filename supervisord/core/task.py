@@ -94,5 +94,6 @@ def view(t: Task) -> TaskView:
         finished_at=t.finished_at, duration_s=round(duration, 6) if duration is not None else None,
         priority=t.spec.priority, stderr=o.stderr, truncated=o.truncated, usage=o.usage,
         cost_usd=o.cost_usd, session_id=o.session_id, num_turns=o.num_turns,
-        prompt=t.spec.prompt, argv=t.spec.argv, workflow=t.workflow, step=t.step,
+        prompt=t.spec.prompt, argv=t.spec.argv, workflow=t.workflow, step=t.step, key=t.spec.key,
+        batch=t.trace_id,
     )

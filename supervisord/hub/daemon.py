@@ -25,19 +25,19 @@ from typing import Any
 import zmq.asyncio
 
 from supervisord.config import Config
-from supervisord.core import fate as core
 from supervisord.core import taskenv
 from supervisord.core.traceids import Ids
 from supervisord.events import (
     ChildExited,
     ChildSaid,
     Event,
+    HookFinished,
     RequestReceived,
     SignalReceived,
     TimerFired,
     TreesChecked,
 )
-from supervisord.hub import childcare, commands, flows, lifecycle, tasks
+from supervisord.hub import batches, childcare, commands, flows, lifecycle, ratelimit, tasks
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
 from supervisord.spokes import claude_cli, curve
@@ -84,8 +84,9 @@ def handle(h: Hub, event: Event) -> None:
             case TreesChecked(checked, alive):
                 for tree in h.orphans.checked(checked, alive, h.clock.now()):
                     log("tree_dead", task=tree.task_id, epoch=tree.epoch)
-                    if (task := h.sched.tasks.get(tree.task_id)) is not None:
-                        tasks.decide(h, task, core.TreeDead())
+                    tasks.tree_dead(h, tree.task_id)
+            case HookFinished(name, returncode, problem):
+                batches.hook_finished(h, name, returncode, problem)
             case TimerFired():
                 pass
     except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
@@ -138,6 +139,7 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
     for due in h.pool.due(now):
         childcare.apply(h, due)
     childcare.mourn_due(h, now)
+    ratelimit.tick(h, now)
     if trees := h.orphans.due(now):
         h.spokes.procs.check_trees([tree.attempt for tree in trees])
     for waiter in h.waiters.due(now):
@@ -171,6 +173,8 @@ def _next_wake(h: Hub, t: Turn, now: float) -> float:
         candidates.append(now + 0.01)
     if h.sched.queued and (b := h.breaker.next_change()) is not None:
         candidates.append(b)
+    if (g := h.gate.next_change()) is not None:
+        candidates.append(g)
     if h.spokes.notifier.watchdog_interval_s:
         candidates.append(t.next_watchdog)
     if h.life.drain_deadline is not None:
@@ -282,6 +286,7 @@ def prom_snapshot(h: Hub) -> dict[str, Any]:
         "duration_counts": list(m.duration.counts), "duration_sum_s": m.duration.sum_s,
         "queued": h.sched.queued, "running": len(h.sched.running()),
         "ready": counts["idle"] + counts["busy"], "pool_size": h.pool.size, "breaker": h.breaker.state.value,
+        "gate": h.gate.state.value,
     }
 
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from proto.task import TaskView
+from supervisord.core.batches import Batch
 from supervisord.core.task import Task
 from supervisord.core.workflow import Workflow
 
@@ -41,9 +42,25 @@ class Store(Protocol):
         """Tasks (and cancel requests) written by `claim`/`record`/`request_cancel`, not yet committed."""
         ...
 
-    def accept(self, tasks: Sequence[Task]) -> None:
-        """Store a submitted batch, all or nothing, durable on return. Raises `StoreError`
-        (nothing of the batch stored; pending writes unaffected)."""
+    def accept(self, tasks: Sequence[Task], batch: Batch | None = None) -> None:
+        """Store a submitted batch (its tasks and its `Batch` record), all or nothing, durable
+        on return. Raises `StoreError` (nothing of the batch stored; pending writes unaffected)."""
+        ...
+
+    def record_batch(self, batch: Batch) -> None:
+        """A batch's tally (and `done_at`), written by the next commit with its tasks' states."""
+        ...
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        """One batch: its pending tally if any, else the stored one."""
+        ...
+
+    def open_batches(self) -> list[Batch]:
+        """Batches not yet done (recovery)."""
+        ...
+
+    def batch_ids(self, label: str, limit: int = 10_000) -> list[str]:
+        """The ids of the batches with this label, the newest first."""
         ...
 
     def claim(self, task: Task) -> None:
@@ -74,9 +91,10 @@ class Store(Protocol):
         """One task: its pending state if any, else the stored one."""
         ...
 
-    def list(self, state: str | None, limit: int, budget_bytes: int) -> list[TaskView]:
-        """The newest tasks first (optionally in one state), at most `limit`, stopping before
-        the row that would pass `budget_bytes` (at least one row)."""
+    def list(self, state: str | None, limit: int, budget_bytes: int,
+             batches: Sequence[str] | None = None) -> list[TaskView]:
+        """The newest tasks first (optionally in one state, of these batches), at most `limit`,
+        stopping before the row that would pass `budget_bytes` (at least one row)."""
         ...
 
     def known(self, ids: Sequence[str]) -> set[str]:

@@ -46,6 +46,7 @@ from typing import Any
 import msgspec
 
 from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
@@ -117,6 +118,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX workflows_seq ON workflows (seq)",
         "CREATE INDEX workflows_state ON workflows (state, seq)",
     ),
+    # 3 -> 4: batches (every submit; its id is its trace id): label, cost cap and tally;
+    # tasks by batch.
+    (
+        """CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            label TEXT,
+            size INTEGER NOT NULL,
+            submitted_at REAL NOT NULL,
+            max_cost_usd REAL,
+            tally BLOB,
+            done_at REAL
+        )""",
+        "CREATE INDEX batches_label ON batches (label)",
+        "CREATE INDEX batches_open ON batches (done_at)",
+        "CREATE INDEX tasks_trace ON tasks (trace_id, seq)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -173,6 +190,8 @@ class SqliteStore:
         #: noted workflow records (the latest object per id) and the seq of noted new tasks
         self._flows: dict[str, Workflow] = {}
         self._insert_seq: dict[str, int] = {}
+        #: noted batch tallies, latest per id
+        self._batches: dict[str, Batch] = {}
         self._closed = False
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -238,14 +257,14 @@ class SqliteStore:
 
     # ---- the batch: durable before `Accepted` ------------------------------------------
 
-    def accept(self, tasks: Sequence[Task]) -> None:
-        self._accept(tasks, None)
+    def accept(self, tasks: Sequence[Task], batch: Batch | None = None) -> None:
+        self._accept(tasks, None, batch)
 
     def accept_workflow(self, wf: Workflow, tasks: Sequence[Task]) -> None:
         """A new workflow's record and its first tasks, all or nothing, durable on return."""
-        self._accept(tasks, wf)
+        self._accept(tasks, wf, None)
 
-    def _accept(self, tasks: Sequence[Task], wf: Workflow | None) -> None:
+    def _accept(self, tasks: Sequence[Task], wf: Workflow | None, batch: Batch | None) -> None:
         problem = self.check()
         if problem:
             raise StoreError(problem)
@@ -260,6 +279,9 @@ class SqliteStore:
             self.db.executemany(_INSERT, rows)
             if wf is not None:
                 self.db.execute(_SAVE_FLOW, _flow_args(wf))
+            if batch is not None:
+                self.db.execute("INSERT OR IGNORE INTO batches (id, label, size, submitted_at, max_cost_usd, tally,"
+                                " done_at) VALUES (?, ?, ?, ?, ?, ?, ?)", _batch_row(batch))
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -276,7 +298,10 @@ class SqliteStore:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._cancels) + len(self._flows)
+        return len(self._pending) + len(self._cancels) + len(self._flows) + len(self._batches)
+
+    def record_batch(self, batch: Batch) -> None:
+        self._batches[batch.id] = batch
 
     def claim(self, task: Task) -> None:
         self._note(task, task.epoch - 1)
@@ -306,7 +331,7 @@ class SqliteStore:
     def commit(self) -> list[tuple[str, int]]:
         if error := self._checkpointer.take_error():
             log("store_checkpoint_failed", logging.WARNING, path=self.path, error=error)
-        if not self._pending and not self._cancels and not self._flows:
+        if not self._pending and not self._cancels and not self._flows and not self._batches:
             return []
         refused: list[tuple[str, int]] = []
         try:
@@ -324,6 +349,9 @@ class SqliteStore:
             for tid in self._cancels:
                 self.db.execute(f"UPDATE tasks SET cancel_requested=1 WHERE id=? AND state IN {_UNFINISHED_SQL}",
                                 (tid,))
+            for b in self._batches.values():
+                self.db.execute("UPDATE batches SET size=?, tally=?, done_at=? WHERE id=?",
+                                (b.size, _tally(b), b.done_at, b.id))
             self.db.execute("COMMIT")
         except Exception as e:  # noqa: BLE001 (whatever it was, nothing is lost: the group stays for the next commit)
             self._rollback()
@@ -336,6 +364,7 @@ class SqliteStore:
         self._cancels.clear()
         self._flows.clear()
         self._insert_seq.clear()
+        self._batches.clear()
         self._checkpointer.wake.set()
         return refused
 
@@ -366,14 +395,21 @@ class SqliteStore:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
         return view(_task(row)) if row else None
 
-    def list(self, state: str | None, limit: int, budget_bytes: int) -> list[TaskView]:
+    def list(self, state: str | None, limit: int, budget_bytes: int,
+             batches: Sequence[str] | None = None) -> list[TaskView]:
         # First the rows' sizes (length() reads no blob), to choose; then decode only those chosen.
         sql = "SELECT rowid, id, length(spec) + COALESCE(length(outcome), 0) FROM tasks"
         params: list[object] = []
+        where: list[str] = []
         if state is not None:
             # a pending task is listed by its state in memory, not its (older) stored one
-            sql += " WHERE state=? OR id IN (SELECT value FROM json_each(?))"
+            where.append("(state=? OR id IN (SELECT value FROM json_each(?)))")
             params += [state, json.dumps(list(self._pending))]
+        if batches is not None:
+            where.append("trace_id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(batches)))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC"
         if state is None or not self._pending:
             sql += " LIMIT ?"
@@ -405,6 +441,24 @@ class SqliteStore:
                 decoded[int(r[0])] = view(_task(r[1:]))
         # (a row gone between the two queries — pruned by an outside process — is left out)
         return [view(c) if isinstance(c, Task) else decoded[c] for c in chosen if isinstance(c, Task) or c in decoded]
+
+    # ---- batches -----------------------------------------------------------------------
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        if batch_id in self._batches:
+            return self._batches[batch_id]
+        row = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).fetchone()
+        return _batch(row) if row else None
+
+    def open_batches(self) -> builtins.list[Batch]:  # (`list` here is the method)
+        rows = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE done_at IS NULL").fetchall()
+        found = [self._batches.get(str(r[0])) or _batch(r) for r in rows]
+        return [b for b in found if b.done_at is None]
+
+    def batch_ids(self, label: str, limit: int = 10_000) -> builtins.list[str]:
+        rows = self.db.execute("SELECT id FROM batches WHERE label=? ORDER BY submitted_at DESC LIMIT ?",
+                               (label, limit))
+        return [str(r[0]) for r in rows.fetchall()]
 
     def known(self, ids: Sequence[str]) -> set[str]:
         found = {tid for tid in ids if tid in self._pending}
@@ -469,6 +523,9 @@ class SqliteStore:
                 f"DELETE FROM workflows WHERE rowid IN (SELECT rowid FROM workflows WHERE finished_at < ?"
                 f" AND state NOT IN {_FLOW_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
                 " ORDER BY finished_at LIMIT ?)", (finished_before, json.dumps(list(self._flows)), limit))
+            # a done batch goes with its last task
+            self.db.execute("DELETE FROM batches WHERE done_at < ? AND NOT EXISTS (SELECT 1 FROM tasks WHERE"
+                            " tasks.trace_id = batches.id)", (finished_before,))
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -550,6 +607,30 @@ class _Checkpointer(threading.Thread):
         self._stopping = True
         self.wake.set()
         self.join()
+
+
+_BATCH_COLUMNS = "id, label, size, submitted_at, max_cost_usd, tally, done_at"
+#: the tally's fields (the rest are columns)
+_TALLY = ("succeeded", "failed", "cancelled", "cost_usd", "input_tokens", "output_tokens", "first_started_at",
+          "last_finished_at", "budget_spent")
+
+
+def _tally(b: Batch) -> bytes:
+    return _enc.encode({name: getattr(b, name) for name in _TALLY})
+
+
+def _batch_row(b: Batch) -> tuple[object, ...]:
+    return (b.id, b.label, b.size, b.submitted_at, b.max_cost_usd, _tally(b), b.done_at)
+
+
+def _batch(r: Sequence[Any]) -> Batch:
+    bid, label, size, submitted_at, max_cost_usd, tally, done_at = r
+    b = Batch(id=str(bid), size=int(size), submitted_at=float(submitted_at), label=label,
+              max_cost_usd=max_cost_usd, done_at=done_at)
+    for name, value in (msgspec.msgpack.decode(tally) if tally else {}).items():
+        if name in _TALLY:
+            setattr(b, name, value)
+    return b
 
 
 def _row(t: Task, seq: int) -> tuple[object, ...]:

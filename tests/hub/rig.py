@@ -103,6 +103,11 @@ class FakeProcs:
     def leftovers(self, task_ids: list[str]) -> set[str]:
         return {t for t in task_ids if t in self.alive_at_start}
 
+    hooks: list[tuple[str, list[str], bytes, float]] = field(default_factory=list)
+
+    def run_hook(self, name: str, argv: list[str], data: bytes, timeout_s: float) -> None:
+        self.hooks.append((name, argv, data, timeout_s))
+
 
 @dataclass
 class FakeNotifier:
