@@ -197,7 +197,7 @@ class Feed:
             return
         try:
             data = await self.snapshot()
-        except Exception as e:  # the hub too busy to answer: the next one will do
+        except Exception as e:  # noqa: BLE001 (the hub too busy to answer: the next one will do)
             log("web_snapshot_failed", logging.WARNING, error=str(e)[:200])
             return
         message = sse(json.dumps(data, default=str).encode(), "snapshot")
