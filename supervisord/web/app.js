@@ -327,7 +327,7 @@ function batchSummary(b) {
 function batchRow(b) {
   return `<tr data-batch="${esc(b.id)}"><td class="mono"><a href="#/batch/${esc(b.id)}">${esc(b.id)}</a></td>
     <td>${b.label ? `<a href="#/batches?label=${encodeURIComponent(b.label)}">${esc(b.label)}</a>` : ""}</td>
-    <td>${pill(b.state)}</td><td class="summary">${esc(batchSummary(b))}</td><td>${esc(secs(b.wall_s))}</td>
+    <td>${pill(b.state)}</td><td class="summary">${esc(batchSummary(b))}</td><td data-wall="${esc(b.wall_s)}">${esc(secs(b.wall_s))}</td>
     <td>${esc(tokens(b))}</td><td>${esc(money(b.cost_usd))}${b.max_cost_usd ? ` / ${esc(money(b.max_cost_usd))}` : ""}</td>
     <td>${esc(when(b.submitted_at))}</td></tr>`;
 }
