@@ -255,9 +255,13 @@ function fields(t) {
     ["submitted", when(t.submitted_at)], ["started", when(t.started_at)], ["finished", when(t.finished_at)],
     ["duration", secs(t.duration_s)], ["priority", t.priority], ["session", t.session_id], ["turns", t.num_turns],
     ["tokens", t.usage ? `${t.usage.input_tokens} in / ${t.usage.output_tokens} out` : ""], ["cost", money(t.cost_usd)],
+    ["batch", t.batch && `<a href="#/batch/${esc(t.batch)}">${esc(t.batch)}</a>`],
+    ["key", t.key && `<a href="#/tasks?key=${encodeURIComponent(t.key)}">${esc(t.key)}</a>`],
+    ["workflow", t.workflow && `<a href="#/workflow/${esc(t.workflow)}">${esc(t.workflow)}</a>`], ["step", t.step],
     ["prompt", t.prompt], ["argv", t.argv ? t.argv.join(" ") : ""]];
+  const html = new Set(["state", "batch", "key", "workflow"]);  // built above with their values escaped
   return `<dl class="fields" id="fields">${rows.filter(([, v]) => v !== null && v !== undefined && v !== "")
-    .map(([k, v]) => `<dt>${esc(k)}</dt><dd data-field="${esc(k)}">${k === "state" ? v : esc(v)}</dd>`).join("")}</dl>`;
+    .map(([k, v]) => `<dt>${esc(k)}</dt><dd data-field="${esc(k)}">${html.has(k) ? v : esc(v)}</dd>`).join("")}</dl>`;
 }
 
 function line(l) { return `<div class="line"><span class="ev">${esc(when(l.ts))} ${esc(l.event)}</span> ${esc(l.summary)}</div>`; }

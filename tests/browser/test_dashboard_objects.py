@@ -72,7 +72,8 @@ argv = ["sh", "-c", "{waits_for(go_c, 'ship', log)}"]
     page.wait_for_selector(f'body[data-ready="/workflow/{wf_id}"]')
     page.evaluate("window.__sameDocument = true")
     wait_step(page, "build", "running")
-    assert [step_state(page, s) for s in ("fetch", "lint", "ship")] == ["succeeded", "succeeded", "blocked"]
+    wait_step(page, "lint", "succeeded")
+    assert [step_state(page, s) for s in ("fetch", "build", "ship")] == ["succeeded", "running", "blocked"]
     assert page.locator("#dag line").count() == 4  # fetch->build, fetch->lint, build->ship, lint->ship
     shot(page, "workflow-running")
     go_b.write_text("")  # build ends: the drawing moves on by itself
@@ -94,6 +95,11 @@ argv = ["sh", "-c", "{waits_for(go_c, 'ship', log)}"]
     assert [u["step"] for u in status["undo"]] == ["build", "fetch"]
     assert page.evaluate("window.__sameDocument") is True
     shot(page, "workflow")
+    page.click('#steps tr[data-step-row="build"] a')  # a step's task names its workflow and step
+    page.wait_for_selector('body[data-ready^="/task/"]')
+    assert page.inner_text('[data-field="workflow"]') == wf_id and page.inner_text('[data-field="step"]') == "build"
+    page.click('[data-field="workflow"] a')
+    page.wait_for_selector(f'body[data-ready="/workflow/{wf_id}"]')
     page.goto(f"{url}#/workflows")
     page.wait_for_selector(f'#flows tr[data-flow="{wf_id}"] [data-state="cancelled"]')
     shot(page, "workflows")
