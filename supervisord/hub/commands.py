@@ -125,7 +125,7 @@ def list_(h: Hub, envelope: Envelope, req: ctl.List) -> ctl.Reply:
             labelled = h.store.batch_ids(req.label)
             wanted = labelled if req.batch is None else [b for b in wanted if b in labelled]
     # the newest first; fewer than asked when their outputs are large
-    return ctl.Tasks(tasks=h.store.list(req.state, req.limit, tasks.reply_budget(h), batches=wanted))
+    return ctl.Tasks(tasks=h.store.list(req.state, req.limit, h.reply_budget, batches=wanted))
 
 
 def cancel(h: Hub, envelope: Envelope, req: ctl.Cancel) -> ctl.Reply:

@@ -196,6 +196,11 @@ class Hub:
     #: the store's last complaint about its file (deleted, replaced), for health and status
     store_problem: str | None = None
 
+    @property
+    def reply_budget(self) -> int:
+        """Half the message-size limit: what one reply may carry, with room for the envelope."""
+        return self.config.limits.max_message_bytes // 2
+
     def __post_init__(self) -> None:
         self.pool = Pool(policy_of(self.config))
         d = self.config.daemon

@@ -124,7 +124,8 @@ def _final(h: Hub, task: Task) -> None:
         answer(h, waiter)
     if task.workflow is not None:  # its workflow hears of it at the turn (hub/flows.py)
         h.flows.ended.append(task)
-    batches.task_final(h, task)
+    for other, event in batches.task_final(h, task):  # its batch just spent its cost cap
+        decide(h, other, event)
 
 
 def breaker_changed(h: Hub, state: BreakerState, **fields: object) -> None:
@@ -159,11 +160,6 @@ def task_view(h: Hub, task_id: str) -> TaskView | None:
     return view(live) if live else h.store.get(task_id)
 
 
-def reply_budget(h: Hub) -> int:
-    """Half the message-size limit: what one reply may carry, with room for the envelope."""
-    return h.config.limits.max_message_bytes // 2
-
-
 def within_budget(views: list[TaskView], budget_bytes: int) -> tuple[list[TaskView], list[str]]:
     """The views that fit in one reply (at least one), and the ids of those that do not:
     thousands of tasks with megabytes of output each must not become one giant message."""
@@ -182,7 +178,7 @@ def answer(h: Hub, waiter: Waiter) -> None:
     """Answer a `Wait` with the tasks that are final (after the commit that recorded them);
     those past the reply's byte budget come back as pending, and the client asks again."""
     done = [v for tid in waiter.ids if tid not in waiter.pending and (v := task_view(h, tid))]
-    views, later = within_budget(done, reply_budget(h))
+    views, later = within_budget(done, h.reply_budget)
     h.after_commit.append((waiter.envelope, ctl.Tasks(tasks=views, pending=sorted(waiter.pending) + later)))
 
 
