@@ -185,3 +185,5 @@ class TaskView(msgspec.Struct, kw_only=True):
     num_turns: int | None = None
     prompt: str | None = None
     argv: list[str] | None = None
+    #: the host that runs (or last ran) it, in a fleet; null on a single host
+    host: str | None = None

@@ -231,3 +231,48 @@ def gate(path: Path) -> list[str]:
 
 def spec(**kw: Any) -> TaskSpec:
     return TaskSpec(**kw)
+
+
+# ---- a real PostgreSQL for the fleet's tests ---------------------------------------------
+
+
+class Postgres:
+    """A PostgreSQL 16 server (the `pgserver` wheel) in a temporary directory, for the whole
+    session; `database()` makes a fresh, empty database for one test."""
+
+    def __init__(self) -> None:
+        import pgserver
+
+        self.dir = short_tmpdir("supd-pg-")
+        self.server = pgserver.get_server(str(self.dir), cleanup_mode="stop")
+        self.socket_dir = str(self.dir)
+        self._n = 0
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@/{dbname}?host={self.socket_dir}"
+
+    def database(self) -> str:
+        import psycopg
+
+        self._n += 1
+        name = f"supd_t{os.getpid()}_{self._n}"
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        self.server.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> str:
+    """A fresh database on the session's server."""
+    return postgres.database()
