@@ -107,8 +107,12 @@ class RestartSlot(msgspec.Struct, tag=True, kw_only=True):
     slot: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
+class Hosts(msgspec.Struct, tag=True, kw_only=True):
+    """The daemons sharing this daemon's journal (a fleet); empty on a single host."""
+
+
 Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown | Prune
-           | RestartSlot)
+           | RestartSlot | Hosts)
 
 
 # ---- replies ---------------------------------------------------------------------

@@ -278,8 +278,6 @@ def journal_url_problem(url: str, key: str = "journal.url") -> str | None:
     shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url
     if parts.scheme not in ("postgresql", "postgres"):
         return f"{key} = {shown!r}: must start with postgresql:// (a PostgreSQL database shared by the fleet)"
-    if not parts.netloc and "host=" not in parts.query:
-        return f"{key} = {shown!r}: names no server (postgresql://USER@HOST:PORT/DB, or ?host=/socket/dir)"
     return None
 
 
