@@ -245,7 +245,9 @@ class Postgres:
 
         self.dir = short_tmpdir("supd-pg-")
         self.server = pgserver.get_server(str(self.dir), cleanup_mode="stop")
-        self.socket_dir = str(self.dir)
+        from urllib.parse import parse_qs, urlsplit
+
+        self.socket_dir = parse_qs(urlsplit(self.server.get_uri()).query)["host"][0]
         self._n = 0
 
     def url(self, dbname: str = "postgres") -> str:
@@ -259,6 +261,12 @@ class Postgres:
         with psycopg.connect(self.url(), autocommit=True) as db:
             db.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def restart(self) -> None:
+        """Stop the server (fast: open connections are cut) and start it again."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
 
     def stop(self) -> None:
         self.server.cleanup()
