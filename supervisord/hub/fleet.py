@@ -26,7 +26,7 @@ shared queue) and carries out what `supervisord.core.lease` says about leases.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,9 @@ class FleetState:
     #: attempts stopped because their lease is lost, by task id -> epoch (each once)
     stopped: dict[str, int] = field(default_factory=dict)
     recent_finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    #: when the claim in flight was asked (monotonic), and the last claims' round trips (ms)
+    claim_asked_at: float = 0.0
+    claim_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
 # ---- events from the journal thread -----------------------------------------------------------
@@ -143,6 +146,7 @@ def pump(h: Hub) -> None:
     kinds = ["exec"] + (["claude"] if h.breaker.allows(now) else [])
     n, host, lease_s = len(idle), f.host, f.lease_s
     f.claiming = True
+    f.claim_asked_at = now
     f.journal.ask(lambda s: s.claim_next(n, kinds, host, lease_s), lambda r, e: _claimed(h, r, e, n))
 
 
@@ -151,6 +155,7 @@ def _claimed(h: Hub, claimed: list[Task] | None, error: str | None, asked: int) 
     assert f is not None
     f.claiming = False
     now = h.clock.now()
+    f.claim_ms.append((now - f.claim_asked_at) * 1000)
     got = claimed or []
     # A full answer means more may be waiting: claim again at once; else wait for a notification.
     f.next_poll = now if len(got) == asked and got else now + POLL_S
@@ -378,7 +383,15 @@ def status(h: Hub) -> dict[str, object]:
         "host": f.host, "lease_s": f.lease_s, "journal": h.store_problem or "ok",
         "lease_renewed_s_ago": round(h.clock.now() - f.renewed_at, 3) if f.renewed_at else None,
         "tasks": totals.get("tasks", {}), "hosts": totals.get("hosts", 0),
+        "claims": len(f.claim_ms), "claim_ms_p50": _pct(f.claim_ms, 50), "claim_ms_p99": _pct(f.claim_ms, 99),
     }
+
+
+def _pct(values: deque[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))], 3)
 
 
 HANDLERS: dict[type, Any] = {

@@ -252,6 +252,11 @@ class PgStore:
         try:
             with self.db.transaction():
                 with self.db.cursor() as cur:
+                    # Like SQLite's synchronous=NORMAL for the group: no WAL flush wait. A crash of
+                    # the database server may lose the last group; the attempts it described are
+                    # rescued and run again (at least once). Batches and claims stay synchronous:
+                    # a lost claim could hand one epoch to two hosts.
+                    cur.execute("SET LOCAL synchronous_commit TO OFF")
                     for tid, (task, fence) in self._pending.items():
                         cur.execute(_UPDATE, _update_args(task, fence))
                         if cur.rowcount == 0:
