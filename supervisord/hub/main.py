@@ -193,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOCKED
 
     from supervisord.hub.daemon import Daemon, Paths
-
     from supervisord.store.base import StoreError
 
     try:
