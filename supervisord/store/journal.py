@@ -156,6 +156,8 @@ class Journal:
                     result = job(store)
                 except StoreError as e:
                     self.post(JournalAnswered(then, None, str(e)))
+                    if store.db.broken or store.db.closed:
+                        raise  # the connection is gone: reconnect (`_lost`)
                     return
                 except (psycopg.OperationalError, psycopg.InterfaceError) as e:
                     self.post(JournalAnswered(then, None, f"the journal at {store.where} is unreachable: {e}"))
@@ -272,7 +274,7 @@ class FleetStore:
         self._noted = 0
 
     @property
-    def write_errors(self) -> int:  # type: ignore[override]
+    def write_errors(self) -> int:
         return self.journal.write_errors
 
     @property

@@ -33,6 +33,7 @@ msgspec, proto, `supervisord.core` and `supervisord.logs` only.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from collections.abc import Sequence
@@ -200,7 +201,7 @@ class PgStore:
                     f"{SCHEMA_VERSION}): upgrade this host's supd")
             for step in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[step]:
-                    self.db.execute(statement)  # type: ignore[arg-type]  # our own constants
+                    self.db.execute(statement)
                 self.db.execute("UPDATE supd_schema SET version=%s", (step + 1,))
         if version != SCHEMA_VERSION:
             log("store_created" if version == 0 else "store_migrated", path=self.where, from_version=version,
@@ -219,6 +220,9 @@ class PgStore:
                 self.db.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
         except psycopg.errors.UniqueViolation as e:
             raise self._fail("a task id is already taken (UNIQUE)", e) from None
+        except psycopg.OperationalError as e:
+            raise StoreError(f"the journal at {self.where} is unreachable ({_first_line(e)}): the batch was not "
+                             "stored") from None
         except psycopg.Error as e:
             raise self._fail("the batch was not stored", e) from None
 
@@ -250,22 +254,21 @@ class PgStore:
             return []
         refused: list[tuple[str, int]] = []
         try:
-            with self.db.transaction():
-                with self.db.cursor() as cur:
-                    # Like SQLite's synchronous=NORMAL for the group: no WAL flush wait. A crash of
-                    # the database server may lose the last group; the attempts it described are
-                    # rescued and run again (at least once). Batches and claims stay synchronous:
-                    # a lost claim could hand one epoch to two hosts.
-                    cur.execute("SET LOCAL synchronous_commit TO OFF")
-                    for tid, (task, fence) in self._pending.items():
-                        cur.execute(_UPDATE, _update_args(task, fence))
-                        if cur.rowcount == 0:
-                            refused.append((tid, task.epoch))
-                        elif task.state.final:
-                            cur.execute("SELECT pg_notify('supd_finished', %s)", (tid,))
-                    for tid in self._cancels:
-                        cur.execute("UPDATE tasks SET cancel_requested=TRUE WHERE id=%s AND state IN"
-                                    " ('queued', 'blocked', 'running')", (tid,))
+            with self.db.transaction(), self.db.cursor() as cur:
+                # Like SQLite's synchronous=NORMAL for the group: no WAL flush wait. A crash of
+                # the database server may lose the last group; the attempts it described are
+                # rescued and run again (at least once). Batches and claims stay synchronous:
+                # a lost claim could hand one epoch to two hosts.
+                cur.execute("SET LOCAL synchronous_commit TO OFF")
+                for tid, (task, fence) in self._pending.items():
+                    cur.execute(_UPDATE, _update_args(task, fence))
+                    if cur.rowcount == 0:
+                        refused.append((tid, task.epoch))
+                    elif task.state.final:
+                        cur.execute("SELECT pg_notify('supd_finished', %s)", (tid,))
+                for tid in self._cancels:
+                    cur.execute("UPDATE tasks SET cancel_requested=TRUE WHERE id=%s AND state IN"
+                                " ('queued', 'blocked', 'running')", (tid,))
         except psycopg.Error as e:
             self.write_errors += 1
             log("store_commit_failed", logging.ERROR, path=self.where, pending=self.pending,
@@ -308,7 +311,8 @@ class PgStore:
 
     def list(self, state: str | None, limit: int, budget_bytes: int) -> list[TaskView]:
         # First the rows' sizes (no blob read), to choose; then decode only those chosen.
-        sql, params = "SELECT id, length(spec) + COALESCE(length(outcome), 0) FROM tasks", []
+        sql = "SELECT id, length(spec) + COALESCE(length(outcome), 0) FROM tasks"
+        params: builtins.list[object] = []
         if state is not None:  # a noted task is listed by its state in memory, not its stored one
             sql += " WHERE state=%s OR id = ANY(%s)"
             params += [state, list(self._pending)]
@@ -316,10 +320,10 @@ class PgStore:
         if state is None or not self._pending:
             sql += " LIMIT %s"
             params.append(limit)
-        chosen: list[str] = []
+        chosen: builtins.list[str] = []
         size = 0
         with self.db.cursor() as cur:
-            cur.execute(sql, params)  # type: ignore[arg-type]  # built from our own constants
+            cur.execute(sql, params)
             for tid, nbytes in cur:
                 held = self._pending.get(tid)
                 if held is not None and state is not None and held[0].state.value != state:
@@ -372,7 +376,7 @@ class PgStore:
 
     # ---- the fleet --------------------------------------------------------------------------
 
-    def claim_next(self, n: int, kinds: Sequence[str], host: str, lease_s: float) -> list[Task]:
+    def claim_next(self, n: int, kinds: Sequence[str], host: str, lease_s: float) -> builtins.list[Task]:
         """Up to `n` due queued tasks of `kinds` (priority, then age), each now an attempt of
         `host` with a lease. Returned as they were before the claim (QUEUED, the old epoch):
         the hub starts them with `core.fate.start`, which makes the same move in memory."""
@@ -412,12 +416,12 @@ class PgStore:
             (lease_s, host)).fetchall()
         return {str(r[0]): (int(r[1]), bool(r[2])) for r in rows}
 
-    def rescue(self, limit: int = 100, *, host: str | None = None) -> list[Task]:
+    def rescue(self, limit: int = 100, *, host: str | None = None) -> builtins.list[Task]:
         """Attempts whose lease ended (or, with `host`, every attempt of that host: it
         restarted, so they are dead) get the core's rescue fate, written by compare-and-swap
         on the epoch. The rescued tasks as written."""
         cond = "host=%s" if host is not None else "lease_until < now()"
-        out: list[Task] = []
+        out: builtins.list[Task] = []
         with self.db.transaction():
             rows = self.db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('running', 'blocked') AND {cond}"
@@ -468,7 +472,7 @@ class PgStore:
             " running=EXCLUDED.running, phase=EXCLUDED.phase",
             (host, pid, started_at, children, running, phase))
 
-    def hosts(self) -> list[dict[str, object]]:
+    def hosts(self) -> builtins.list[dict[str, object]]:
         rows = self.db.execute(
             "SELECT h.host, h.pid, h.children, h.phase, EXTRACT(EPOCH FROM now() - h.heartbeat_at),"
             " (SELECT COUNT(*) FROM tasks t WHERE t.host = h.host AND t.state = 'running')"
