@@ -151,6 +151,10 @@ class ClaudeExecutor:
         self.lines_dropped = 0
         self.result: claude.StreamEvent | None = None
         self.stderr = CappedBuffer(cap_bytes)
+        #: what the API said about coming back: a 429's retry-after (seconds, from the CLI's
+        #: debug log) and a reset time (epoch seconds: a rate_limit_event, a unified header)
+        self.retry_after_s: float | None = None
+        self.resets_at: float | None = None
 
     @property
     def result_seen(self) -> bool:
@@ -192,7 +196,16 @@ class ClaudeExecutor:
     def _on_line(self, line: bytes) -> list[ProgressItem]:
         event = claude.parse_line(line)
         if event is None:
+            if (found := claude.retry_after_line(line)) is not None:
+                if found[0] == "retry_after":
+                    self.retry_after_s = found[1]
+                else:
+                    self.resets_at = found[1]
             return []
+        if event.type == "rate_limit_event" and event.rate_limit_info is not None:
+            info = event.rate_limit_info
+            if info.status == "rejected" and info.resetsAt:
+                self.resets_at = info.resetsAt
         if event.type == "result" and self.result is None:
             self.result = event
         return [(claude.event_name(event), claude.summarize(event))]
@@ -214,6 +227,8 @@ class ClaudeExecutor:
         outcome.truncated = self.stderr.truncated or self.lines_dropped > 0
         if self.result is not None:
             self._fill_from_result(outcome, self.result)
+        if error is not None and error.kind == ErrorKind.RATE_LIMITED:
+            outcome.retry_after_s, outcome.resets_at = self.retry_after_s, self.resets_at
         return state, outcome
 
     def _fill_from_result(self, outcome: Outcome, r: claude.StreamEvent) -> None:

@@ -55,6 +55,9 @@ class Task:
     cancel_requested: bool = False
     #: the host that runs (or last ran) it, in a fleet; None on a single host
     host: str | None = None
+    #: the workflow this task belongs to, and its job there (see `flowrecord`)
+    workflow: str | None = None
+    step: str | None = None
 
     def move(self, to: TaskState) -> TaskState:
         """Change state through the table; returns the state left."""
@@ -93,5 +96,6 @@ def view(t: Task) -> TaskView:
         finished_at=t.finished_at, duration_s=round(duration, 6) if duration is not None else None,
         priority=t.spec.priority, stderr=o.stderr, truncated=o.truncated, usage=o.usage,
         cost_usd=o.cost_usd, session_id=o.session_id, num_turns=o.num_turns,
-        prompt=t.spec.prompt, argv=t.spec.argv, host=t.host,
+        prompt=t.spec.prompt, argv=t.spec.argv, workflow=t.workflow, step=t.step, key=t.spec.key,
+        batch=t.trace_id, host=t.host,
     )

@@ -212,7 +212,9 @@ class PgStore:
 
     # ---- the batch: durable before `Accepted` ------------------------------------------
 
-    def accept(self, tasks: Sequence[Task]) -> None:
+    def accept(self, tasks: Sequence[Task], batch: Any = None) -> None:
+        if batch is not None:
+            raise StoreError("batch budgets and labels are not yet supported on a fleet (PostgreSQL) journal")
         try:
             with self.db.transaction():
                 with self.db.cursor() as cur:
@@ -309,13 +311,20 @@ class PgStore:
                 found[str(row[0])] = _view(row)
         return found
 
-    def list(self, state: str | None, limit: int, budget_bytes: int) -> list[TaskView]:
+    def list(self, state: str | None, limit: int, budget_bytes: int,
+             batches: Sequence[str] | None = None) -> list[TaskView]:
         # First the rows' sizes (no blob read), to choose; then decode only those chosen.
         sql = "SELECT id, length(spec) + COALESCE(length(outcome), 0) FROM tasks"
         params: builtins.list[object] = []
+        where = []
         if state is not None:  # a noted task is listed by its state in memory, not its stored one
-            sql += " WHERE state=%s OR id = ANY(%s)"
+            where.append("(state=%s OR id = ANY(%s))")
             params += [state, list(self._pending)]
+        if batches is not None:  # a batch's id is its trace id
+            where.append("trace_id = ANY(%s)")
+            params.append(list(batches))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC"
         if state is None or not self._pending:
             sql += " LIMIT %s"
