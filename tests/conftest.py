@@ -269,7 +269,13 @@ class Postgres:
         pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
 
     def stop(self) -> None:
+        from pgserver._commands import pg_ctl
+
         self.server.cleanup()
+        try:  # after `restart` the postmaster is not the one pgserver started: stop it by its data dir
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+        except Exception:  # noqa: BLE001 (already stopped)
+            pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
