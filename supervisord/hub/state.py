@@ -27,7 +27,7 @@ from supervisord.core.scheduler import Scheduler
 from supervisord.core.traceids import Ids
 from supervisord.hub.flowbook import FlowBook
 from supervisord.hub.orphans import Orphans
-from supervisord.hub.waiters import Waiters
+from supervisord.hub.waiters import Waiter, Waiters
 from supervisord.spokes.claude_cli import ClaudeCommand
 from supervisord.spokes.tracing import Tracer
 from supervisord.store.base import Store
@@ -200,6 +200,8 @@ class Hub:
     store_problem: str | None = None
     #: set when the journal is a PostgreSQL database shared by a fleet (supervisord.hub.fleet)
     fleet: FleetState | None = None
+    #: in a fleet, how a waiter is answered (`fleet.answer`: views read from the shared journal)
+    answer_from_fleet: Callable[[Hub, Waiter], None] | None = None
 
     @property
     def reply_budget(self) -> int:
