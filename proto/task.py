@@ -195,6 +195,8 @@ class TaskView(msgspec.Struct, kw_only=True):
     num_turns: int | None = None
     prompt: str | None = None
     argv: list[str] | None = None
+    #: the host that runs (or last ran) it, in a fleet; null on a single host
+    host: str | None = None
     #: the workflow this task is a step of, and its job there (`NAME`, `NAME[i]`,
     #: `NAME:compensate`, `NAME:undo:N`); None for a plain task
     workflow: str | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proto import children as cp
 from proto import control as ctl
@@ -27,10 +27,13 @@ from supervisord.core.scheduler import Scheduler
 from supervisord.core.traceids import Ids
 from supervisord.hub.flowbook import FlowBook
 from supervisord.hub.orphans import Orphans
-from supervisord.hub.waiters import Waiters
+from supervisord.hub.waiters import Waiter, Waiters
 from supervisord.spokes.claude_cli import ClaudeCommand
 from supervisord.spokes.tracing import Tracer
 from supervisord.store.base import Store
+
+if TYPE_CHECKING:
+    from supervisord.hub.fleet import FleetState
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,15 @@ class Hub:
     prune_before: float | None = None
     #: the store's last complaint about its file (deleted, replaced), for health and status
     store_problem: str | None = None
+    #: set when the journal is a PostgreSQL database shared by a fleet (supervisord.hub.fleet)
+    fleet: FleetState | None = None
+    #: in a fleet, how a waiter is answered (`fleet.answer`: views read from the shared journal)
+    answer_from_fleet: Callable[[Hub, Waiter], None] | None = None
+
+    @property
+    def reply_budget(self) -> int:
+        """Half the message-size limit: what one reply may carry, with room for the envelope."""
+        return self.config.limits.max_message_bytes // 2
 
     def __post_init__(self) -> None:
         self.pool = Pool(policy_of(self.config))
