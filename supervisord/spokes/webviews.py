@@ -212,7 +212,11 @@ class Views:
         return {"ok": True, "message": reply.message} if isinstance(reply, ctl.Ok) else _error(reply)
 
     async def hosts(self, request: web.Request) -> dict[str, Any]:
+        """This daemon (`Status`) and the fleet sharing its journal (`Hosts`, as `supctl hosts`):
+        `fleet.host` is None on a single host."""
         status = await self._info(ctl.Status())
         this = {"pid": status.get("pid"), "phase": status.get("phase"), "state_dir": status.get("state_dir"),
                 "pool": status.get("pool"), "tasks": status.get("tasks")}
-        return {"this": this, "fleet": unavailable("a fleet of hosts", "the fleet issue (PostgreSQL store)")}
+        fleet = await self._info(ctl.Hosts())
+        return {"this": this, "fleet": {"host": fleet.get("host"), "hosts": fleet.get("hosts") or [],
+                                        "error": fleet.get("error")}}

@@ -487,6 +487,15 @@ async function workflowPage(id) {
   listen("", { event: (e) => changes(e) && refetch() });
 }
 
+// The daemons sharing this one's journal (`supctl hosts`); this one is starred.
+function fleetTable(f) {
+  if (f.error) return `<p class="na">${esc(f.error)}</p>`;
+  if (!f.host) return `<p class="na" id="fleet">one host (no shared journal): no fleet</p>`;
+  return `<table id="fleet"><tr><th>host</th><th>pid</th><th>phase</th><th>heartbeat</th><th>children</th><th>running</th></tr>
+    ${(f.hosts || []).map((r) => `<tr data-host="${esc(r.host)}"><td class="mono">${r.host === f.host ? "* " : ""}${esc(r.host)}</td><td class="mono">${esc(r.pid)}</td>
+    <td>${esc(r.phase)}</td><td>${esc(Number(r.heartbeat_age_s).toFixed(1))} s ago</td><td>${esc(r.children)}</td><td>${esc(r.running)}</td></tr>`).join("")}</table>`;
+}
+
 async function hostsPage() {
   const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Hosts</h2><div id="hosts"></div>`;
@@ -495,7 +504,8 @@ async function hostsPage() {
   const t = d.this || {};
   $("#hosts").innerHTML = `<table id="this-host"><tr><th>this daemon</th><th>phase</th><th>state dir</th><th>children</th><th>queued</th><th>running</th></tr>
     <tr><td class="mono">pid ${esc(t.pid)}</td><td>${esc(t.phase)}</td><td class="mono">${esc(t.state_dir)}</td>
-    <td>${esc((t.pool || {}).size)}</td><td>${esc((t.tasks || {}).queued)}</td><td>${esc((t.tasks || {}).running)}</td></tr></table>${na(d.fleet)}`;
+    <td>${esc((t.pool || {}).size)}</td><td>${esc((t.tasks || {}).queued)}</td><td>${esc((t.tasks || {}).running)}</td></tr></table>
+    <h2>Fleet</h2>${fleetTable(d.fleet || {})}`;
 }
 
 // ---- routes ---------------------------------------------------------------------------------

@@ -107,3 +107,14 @@ def test_the_snapshot_carries_the_gate_and_the_keys_from_status():
     out = call(d, "snapshot", "/")
     assert out["gate"] == {"state": "closed", "resets_at": 130.0}
     assert out["keys"] == {"deploy": {"limit": 1, "held_by": ["t1"], "waiting": 2}}
+
+
+def test_hosts_are_this_daemon_and_the_fleet_of_the_hosts_verb():
+    fleet = {"host": "h1", "hosts": [{"host": "h1", "pid": 7, "phase": "running", "heartbeat_age_s": 0.5,
+                                      "children": 2, "running": 1}]}
+    d = Daemon({ctl.Status: ctl.Info(data={"pid": 7, "phase": "running"}), ctl.Hosts: ctl.Info(data=fleet)})
+    out = call(d, "hosts", "/api/hosts")
+    assert d.asked == [ctl.Status(), ctl.Hosts()]
+    assert out["this"]["pid"] == 7 and out["fleet"] == {**fleet, "error": None}
+    alone = Daemon({ctl.Status: ctl.Info(data={}), ctl.Hosts: ctl.Info(data={"host": None, "hosts": []})})
+    assert call(alone, "hosts", "/api/hosts")["fleet"] == {"host": None, "hosts": [], "error": None}
