@@ -262,6 +262,16 @@ class Postgres:
             db.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def drop(self, url: str) -> None:
+        import psycopg
+
+        name = url.rsplit("/", 1)[1].split("?", 1)[0]
+        try:
+            with psycopg.connect(self.url(), autocommit=True) as db:
+                db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        except psycopg.Error:
+            pass  # the server is down (a test stopped it): its files go with the session's
+
     def restart(self) -> None:
         """Stop the server (fast: open connections are cut) and start it again."""
         from pgserver._commands import pg_ctl
@@ -271,10 +281,13 @@ class Postgres:
     def stop(self) -> None:
         from pgserver._commands import pg_ctl
 
-        self.server.cleanup()
-        try:  # after `restart` the postmaster is not the one pgserver started: stop it by its data dir
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+        try:  # after `restart` the postmaster is not the one pgserver started: stop it by its data dir first
+            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
         except Exception:  # noqa: BLE001 (already stopped)
+            pass
+        try:
+            self.server.cleanup()
+        except OSError:  # its files went with the stop
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -287,6 +300,9 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture
-def pg_url(postgres: Postgres) -> str:
-    """A fresh database on the session's server."""
-    return postgres.database()
+def pg_url(postgres: Postgres) -> Iterator[str]:
+    """A fresh database on the session's server, dropped after the test (the session's
+    teardown stays short: no pile of databases to delete)."""
+    url = postgres.database()
+    yield url
+    postgres.drop(url)
