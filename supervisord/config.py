@@ -42,6 +42,7 @@ class TaskDefaults(_Section, frozen=True):
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
     output_cap_bytes: int = 1 << 20
+    transcript_cap_bytes: int = 4 << 20
 
 
 class RestartConfig(_Section, frozen=True):
@@ -106,6 +107,10 @@ class JournalConfig(_Section, frozen=True):
     retain_s: float = 604_800.0
 
 
+class WorktreesConfig(_Section, frozen=True):
+    keep: str = "branch"
+
+
 class Config(_Section, frozen=True):
     daemon: DaemonConfig = DaemonConfig()
     tasks: TaskDefaults = TaskDefaults()
@@ -118,6 +123,7 @@ class Config(_Section, frozen=True):
     metrics: MetricsConfig = MetricsConfig()
     journal: JournalConfig = JournalConfig()
     security: SecurityConfig = SecurityConfig()
+    worktrees: WorktreesConfig = WorktreesConfig()
 
 
 DAY_S = 86_400.0
@@ -138,6 +144,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "tasks.retry_base_s": (0, 3600),
     "tasks.retry_max_s": (0, DAY_S),
     "tasks.output_cap_bytes": (1, 1 << 30),
+    "tasks.transcript_cap_bytes": (0, 1 << 30),
     "restart.backoff_base_s": (0, 3600),
     "restart.backoff_max_s": (0, DAY_S),
     "restart.stable_after_s": (0, DAY_S),
@@ -164,6 +171,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "daemon.log_level": ("debug", "info", "warning", "error"),
     "tracing.exporter": ("none", "console", "otlp-http", "otlp-grpc"),
     "journal.synchronous": ("off", "normal", "full", "extra"),
+    "worktrees.keep": ("branch", "worktree", "none"),
 }
 #: Text keys (and lists or tables of text): the most characters one value (or item) may
 #: have, and the most items a list or table may have.

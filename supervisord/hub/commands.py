@@ -14,13 +14,13 @@ import traceback
 from collections.abc import Callable
 
 from proto import control as ctl
-from proto.task import TaskState
+from proto.task import TaskSpec, TaskState
 from supervisord import config as config_mod
 from supervisord.core import fate as core
 from supervisord.core import taskenv, traceids, validate
 from supervisord.core.pool import policy_of
 from supervisord.core.task import Task
-from supervisord.hub import childcare, lifecycle, tasks
+from supervisord.hub import agents, childcare, lifecycle, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
@@ -54,10 +54,19 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
     problem = validate.batch_problem(req.tasks, h.config.limits)
     if problem:
         return ctl.Error(kind="bad_request", message=problem)
+    specs = agents.prepare(h, req.tasks)
+    if isinstance(specs, str):
+        return ctl.Error(kind="bad_request", message=specs)
+    return accept(h, envelope, specs, req.traceparent, req.tracestate)
+
+
+def accept(h: Hub, envelope: Envelope, specs: list[TaskSpec], traceparent: str | None,
+           tracestate: str | None) -> ctl.Reply | None:
+    """Accept checked specs as one batch (after the store's commit, `Accepted`)."""
     if not h.life.accepting:
         return ctl.Error(kind="shutting_down", message="the daemon is shutting down and takes no new tasks")
     start_ns = h.clock.wall_ns()
-    parent = traceids.parse_traceparent(req.traceparent)
+    parent = traceids.parse_traceparent(traceparent)
     trace_id = parent.trace_id if parent else h.ids.trace_id(start_ns)
     master = h.ids.span_id()
     wall = h.clock.wall()
@@ -65,8 +74,8 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
     batch = [
         Task(id=h.ids.task_id(start_ns), spec=spec, submitted_at=wall,
              retries=spec.retries if spec.retries is not None else default_retries,
-             trace_id=trace_id, parent_span_id=master, tracestate=req.tracestate)
-        for spec in req.tasks
+             trace_id=trace_id, parent_span_id=master, tracestate=tracestate)
+        for spec in specs
     ]
     if problem := h.sched.room_problem(batch):
         return ctl.Error(kind="queue_full", message=problem)
@@ -80,12 +89,20 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
         h.sched.add(task, now)
         h.metrics.received[task.spec.kind] += 1
     log("batch_accepted", tasks=len(batch), trace=trace_id, master_span=master)
-    h.spokes.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, req.tracestate, batch,
+    h.spokes.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, tracestate, batch,
                                    start_ns)
     for task in batch:
         h.spokes.events.publish(f"task/{task.id}/queued", task=task.id, kind=task.spec.kind, trace_id=trace_id)
     h.after_commit.append((envelope, ctl.Accepted(ids=[t.id for t in batch], trace_id=trace_id)))
     return None
+
+
+def retry(h: Hub, envelope: Envelope, req: ctl.Retry) -> ctl.Reply | None:
+    """Submit a failed, timed-out or cancelled task again from its stored spec (a new task)."""
+    spec = agents.retry_spec(h, req.id)
+    if isinstance(spec, ctl.Error):
+        return spec
+    return accept(h, envelope, [spec], None, None)
 
 
 def wait(h: Hub, envelope: Envelope, req: ctl.Wait) -> ctl.Reply | None:
@@ -257,6 +274,7 @@ def prune(h: Hub, envelope: Envelope, req: ctl.Prune) -> ctl.Reply:
     before, n = h.clock.wall() - older_than_s, 0
     for _ in range(PRUNE_NOW_CHUNKS):
         got = h.store.prune(before, PRUNE_CHUNK)
+        agents.after_prune(h, req.force)
         n += got
         if got < PRUNE_CHUNK:
             break
@@ -283,4 +301,5 @@ _HANDLERS: dict[type, Callable[..., ctl.Reply | None]] = {
     ctl.Submit: submit, ctl.Wait: wait, ctl.Get: get, ctl.List: list_, ctl.Cancel: cancel,
     ctl.Status: status, ctl.Stats: stats, ctl.Health: health, ctl.Scale: scale,
     ctl.Reload: reload, ctl.Shutdown: shutdown, ctl.Prune: prune, ctl.RestartSlot: restart_slot,
+    ctl.Retry: retry, ctl.Logs: agents.logs,
 }

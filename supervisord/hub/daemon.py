@@ -29,12 +29,13 @@ from supervisord.core import fate as core
 from supervisord.core import taskenv
 from supervisord.core.traceids import Ids
 from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, SignalReceived, TimerFired, TreesChecked
-from supervisord.hub import childcare, commands, lifecycle, tasks
+from supervisord.hub import agents, childcare, commands, lifecycle, tasks
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
 from supervisord.spokes import claude_cli, curve
 from supervisord.spokes.control import ControlServer
 from supervisord.spokes.eventbus import EventBus
+from supervisord.spokes.gitjanitor import Janitor
 from supervisord.spokes.processes import ProcessSpoke
 from supervisord.spokes.systemd import Notifier
 from supervisord.spokes.tracing import make_tracer
@@ -151,6 +152,7 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
     if h.prune_before is not None:  # a chunk per turn: a big prune never stalls the loop
         if h.store.prune(h.prune_before, commands.PRUNE_CHUNK) < commands.PRUNE_CHUNK:
             h.prune_before = None
+        agents.after_prune(h, force=False)
     lifecycle.drain_step(h, now)
 
 
@@ -194,8 +196,9 @@ class Daemon:
         clock = Clock(now=time.monotonic, wall=time.time, wall_ns=time.time_ns, rand=random.random)
         notifier = Notifier.from_env(self.environ)
         tracer = make_tracer(self.config.tracing)
+        janitor = Janitor()
         spokes = Spokes(children=transport, control=control, events=bus, procs=procs, notifier=notifier,
-                        tracer=tracer, wake_at=timer.wake_at)
+                        tracer=tracer, wake_at=timer.wake_at, git=janitor)
         self.hub = h = Hub(
             config=self.config, paths=self.paths, clock=clock, ids=Ids(random.getrandbits), store=store,
             spokes=spokes, claude=claude_cli.resolve(self.config.claude.command, self.environ.get("PATH")),
@@ -241,6 +244,7 @@ class Daemon:
             if prom is not None:
                 prom.stop()
             tracer.shutdown()
+            janitor.close()
             ctx.term()
             store.close()
             notifier.close()

@@ -116,6 +116,12 @@ class Notify(Protocol):
     def reloading(self) -> None: ...
 
 
+class GitJobs(Protocol):
+    """Git housekeeping off the loop (`supervisord.spokes.gitjanitor`)."""
+
+    def run(self, what: str, fn: Callable[..., str], *args: Any, **kwargs: Any) -> None: ...
+
+
 @dataclass(slots=True)
 class Spokes:
     children: ChildLink
@@ -126,6 +132,7 @@ class Spokes:
     tracer: Tracer
     #: ask to be woken (a `TimerFired`) at this monotonic time
     wake_at: Callable[[float], None]
+    git: GitJobs | None = None
 
 
 @dataclass(slots=True)
@@ -183,6 +190,8 @@ class Hub:
     prune_before: float | None = None
     #: the store's last complaint about its file (deleted, replaced), for health and status
     store_problem: str | None = None
+    #: (transcript lines, raw bytes) of tasks seen since start, by task id (`hub.agents`)
+    extents: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pool = Pool(policy_of(self.config))

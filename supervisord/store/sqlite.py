@@ -38,13 +38,14 @@ import logging
 import os
 import sqlite3
 import threading
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from proto.task import Line, Outcome, TaskSpec, TaskState, TaskView
 from supervisord.core.task import Task, view
 from supervisord.logs import log
 from supervisord.store.base import StoreError
@@ -97,6 +98,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX tasks_seq ON tasks (seq)",
         "CREATE INDEX tasks_finished ON tasks (finished_at)",
     ),
+    # 2 -> 3: transcripts (chunks of lines, zlib-compressed msgpack, in arrival order) and
+    # the git worktree branches of tasks (so that prune can remove them).
+    (
+        """CREATE TABLE transcripts (
+            task_id TEXT NOT NULL,
+            first INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            raw_bytes INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (task_id, first)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE worktrees (task_id TEXT PRIMARY KEY, repo TEXT NOT NULL, branch TEXT NOT NULL, path TEXT)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -114,6 +128,9 @@ _UPDATE = (
 _enc = msgspec.msgpack.Encoder()
 _spec_dec = msgspec.msgpack.Decoder(TaskSpec)
 _outcome_dec = msgspec.msgpack.Decoder(Outcome)
+_lines_dec = msgspec.msgpack.Decoder(list[Line])
+#: zlib level for transcript chunks (6: ~5x on stream-json, ~1 ms per 64 KiB)
+TRANSCRIPT_ZLIB_LEVEL = 6
 
 #: what to do, by SQLite's primary result code
 _REMEDY = {
@@ -139,6 +156,10 @@ class SqliteStore:
         #: noted writes, latest state per id: (the task itself, the epoch its row must have)
         self._pending: dict[str, tuple[Task, int]] = {}
         self._cancels: dict[str, None] = {}
+        #: transcript chunks not yet committed: (task_id, first line, lines, raw bytes)
+        self._chunks: list[tuple[str, int, list[Line], int]] = []
+        #: (task_id, repo, branch, path) of worktree tasks pruned since the last `take_pruned_worktrees`
+        self._pruned_worktrees: list[tuple[str, str, str, str | None]] = []
         self._closed = False
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -217,6 +238,9 @@ class SqliteStore:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(_INSERT, rows)
+            self.db.executemany("INSERT OR REPLACE INTO worktrees (task_id, repo, branch, path) VALUES (?, ?, ?, ?)",
+                                [(t.id, t.spec.repo, t.spec.worktree_branch or f"supd/{t.id}", None)
+                                 for t in tasks if t.spec.worktree and t.spec.repo])
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -233,7 +257,7 @@ class SqliteStore:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._cancels)
+        return len(self._pending) + len(self._cancels) + len(self._chunks)
 
     def claim(self, task: Task) -> None:
         self._note(task, task.epoch - 1)
@@ -251,10 +275,62 @@ class SqliteStore:
     def request_cancel(self, task_id: str) -> None:
         self._cancels[task_id] = None
 
+    def append_output(self, task_id: str, first: int, lines: list[Line], raw_bytes: int) -> None:
+        self._chunks.append((task_id, first, lines, raw_bytes))
+
+    # ---- transcripts ---------------------------------------------------------------------
+
+    def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[list[Line], int]:
+        """Lines `after`.. of the task's transcript, stopping past `budget_bytes` of text
+        (at least one chunk); returns them and the number of the next line."""
+        out: list[Line] = []
+        size = 0
+        nxt = after
+        rows = self.db.execute("SELECT first, count, data FROM transcripts WHERE task_id=? AND first + count > ?"
+                               " ORDER BY first", (task_id, after)).fetchall()
+        chunks = [(int(f), _lines_dec.decode(zlib.decompress(d))) for f, _c, d in rows]
+        chunks += [(f, ls) for tid, f, ls, _ in self._chunks if tid == task_id and f + len(ls) > after]
+        for first, lines in sorted(chunks, key=lambda c: c[0]):
+            if first + len(lines) <= nxt:
+                continue
+            if out and size > budget_bytes:
+                break
+            take = lines[max(0, nxt - first):]
+            out += take
+            size += sum(len(x.text) + 32 for x in take)
+            nxt = first + len(lines)
+        return out, nxt
+
+    def transcript_extent(self, task_id: str) -> tuple[int, int]:
+        """(lines, raw bytes) of the task's transcript so far."""
+        n, b = self.db.execute("SELECT COALESCE(MAX(first + count), 0), COALESCE(SUM(raw_bytes), 0) FROM transcripts"
+                               " WHERE task_id=?", (task_id,)).fetchone()
+        for tid, first, lines, raw in self._chunks:
+            if tid == task_id:
+                n, b = max(int(n), first + len(lines)), int(b) + raw
+        return int(n), int(b)
+
+    def task(self, task_id: str) -> Task | None:
+        """One task's whole record (its spec too): pending state if any, else the stored one."""
+        held = self._pending.get(task_id)
+        if held is not None:
+            return held[0]
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+        return _task(row) if row else None
+
+    def worktree_tasks(self) -> dict[str, tuple[str, str]]:
+        """task id -> (repo, branch) of every stored worktree task."""
+        return {str(t): (str(r), str(b)) for t, r, b in self.db.execute("SELECT task_id, repo, branch FROM worktrees")}
+
+    def take_pruned_worktrees(self) -> list[tuple[str, str, str, str | None]]:
+        """(task id, repo, branch, path) of the worktree tasks pruned since the last call."""
+        taken, self._pruned_worktrees = self._pruned_worktrees, []
+        return taken
+
     def commit(self) -> list[tuple[str, int]]:
         if error := self._checkpointer.take_error():
             log("store_checkpoint_failed", logging.WARNING, path=self.path, error=error)
-        if not self._pending and not self._cancels:
+        if not self._pending and not self._cancels and not self._chunks:
             return []
         refused: list[tuple[str, int]] = []
         try:
@@ -268,6 +344,10 @@ class SqliteStore:
             for tid in self._cancels:
                 self.db.execute(f"UPDATE tasks SET cancel_requested=1 WHERE id=? AND state IN {_UNFINISHED_SQL}",
                                 (tid,))
+            self.db.executemany(
+                "INSERT OR REPLACE INTO transcripts (task_id, first, count, raw_bytes, data) VALUES (?, ?, ?, ?, ?)",
+                [(tid, first, len(lines), raw, zlib.compress(_enc.encode(lines), TRANSCRIPT_ZLIB_LEVEL))
+                 for tid, first, lines, raw in self._chunks])
             self.db.execute("COMMIT")
         except Exception as e:  # noqa: BLE001 (whatever it was, nothing is lost: the group stays for the next commit)
             self._rollback()
@@ -278,6 +358,7 @@ class SqliteStore:
             return []
         self._pending.clear()
         self._cancels.clear()
+        self._chunks.clear()
         self._checkpointer.wake.set()
         return refused
 
@@ -367,17 +448,23 @@ class SqliteStore:
         # SQLite must read one by one (10k rows of 100 KiB: ~0.5 s); a call stays short
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            cur = self.db.execute(
+            ids = [str(r[0]) for r in self.db.execute(
                 f"DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE finished_at < ?"
                 f" AND state NOT IN {_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
-                " ORDER BY finished_at LIMIT ?)",  # a noted write keeps its row
-                (finished_before, json.dumps(list(self._pending)), limit))
+                " ORDER BY finished_at LIMIT ?) RETURNING id",  # a noted write keeps its row
+                (finished_before, json.dumps(list(self._pending)), limit)).fetchall()]
+            gone = json.dumps(ids)
+            self.db.execute("DELETE FROM transcripts WHERE task_id IN (SELECT value FROM json_each(?))", (gone,))
+            worktrees = [(str(t), str(r), str(b), p) for t, r, b, p in self.db.execute(
+                "DELETE FROM worktrees WHERE task_id IN (SELECT value FROM json_each(?))"
+                " RETURNING task_id, repo, branch, path", (gone,)).fetchall()]
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
             raise StoreError(self._describe(e)) from None
+        self._pruned_worktrees += worktrees
         self._checkpointer.wake.set()
-        return int(cur.rowcount)
+        return len(ids)
 
     def check(self) -> str | None:
         try:
