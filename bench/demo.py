@@ -1,15 +1,20 @@
-"""`make demo`: real Claude Code CLI tasks through supd, one at a time and then in parallel.
+"""`make demo`: real Claude Code CLI tasks through supd, one at a time and then in parallel,
+then four agents in parallel on one git repository, each in its own worktree.
 
 Starts the project's stand-in Messages API (`bench/fakeapi.py`, with a per-request latency
 so that parallelism matters), a supd with 4 children in a temp state dir, runs the same
-work as `supctl bench --kind claude --tasks 8 --parallel 4`, prints a report, shuts the
-daemon down (drain) and exits 0 only if every task succeeded. No network, no API key.
+work as `supctl bench --kind claude --tasks 8 --parallel 4`, then four `--worktree` tasks
+that each rewrite the same file of a scratch repository (each on its own branch
+`supd/<id>`; the demo prints their diff stats and checks that the main checkout is
+untouched), prints a report, shuts the daemon down (drain) and exits 0 only if every task
+succeeded. No network, no API key.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -17,8 +22,10 @@ import fakeapi
 import psutil
 from common import Daemon, short_tmpdir, toml_table
 
+from proto import control as ctl
+from proto.task import TaskSpec
 from supervisord.ctl import benchcmd
-from supervisord.ctl.client import Client
+from supervisord.ctl.client import Client, expect
 
 
 def task_cpu_s(supd_pid: int) -> float:
@@ -29,6 +36,50 @@ def task_cpu_s(supd_pid: int) -> float:
         times = child.cpu_times()
         total += times.children_user + times.children_system
     return total
+
+
+def _git(repo: str, *args: str) -> str:
+    return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=True).stdout
+
+
+def worktree_phase(c: Client, state_dir: str, n: int) -> bool:
+    """`n` Claude tasks at once, each in its own worktree of one scratch repository, each
+    rewriting the same file (the stand-in answers `[[bash:…]]` with a Bash tool call)."""
+    repo = os.path.join(state_dir, "demo-repo")
+    os.makedirs(repo)
+    _git(repo, "init", "-q", "-b", "main")
+    with open(os.path.join(repo, "NOTES.md"), "w") as f:
+        f.write("# notes\n")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=demo", "-c", "user.email=demo@localhost", "commit", "-qm", "start")
+    print(f"\nrunning {n} Claude tasks at once, each in its own git worktree of {repo}, all editing NOTES.md…")
+    specs = [TaskSpec(prompt=f"[[bash:printf '# notes\\nagent {i} was here\\n' > NOTES.md && touch agent{i}.txt]] "
+                             f"agent {i}: leave a note", allowed_tools=["Bash"], worktree=True, cwd=repo,
+                      timeout_s=120)
+             for i in range(n)]
+    ids = expect(c.request(ctl.Submit(tasks=specs)), ctl.Accepted).ids
+    done: dict[str, ctl.TaskView] = {}
+    deadline = time.monotonic() + 300
+    while len(done) < n and time.monotonic() < deadline:
+        reply = expect(c.request(ctl.Wait(ids=[i for i in ids if i not in done], timeout_s=5.0), timeout_s=15),
+                       ctl.Tasks)
+        done.update({t.id: t for t in reply.tasks})
+    ok = len(done) == n
+    for tid in ids:
+        t = done.get(tid)
+        w = t.worktree if t else None
+        if t is None or w is None:
+            print(f"  {tid}  not finished")
+            ok = False
+            continue
+        print(f"  {t.state:<9}  {w.branch}  {w.files_changed} files changed, +{w.insertions} -{w.deletions}"
+              f"  ({(w.base or '?')[:8]}..{(w.head or '?')[:8]})")
+        ok = ok and t.state == "succeeded" and w.files_changed == 2
+    clean = _git(repo, "status", "--porcelain") == ""
+    left = os.listdir(os.path.join(state_dir, "worktrees"))
+    print(f"  main checkout clean: {clean}; worktree directories left: {len(left)}; "
+          f"branches: {len(_git(repo, 'branch', '--list', 'supd/*').split())}")
+    return ok and clean and not left
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             cpu_before = task_cpu_s(status["pid"])
             with Client(f"ipc://{daemon.state_dir / 'control.sock'}", timeout_s=30.0) as c:
                 report = benchcmd.bench(c, args)
-            cli_cpu_s = (task_cpu_s(status["pid"]) - cpu_before) / (2 * a.tasks)
-            benchcmd.print_report(report)
+                cli_cpu_s = (task_cpu_s(status["pid"]) - cpu_before) / (2 * a.tasks)
+                benchcmd.print_report(report)
+                worktrees_ok = worktree_phase(c, str(daemon.state_dir), a.children)
         finally:
             code = daemon.stop()
             print(f"\nsupd shut down (exit {code})")
@@ -89,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total            {time.monotonic() - t0:.1f}s")
     if code != 0:
         print(f"demo: supd exited {code}", file=sys.stderr)
-    good = report["ok"] and code == 0
+    print(f"worktrees        {'ok: each task on its own branch, the main checkout untouched' if worktrees_ok else 'FAILED'}")
+    good = report["ok"] and code == 0 and worktrees_ok
     print("demo: OK" if good else "demo: FAILED")
     return 0 if good else 1
 
