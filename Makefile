@@ -35,7 +35,7 @@ lint: setup
 	$(BIN)/pip install -q ruff mypy
 	$(BIN)/ruff check supervisord children proto
 	$(BIN)/lint-imports
-	$(BIN)/mypy --strict proto supervisord/core/pool.py supervisord/core/scheduler.py supervisord/core/traceids.py supervisord/core/validate.py supervisord/core/taskenv.py supervisord/core/metrics.py supervisord/config.py
+	$(BIN)/mypy --strict proto supervisord/core supervisord/store supervisord/config.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,8 +17,17 @@ def bind(**fields: object) -> None:
     _context.update(fields)
 
 
+#: Lines that could not be written (a full disk under the log, a closed stderr).
+lost_lines = 0
+
+
 def log(event: str, **fields: object) -> None:
-    """Write `supd-child event=EVENT k=v ...` (None values are left out)."""
+    """Write `supd-child event=EVENT k=v ...` (None values are left out). A line that cannot
+    be written is dropped and counted: a full disk under the log must not end a task."""
+    global lost_lines
     items = {**_context, **fields}
-    sys.stderr.write(" ".join(["supd-child", f"event={event}", *logfmt.fields(items)]) + "\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(" ".join(["supd-child", f"event={event}", *logfmt.fields(items)]) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        lost_lines += 1

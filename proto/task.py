@@ -67,13 +67,6 @@ class TaskSpec(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     kind: Kind = "claude"
     prompt: str | None = None
     argv: list[str] | None = None
-    structured_output: Any = None
-    worktree: WorktreeInfo | None = None
-    #: the task whose Claude session this one continues (`submit --resume`)
-    resumed_from: str | None = None
-    #: the task this one submits again (`supctl retry`)
-    retry_of: str | None = None
-    cwd: str | None = None
     input: str | None = None
     timeout_s: TimeoutS | None = None
     stall_timeout_s: TimeoutS | None = None

@@ -28,6 +28,8 @@ class DaemonConfig(_Section, frozen=True):
     heartbeat_s: float = 2.0
     liveness: int = 5
     max_queued: int = 100_000
+    #: the queue's text (prompts, argv, input, env) in bytes; 0: no byte limit
+    max_queued_bytes: int = 1 << 30
     max_starting: int = 8
     runtime_dir: str | None = None
     log_level: str = "info"
@@ -135,6 +137,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "daemon.heartbeat_s": (0.05, 60),
     "daemon.liveness": (1, 100),
     "daemon.max_queued": (1, 10_000_000),
+    "daemon.max_queued_bytes": (0, 1 << 40),
     "daemon.max_starting": (1, 1024),
     "tasks.timeout_s": (0.01, 30 * DAY_S),
     "tasks.stall_timeout_s": (0.01, 30 * DAY_S),

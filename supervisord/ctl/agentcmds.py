@@ -158,13 +158,13 @@ def cmd_diff(c: Client, a: argparse.Namespace) -> int:
                             "when the task ends")
     argv = ["git", "-C", wt.repo, "diff", *(["--stat"] if a.stat else []), wt.base, wt.head]
     if a.json:
-        out = subprocess.run(argv, capture_output=True, text=True)
+        out = subprocess.run(argv, capture_output=True, text=True, check=False)
         print(json.dumps({"id": task.id, "branch": wt.branch, "base": wt.base, "head": wt.head,
                           "files_changed": wt.files_changed, "insertions": wt.insertions,
                           "deletions": wt.deletions, "diff": out.stdout}))
         return EXIT_OK if out.returncode == 0 else EXIT_FAILED
     sys.stdout.flush()
-    return EXIT_OK if subprocess.run(argv).returncode == 0 else EXIT_FAILED
+    return EXIT_OK if subprocess.run(argv, check=False).returncode == 0 else EXIT_FAILED
 
 
 def cmd_retry(c: Client, a: argparse.Namespace) -> int:

@@ -232,7 +232,7 @@ def resolve_base(cwd: str | None, ref: str | None) -> str | None:
 
     try:
         done = subprocess.run(["git", "-C", cwd or ".", "rev-parse", "-q", "--verify", f"{ref or 'HEAD'}^{{commit}}"],
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ref
     if done.returncode != 0:

@@ -141,7 +141,7 @@ def dispatch_extras(h: Hub, task: Task, env: dict[str, str]) -> tuple[cp.Worktre
         what = (spec.prompt or " ".join(spec.argv or [])).strip().splitlines()
         plan = cp.WorktreePlan(repo=spec.repo, path=str(path_of(h, branch)), branch=branch, base=spec.base,
                                keep=h.config.worktrees.keep, message=f"{task.id}: {what[0] if what else ''}"[:500])
-    lines, used = _extent(h, task.id)
+    _lines, used = _extent(h, task.id)
     room = max(0, h.config.tasks.transcript_cap_bytes - used)
     if h.config.tasks.transcript_cap_bytes:
         note = f"attempt {task.attempts} started on child {task.child}" + (f" in {plan.path}" if plan else "")

@@ -41,7 +41,7 @@ def handle(h: Hub, envelope: Envelope, request: ctl.Request) -> None:
     handler = _HANDLERS[type(request)]
     try:
         reply = handler(h, envelope, request)
-    except Exception as e:  # a bug must cost one request, never the daemon
+    except Exception as e:  # noqa: BLE001 (a bug must cost one request, never the daemon)
         log("request_failed", logging.ERROR, request=type(request).__name__, error=repr(e),
             traceback=traceback.format_exc(limit=8).replace("\n", " | "))
         reply = ctl.Error(kind="internal", message=f"{type(request).__name__} failed inside supd: {e!r} (see its log)")
@@ -255,7 +255,7 @@ def reload(h: Hub, envelope: Envelope | None = None, req: ctl.Reload | None = No
         return ctl.Error(kind="config" if changed else "limit", message=problem)
     h.config = new
     h.pool.policy = policy_of(new)
-    h.sched.max_queued = new.daemon.max_queued
+    h.sched.max_queued, h.sched.max_queued_bytes = new.daemon.max_queued, new.daemon.max_queued_bytes
     h.breaker.threshold, h.breaker.open_s = new.breaker.threshold, new.breaker.open_s
     h.claude = claude_cli.resolve(new.claude.command, h.environ.get("PATH"))
     h.child_env = taskenv.child_environ(h.environ, frozenset(new.security.pass_env))  # children spawned from now

@@ -28,7 +28,15 @@ from supervisord.config import Config
 from supervisord.core import fate as core
 from supervisord.core import taskenv
 from supervisord.core.traceids import Ids
-from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, SignalReceived, TimerFired, TreesChecked
+from supervisord.events import (
+    ChildExited,
+    ChildSaid,
+    Event,
+    RequestReceived,
+    SignalReceived,
+    TimerFired,
+    TreesChecked,
+)
 from supervisord.hub import agents, childcare, commands, lifecycle, tasks
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
@@ -81,7 +89,7 @@ def handle(h: Hub, event: Event) -> None:
                         tasks.decide(h, task, core.TreeDead())
             case TimerFired():
                 pass
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
         log("event_failed", logging.ERROR, event=type(event).__name__, error=repr(e),
             traceback=traceback.format_exc(limit=8).replace("\n", " | "))
 
@@ -149,7 +157,8 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
     if h.config.journal.retain_s and now >= t.next_prune:
         t.next_prune = now + PRUNE_EVERY_S
         h.prune_before = max(h.prune_before or 0.0, h.clock.wall() - h.config.journal.retain_s)
-    if h.prune_before is not None:  # a chunk per turn: a big prune never stalls the loop
+    # a chunk per turn: a big prune never stalls the loop
+    if h.prune_before is not None:
         if h.store.prune(h.prune_before, commands.PRUNE_CHUNK) < commands.PRUNE_CHUNK:
             h.prune_before = None
         agents.after_prune(h, force=False)

@@ -173,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOCKED
 
     from supervisord.hub.daemon import Daemon, Paths
-
     from supervisord.store.base import StoreError
     from supervisord.store.sqlite import SqliteStore
 

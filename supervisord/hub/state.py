@@ -196,6 +196,6 @@ class Hub:
     def __post_init__(self) -> None:
         self.pool = Pool(policy_of(self.config))
         d = self.config.daemon
-        self.sched = Scheduler(max_queued=d.max_queued)
+        self.sched = Scheduler(max_queued=d.max_queued, max_queued_bytes=d.max_queued_bytes)
         self.breaker = Breaker(self.config.breaker.threshold, self.config.breaker.open_s)
         self.started_at = self.clock.now()

@@ -188,7 +188,7 @@ def dispatch(h: Hub, slot: Slot, task: Task, now: float) -> None:
     limits = cp.Limits(
         timeout_s=timeout_s, stall_timeout_s=spec.stall_timeout_s or t.stall_timeout_s,
         result_grace_s=t.result_grace_s, kill_grace_s=t.kill_grace_s,
-        output_cap_bytes=min(t.output_cap_bytes, result_room(h)),
+        output_cap_bytes=min(t.output_cap_bytes, result_room(h)), max_result_bytes=result_room(h),
     )
     backstop = timeout_s + t.result_grace_s + 2 * t.kill_grace_s + d.heartbeat_s * (d.liveness + 1)
     h.pool.assign(slot, task.id, now + backstop, now)

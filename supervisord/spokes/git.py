@@ -54,7 +54,7 @@ def git(*args: str, cwd: str | os.PathLike[str], check: bool = True) -> subproce
     for _ in range(LOCK_TRIES):
         try:
             done = subprocess.run(["git", *_CONFIG, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                                  timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+                                  timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
             raise GitError(f"git {' '.join(args)}: no answer in {GIT_TIMEOUT_S:g}s") from None
         except OSError as e:

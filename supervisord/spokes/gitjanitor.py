@@ -41,8 +41,8 @@ class Janitor:
                 logger.info("event=git_job job=%r result=%r", what, fn(*args, **kwargs))
             except (GitError, OSError) as e:
                 logger.warning("event=git_job_failed job=%r error=%r", what, str(e))
-            except Exception as e:  # a bug costs one job, never the thread
-                logger.exception("event=git_job_failed job=%r error=%r", what, repr(e))
+            except Exception:  # a bug costs one job, never the thread
+                logger.exception("event=git_job_failed job=%r", what)
 
     def close(self) -> None:
         self._jobs.put(None)

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from supervisord.core.metrics import BUCKETS_S
 from supervisord.config import MetricsConfig
+from supervisord.core.metrics import BUCKETS_S
 from supervisord.logs import log
 
 BREAKER_STATES = ("closed", "open", "half_open")

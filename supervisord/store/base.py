@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from proto.task import Line, Outcome, TaskView
+from proto.task import Line, TaskView
 from supervisord.core.task import Task
 
 

@@ -301,3 +301,59 @@ def test_a_task_overrunning_its_deadline_is_killed_and_lost(tmp_path: Path) -> N
     rig.advance(0.5)
     v = rig.view(tid)
     assert v.state == "failed" and v.error.kind == ErrorKind.WORKER_LOST and "killed" in v.error.message
+
+
+def test_reload_reaches_running_children_and_refuses_what_needs_a_restart(tmp_path: Path) -> None:
+    """Defect 20: a reload's heartbeat settings reach children already running; keys a reload
+    cannot apply are refused, naming them, and nothing of that file is applied."""
+    rig = Rig(tmp_path, config="[daemon]\nheartbeat_s = 2.0\nliveness = 5\n").boot()
+    rig.config_path.write_text("[daemon]\nheartbeat_s = 0.5\nliveness = 8\n")
+    assert isinstance(rig.request(ctl.Reload()), ctl.Ok)
+    beats = [m for m in rig.children.of(cp.Heartbeat) if m.heartbeat_s is not None]
+    assert {(m.heartbeat_s, m.liveness) for m in beats[-2:]} == {(0.5, 8)}
+    assert rig.hub.pool.policy.heartbeat_s == 0.5
+    rig.config_path.write_text("[daemon]\nheartbeat_s = 1.0\n[limits]\nmax_message_bytes = 1048576\n")
+    refused = rig.request(ctl.Reload())
+    assert isinstance(refused, ctl.Error) and refused.kind == "config"
+    assert refused.message == "limits.max_message_bytes changed: applied only by a restart (nothing was reloaded)"
+    assert rig.hub.config.daemon.heartbeat_s == 0.5  # the old config stands
+
+
+def test_a_submit_past_the_queues_byte_limit_is_refused_whole(tmp_path: Path) -> None:
+    """Defect 22: `max_queued` counts bytes too."""
+    rig = Rig(tmp_path, config="[daemon]\nmax_queued_bytes = 4096\n", children=0).boot()
+    (first,) = rig.submit(exec_spec("echo", "x" * 2000))
+    reply = rig.request(ctl.Submit(tasks=[exec_spec("echo", "y" * 2000)]))
+    assert isinstance(reply, ctl.Error) and reply.kind == "queue_full" and "max_queued_bytes=4096" in reply.message
+    assert rig.view(first).state == "queued"
+
+
+def test_a_cancel_that_cannot_be_sent_kills_the_child_and_still_ends_cancelled(rig: Rig) -> None:
+    """Defect 11: a failed `Cancel` send is not ignored (the task would run until the backstop)."""
+    (tid,) = rig.submit(exec_spec())
+    who, _ = rig.dispatched(tid)
+    rig.children.unreachable.add(who)
+    assert isinstance(rig.request(ctl.Cancel(id=tid)), ctl.Ok)
+    assert rig.procs.killed == [rig.procs.spawned[who]]
+    rig.exit(who)
+    rig.advance(0.5)
+    assert rig.view(tid).state == "cancelled"
+
+
+def test_finished_tasks_past_retain_s_are_pruned_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """Defect 13: the journal no longer grows until `max_mb` refuses every submit."""
+    from supervisord.hub import commands
+
+    rig = Rig(tmp_path, config="[journal]\nretain_s = 60.0\n", children=1).boot()
+    ids = rig.submit(*[exec_spec() for _ in range(commands.PRUNE_CHUNK + 10)])
+    for tid in ids:
+        rig.request(ctl.Cancel(id=tid))  # final at once: queued (or running: then by its Result)
+    running = [t for t in ids if rig.view(t).state == "running"]
+    for tid in running:
+        rig.result(tid)
+    assert rig.request(ctl.Get(id=ids[-1])).tasks[0].state == "cancelled"
+    rig.t += 3600.0 + 61.0  # past the hourly prune and past retain_s
+    rig.step()
+    rig.step()
+    for tid in ids:
+        assert isinstance(rig.request(ctl.Get(id=tid)), ctl.Error)

@@ -122,7 +122,7 @@ BAD = [
     ('name = "x"\n[steps.a]\nkind = "exec"\nprompt = "p"',
      ["steps.a: exec task: argv is missing or empty"]),
     ('name = "x"\n[steps.a]\nargv = ["true"]', ["steps.a: claude task: prompt is missing or empty"]),
-    ('name = "x"\n[steps.a]\nprompt = "p"\ntimeout_s = 0', ["steps.a: timeout_s: must be > 0, got 0.0"]),
+    ('name = "x"\n[steps.a]\nprompt = "p"\ntimeout_s = 0', ["steps.a.timeout_s: expected float > 0.0"]),
     ('name = "x"\n[steps.a]\nprompt = "p"\ncwd = "/tmp/{{workflow.id}}"',
      ["steps.a.cwd: templates are filled only in prompt, argv, input and env"]),
     # the graph
