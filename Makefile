@@ -23,6 +23,7 @@ lock:
 	rm -rf .lockenv
 
 test: setup
+	@test -x /usr/bin/chromium || echo "NOTE: no /usr/bin/chromium: the dashboard's browser tests (tests/browser) are SKIPPED; apt-get install -y chromium to run them"
 	$(BIN)/pytest -q tests
 
 demo: setup

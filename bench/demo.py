@@ -1,13 +1,13 @@
-"""`make demo`: real Claude Code CLI tasks through supd, one at a time and then in parallel,
-then four agents in parallel on one git repository, each in its own worktree.
+"""`make demo`: real Claude Code CLI tasks through supd, one at a time and then in parallel.
 
 Starts the project's stand-in Messages API (`bench/fakeapi.py`, with a per-request latency
 so that parallelism matters), a supd with 4 children in a temp state dir, runs the same
-work as `supctl bench --kind claude --tasks 8 --parallel 4`, then four `--worktree` tasks
-that each rewrite the same file of a scratch repository (each on its own branch
-`supd/<id>`; the demo prints their diff stats and checks that the main checkout is
-untouched), prints a report, shuts the daemon down (drain) and exits 0 only if every task
-succeeded. No network, no API key.
+work as `supctl bench --kind claude --tasks 8 --parallel 4`, then one small workflow (a map
+of Claude reviews over three files, then a Claude summary of the reviews) whose tree it
+prints, then four `--worktree` tasks that each rewrite the same file of a scratch repository
+(each on its own branch `supd/<id>`; it prints their diff stats and checks that the main
+checkout is untouched), prints a report, shuts the daemon down (drain) and exits 0 only if
+every task and the workflow succeeded. No network, no API key.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 
 import fakeapi
 import psutil
@@ -24,8 +25,35 @@ from common import Daemon, short_tmpdir, toml_table
 
 from proto import control as ctl
 from proto.task import TaskSpec
-from supervisord.ctl import benchcmd
+from supervisord.ctl import benchcmd, flowcmd
 from supervisord.ctl.client import Client, expect
+
+#: the demo's workflow: list files, review each with Claude in parallel, summarise the reviews
+DEMO_FLOW = """
+name = "demo-review"
+[steps.files]
+kind = "exec"
+argv = ["printf", "supervisord/core/fate.py\\nsupervisord/core/workflow.py\\nsupervisord/hub/flows.py\\n"]
+[steps.review]
+after = ["files"]
+map = "files"
+prompt = "Review {{item}} for bugs. One line."
+model = "claude-sonnet-4-5"
+[steps.summary]
+after = ["review"]
+input = "{{steps.review.result}}"
+prompt = "Summarise these reviews."
+model = "claude-sonnet-4-5"
+"""
+
+
+def run_workflow(c: Client) -> dict[str, object]:
+    """Run the demo workflow to its end and print its tree; returns `flow status --json`."""
+    reply = expect(c.request(ctl.FlowRun(doc=tomllib.loads(DEMO_FLOW))), ctl.FlowAccepted)
+    (flow,), _ = flowcmd.wait_for(c, [reply.id], 300.0)
+    print("\n== a workflow: a map of Claude reviews, then a summary ==")
+    print(flowcmd.tree(flow))
+    return flow
 
 
 def task_cpu_s(supd_pid: int) -> float:
@@ -110,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             cpu_before = task_cpu_s(status["pid"])
             with Client(f"ipc://{daemon.state_dir / 'control.sock'}", timeout_s=30.0) as c:
                 report = benchcmd.bench(c, args)
-                cli_cpu_s = (task_cpu_s(status["pid"]) - cpu_before) / (2 * a.tasks)
-                benchcmd.print_report(report)
+            cli_cpu_s = (task_cpu_s(status["pid"]) - cpu_before) / (2 * a.tasks)
+            benchcmd.print_report(report)
+            with Client(f"ipc://{daemon.state_dir / 'control.sock'}", timeout_s=30.0) as c:
+                flow = run_workflow(c)
                 worktrees_ok = worktree_phase(c, str(daemon.state_dir), a.children)
         finally:
             code = daemon.stop()
@@ -141,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total            {time.monotonic() - t0:.1f}s")
     if code != 0:
         print(f"demo: supd exited {code}", file=sys.stderr)
+    print(f"workflow         {flow['state']} ({len(flow['steps'])} steps, "  # type: ignore[arg-type]
+          f"cost ${flow['cost_usd']:.4f})")
     print(f"worktrees        {'ok: each task on its own branch, the main checkout untouched' if worktrees_ok else 'FAILED'}")
-    good = report["ok"] and code == 0 and worktrees_ok
+    good = report["ok"] and code == 0 and flow["state"] == "succeeded" and worktrees_ok
     print("demo: OK" if good else "demo: FAILED")
     return 0 if good else 1
 

@@ -12,7 +12,8 @@ Endpoints
         prompt ~21.8k tokens), output_tokens ~ reply JSON chars / 4, cache fields 0.
     POST /v1/messages/count_tokens  {"input_tokens": N}.
     GET /_stats, POST /_reset     bookkeeping of /v1/messages requests only (plus "other":
-        every other request by "METHOD path"; the CLI sends none when configured by claude_env).
+        every other request by "METHOD path"; the CLI sends none when configured by claude_env),
+        and "log": each request's arrival time (time.time()), prompt and behaviours, in order.
     anything else                  200 {} and a log line.
 
 Behaviours, per request: a directive in the last user text, or the `x-fake-behaviour` header
@@ -24,7 +25,11 @@ Behaviours, per request: a directive in the last user text, or the `x-fake-behav
     normally: 2 requests) | [[latency:S]] S extra seconds before the first byte (adds to the
     server-wide latency) | [[bash:CMD]] answer with a `Bash` tool_use {"command": CMD,
     "description": "x"}; the request carrying its tool_result is answered "DONE: <output>"
-    (CMD must not contain "]]"; in the header it must not contain ",").
+    (CMD must not contain "]]"; in the header it must not contain ","). With a status:
+    [[retry_after:S]] sends `retry-after: S` and `anthropic-ratelimit-unified-status: rejected`
+    with `-reset` S seconds from now (epoch seconds, rounded up) | [[once]] only the first
+    request with this prompt gets the status, later ones are answered (a retry succeeds).
+    [[ratelimit:STATUS:S]] adds the unified headers with that status to any reply.
 Hung and stalled requests are held until stop(), which returns at once (~0.05 s).
 
 Structured output (`claude --json-schema`): when the request offers the CLI's
@@ -61,6 +66,12 @@ Measured with Claude Code 2.1.330 (bundled in claude-agent-sdk 0.2.187), 2 cores
   and tool features one by one), ~0.9 s.
 - [[stall]] and [[hang]]: the CLI prints its `system/init` line, then nothing (without
   --include-partial-messages the delta is not shown); SIGTERM ends it, rc 143.
+- Rate limits (CLI 2.1.332 in claude-agent-sdk): a 429 shows in stream-json only as an
+  `assistant` "API Error: Request rejected (429)" and a result with api_error_status 429;
+  its retry-after is nowhere in it, and no `rate_limit_event` line appears for an API key,
+  not even with the unified headers on a 429 or a 200. With ANTHROPIC_LOG=debug the CLI's
+  API client prints each request and each failed response's headers on stdout, between the
+  JSON lines (`    "retry-after": "3",`; ~8 KB for a trivial run): supd's child reads it there.
 - [[bash:CMD]]: with no permission flag, read-only commands (echo, id) run but a command
   that writes files is denied (the tool_result is the denial text, `permission_denials` is
   filled, is_error stays false). `--allowedTools Bash` runs anything. `--permission-mode
@@ -83,6 +94,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -96,7 +108,8 @@ log = logging.getLogger("fakeapi")
 BEHAVIOUR_HEADER = "x-fake-behaviour"
 TOOL_ID_PREFIX = "toolu_fake_"
 STRUCTURED_TOOL = "StructuredOutput"
-_DIRECTIVE_RE = re.compile(r"\[\[(status|hang|stall|drop|latency|bash)(?::(.*?))?\]\]", re.DOTALL)
+_DIRECTIVE_RE = re.compile(r"\[\[(status|hang|stall|drop|latency|bash|retry_after|ratelimit|once)(?::(.*?))?\]\]",
+                           re.DOTALL)
 _REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 _ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -124,6 +137,12 @@ class Behaviour:
     command: str = ""  # for bash
     tool_output: str = ""  # for bash_done
     tags: list[str] = field(default_factory=list)  # every directive seen, for the stats
+    #: seconds for the `retry-after` header of a status reply (and its unified reset time)
+    retry_after_s: float | None = None
+    #: `anthropic-ratelimit-unified-*` headers on the reply: (status, seconds until reset)
+    ratelimit: tuple[str, float] | None = None
+    #: the status behaviour applies to the first request with this prompt only; later ones are ok
+    once: bool = False
 
 
 def _block_text(block: Any) -> str:
@@ -261,6 +280,15 @@ def parse_behaviour(text: str, header: str | None, default_latency_s: float) -> 
                 b.name = name
             elif name == "bash":
                 b.name, b.command = "bash", arg or "true"
+            elif name == "retry_after":
+                b.retry_after_s = float(arg or 0)
+                if not 0 <= b.retry_after_s <= 86_400:
+                    raise ValueError(arg)
+            elif name == "ratelimit":
+                status, _, secs = (arg or "rejected:60").partition(":")
+                b.ratelimit = (status.strip() or "rejected", float(secs or 60))
+            elif name == "once":
+                b.once = True
             else:
                 log.warning("unknown behaviour %r", name)
                 continue
@@ -439,8 +467,15 @@ class _Handler(BaseHTTPRequestHandler):
         if b.name == "hang":
             self._hold()
             return
+        if b.name == "status" and b.once and api._seen_before(prompt):
+            b.name = "ok"  # [[once]]: only the first request of this prompt fails
         if b.name == "status":
             extra = {"retry-after": "0"} if b.status in (429, 529) or b.status >= 500 else {}
+            if b.retry_after_s is not None:
+                extra["retry-after"] = _num(b.retry_after_s)
+                extra.update(_unified("rejected", b.retry_after_s))
+            if b.ratelimit is not None:
+                extra.update(_unified(*b.ratelimit))
             self._send_json(b.status, _error_body(b.status, f"fakeapi: status {b.status} requested"), extra)
             return
 
@@ -479,7 +514,8 @@ class _Handler(BaseHTTPRequestHandler):
         msg_id = f"msg_fake_{next(api._ids):06d}"
 
         if body.get("stream"):
-            self._stream(msg_id, model, content, stop_reason, usage_in, usage_out, cut=b.name)
+            self._stream(msg_id, model, content, stop_reason, usage_in, usage_out, cut=b.name,
+                         headers=_unified(*b.ratelimit) if b.ratelimit else {})
         else:
             if b.name == "stall":  # no stream to stall: behave like a hang
                 self._hold()
@@ -508,8 +544,11 @@ class _Handler(BaseHTTPRequestHandler):
         usage_out: int,
         *,
         cut: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.send_response(200)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
@@ -577,6 +616,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk(b"")  # end of the chunked body
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _unified(status: str, reset_in_s: float) -> dict[str, str]:
+    """The `anthropic-ratelimit-unified-*` headers the real API sends (the CLI's source for
+    its `rate_limit_event` lines), with a reset `reset_in_s` from now (epoch seconds)."""
+    return {
+        "anthropic-ratelimit-unified-status": status,
+        "anthropic-ratelimit-unified-reset": str(int(time.time() + reset_in_s + 0.999)),
+        "anthropic-ratelimit-unified-5h-status": status,
+        "anthropic-ratelimit-unified-5h-reset": str(int(time.time() + reset_in_s + 0.999)),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+    }
+
+
 def _usage(input_tokens: int, output_tokens: int) -> JSON:
     return {
         "input_tokens": input_tokens,
@@ -611,6 +666,8 @@ class FakeAPI:
         self._behaviours: dict[str, int] = {}
         self._other: dict[str, int] = {}
         self._conversations: list[list[list[str]]] = []
+        #: (time.time(), prompt, behaviours) of every /v1/messages request, in arrival order
+        self._log: list[tuple[float, str, list[str]]] = []
 
     # -- lifecycle
 
@@ -665,6 +722,7 @@ class FakeAPI:
                 "by_prompt": dict(self._by_prompt),
                 "behaviours": dict(self._behaviours),
                 "other": dict(self._other),
+                "log": [{"at": at, "prompt": p, "behaviours": tags} for at, p, tags in self._log],
             }
 
     def conversations(self) -> list[list[list[str]]]:
@@ -679,14 +737,21 @@ class FakeAPI:
             self._by_prompt.clear()
             self._behaviours.clear()
             self._other.clear()
+            self._log.clear()
 
     def _note_request(self, prompt: str, tags: list[str], messages: list[list[str]] | None = None) -> None:
         with self._lock:
             self._conversations.append(messages or [])
             self._requests += 1
+            self._log.append((time.time(), prompt, list(tags)))
             self._by_prompt[prompt] = self._by_prompt.get(prompt, 0) + 1
             for tag in tags:
                 self._behaviours[tag] = self._behaviours.get(tag, 0) + 1
+
+    def _seen_before(self, prompt: str) -> bool:
+        """Whether an earlier request (before the one just noted) carried `prompt`."""
+        with self._lock:
+            return self._by_prompt.get(prompt, 0) > 1
 
     def _note_other(self, key: str) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ALL = ["speedup", "dispatch", "restart", "idle", "claude_overhead", "scale"]
+ALL = ["speedup", "dispatch", "restart", "idle", "claude_overhead", "scale", "flow"]
 QUICK = {"dispatch": ["--tasks", "300", "--roundtrips", "500"], "restart": ["--samples", "5"],
          "idle": ["--window", "3"], "claude_overhead": ["--runs", "3"],
          "scale": ["--children", "32", "--queue", "20000", "--drain", "2000"]}

@@ -20,7 +20,7 @@ import msgspec
 
 from proto.task import ErrorKind, TaskError, TaskSpec, TaskState, Usage
 
-__all__ = ["StreamEvent", "build_argv", "classify", "describe_exit", "event_name", "parse_line", "prompt_input", "summarize"]
+__all__ = ["StreamEvent", "build_argv", "classify", "describe_exit", "event_name", "parse_line", "prompt_input", "retry_after_line", "summarize"]
 
 SUMMARY_TEXT_CHARS = 60
 MESSAGE_CHARS = 300
@@ -36,6 +36,36 @@ _NETWORK_RE = re.compile(
 )
 # How the CLI says it has no usable credentials before any request is made (no HTTP status).
 _AUTH_RE = re.compile(r"not logged in|please run /login|invalid api key|no api key", re.IGNORECASE)
+
+
+#: A header line of the CLI's debug log (ANTHROPIC_LOG=debug) for a failed response:
+#: `    "retry-after": "3",` (seconds) — the only place a 429's retry-after shows.
+_RETRY_AFTER_RE = re.compile(rb'^\s*"?retry-after"?\s*:\s*"?([0-9]+(?:\.[0-9]+)?)"?,?\s*$', re.IGNORECASE)
+#: The same log's `anthropic-ratelimit-unified-reset` (epoch seconds), when the API sends it.
+_UNIFIED_RESET_RE = re.compile(rb'^\s*"?anthropic-ratelimit-unified-reset"?\s*:\s*"?([0-9]+(?:\.[0-9]+)?)"?,?\s*$',
+                               re.IGNORECASE)
+#: The longest wait a header may ask for that is believed (a day).
+MAX_RETRY_AFTER_S = 86_400.0
+
+
+def retry_after_line(line: bytes) -> tuple[str, float] | None:
+    """A debug-log line carrying a rate-limit header: ("retry_after", seconds) or
+    ("reset", epoch seconds); None for any other line (stream-json lines included)."""
+    if line.lstrip().startswith(b"{") or b"-" not in line:
+        return None
+    if (m := _RETRY_AFTER_RE.match(line)) is not None:
+        value = float(m.group(1))
+        return ("retry_after", value) if value <= MAX_RETRY_AFTER_S else None
+    if (m := _UNIFIED_RESET_RE.match(line)) is not None:
+        return "reset", float(m.group(1))
+    return None
+
+
+class RateLimitInfo(msgspec.Struct, kw_only=True):
+    """A `rate_limit_event` line's `rate_limit_info` (only what the gate needs)."""
+
+    status: str | None = None
+    resetsAt: float | None = None
 
 
 class ContentBlock(msgspec.Struct, kw_only=True):
@@ -75,6 +105,8 @@ class StreamEvent(msgspec.Struct, kw_only=True):
     terminal_reason: str | None = None
     errors: list[str] | None = None
     structured_output: Any = None
+    # rate_limit_event
+    rate_limit_info: RateLimitInfo | None = None
 
 
 class _Head(msgspec.Struct):
@@ -264,6 +296,10 @@ def build_argv(command_prefix: list[str], spec: TaskSpec) -> list[str]:
 
 
 def prompt_input(spec: TaskSpec) -> bytes:
-    """What the CLI reads on stdin in `-p` mode: the prompt. The child writes it all and
-    closes the pipe (an open, idle stdin costs the CLI a 3 s wait)."""
-    return (spec.prompt or "").encode()
+    """What the CLI reads on stdin in `-p` mode: the prompt, and after it the task's `input`
+    (as `cat input | claude -p PROMPT` would give it). The child writes it all and closes
+    the pipe (an open, idle stdin costs the CLI a 3 s wait)."""
+    text = spec.prompt or ""
+    if spec.input:
+        text = f"{text}\n\n{spec.input}"
+    return text.encode()

@@ -82,10 +82,13 @@ class CappedBuffer:
 class Transcriber:
     """The task's output as transcript lines: stdout and stderr split into lines, each
     stamped, at most `cap` bytes of text per attempt; the rest is counted and, at the end,
-    noted in one `supd` line. `take()` hands over what is pending (sent as `Output`)."""
+    noted in one `supd` line. `take()` hands over what is pending (sent as `Output`).
+    With `json_stdout` (Claude tasks) only stdout lines that are JSON objects are kept: the
+    CLI's debug log (`ANTHROPIC_LOG=debug`, which the rate-limit gate reads) shares stdout
+    with the stream-json lines and is no part of the transcript."""
 
-    def __init__(self, cap: int, attempt: int) -> None:
-        self.cap, self.attempt = cap, attempt
+    def __init__(self, cap: int, attempt: int, json_stdout: bool = False) -> None:
+        self.cap, self.attempt, self.json_stdout = cap, attempt, json_stdout
         self.used = 0
         self.pending: list[Line] = []
         self.pending_bytes = 0
@@ -112,6 +115,8 @@ class Transcriber:
             buf += rest
 
     def _add(self, stream: str, raw: bytes, at: float) -> None:
+        if self.json_stdout and stream == "stdout" and not raw.lstrip().startswith(b"{"):
+            return
         if self.used + len(raw) > self.cap:
             self.dropped_lines += 1
             self.dropped_bytes += len(raw)
@@ -209,6 +214,10 @@ class ClaudeExecutor:
         self.lines_dropped = 0
         self.result: claude.StreamEvent | None = None
         self.stderr = CappedBuffer(cap_bytes)
+        #: what the API said about coming back: a 429's retry-after (seconds, from the CLI's
+        #: debug log) and a reset time (epoch seconds: a rate_limit_event, a unified header)
+        self.retry_after_s: float | None = None
+        self.resets_at: float | None = None
 
     @property
     def result_seen(self) -> bool:
@@ -250,7 +259,16 @@ class ClaudeExecutor:
     def _on_line(self, line: bytes) -> list[ProgressItem]:
         event = claude.parse_line(line)
         if event is None:
+            if (found := claude.retry_after_line(line)) is not None:
+                if found[0] == "retry_after":
+                    self.retry_after_s = found[1]
+                else:
+                    self.resets_at = found[1]
             return []
+        if event.type == "rate_limit_event" and event.rate_limit_info is not None:
+            info = event.rate_limit_info
+            if info.status == "rejected" and info.resetsAt:
+                self.resets_at = info.resetsAt
         if event.type == "result" and self.result is None:
             self.result = event
         return [(claude.event_name(event), claude.summarize(event))]
@@ -272,6 +290,8 @@ class ClaudeExecutor:
         outcome.truncated = self.stderr.truncated or self.lines_dropped > 0
         if self.result is not None:
             self._fill_from_result(outcome, self.result)
+        if error is not None and error.kind == ErrorKind.RATE_LIMITED:
+            outcome.retry_after_s, outcome.resets_at = self.retry_after_s, self.resets_at
         return state, outcome
 
     def _fill_from_result(self, outcome: Outcome, r: claude.StreamEvent) -> None:

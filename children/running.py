@@ -107,7 +107,8 @@ class RunningTask:
         self.kill_at: float | None = None
         self.recheck_at: float | None = None
         self.give_up_at: float | None = None
-        self.transcript = Transcriber(dispatch.limits.transcript_cap_bytes, dispatch.attempt)
+        self.transcript = Transcriber(dispatch.limits.transcript_cap_bytes, dispatch.attempt,
+                                      json_stdout=dispatch.spec.kind == "claude")
         self.flush_at: float | None = None
         #: the worktree the task runs in, and the commit its branch started from
         self.worktree = dispatch.worktree

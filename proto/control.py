@@ -34,6 +34,9 @@ MAX_ID_CHARS = 64
 #: the oldest age `Prune` takes: ten years
 MAX_AGE_S = 3650 * 86_400.0
 
+#: a batch label; a batch's cost cap
+MAX_LABEL_CHARS, MAX_BATCH_COST_USD = 256, 1_000_000.0
+
 TaskId = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]
 
 # ---- requests --------------------------------------------------------------------
@@ -43,6 +46,11 @@ class Submit(msgspec.Struct, tag=True, kw_only=True):
     """Accept these tasks as one batch (one master trace). Journaled before `Accepted`."""
 
     tasks: list[TaskSpec]
+    #: a name for the batch (`supctl list --label`)
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LABEL_CHARS)] | None = None
+    #: once the batch's finished tasks have cost this much, its queued Claude tasks end
+    #: `cancelled` with error kind `budget` (running ones finish)
+    max_cost_usd: Annotated[float, msgspec.Meta(gt=0, le=MAX_BATCH_COST_USD)] | None = None
     traceparent: Annotated[str, msgspec.Meta(max_length=MAX_TRACEPARENT_CHARS, pattern=TRACEPARENT_PATTERN)] | None = None
     tracestate: Annotated[str, msgspec.Meta(max_length=MAX_TRACESTATE_CHARS)] | None = None
 
@@ -63,6 +71,17 @@ class Get(msgspec.Struct, tag=True, kw_only=True):
 class List(msgspec.Struct, tag=True, kw_only=True):
     state: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST)] = 100
+    #: only the tasks of this batch (its id is its trace id)
+    batch: TaskId | None = None
+    #: only the tasks of batches with this label
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LABEL_CHARS)] | None = None
+
+
+class Batch(msgspec.Struct, tag=True, kw_only=True):
+    """One batch: its summary (`Info.data["batch"]`) and its tasks (`Info.data["tasks"]`)."""
+
+    id: TaskId
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST)] = 1000
 
 
 class Cancel(msgspec.Struct, tag=True, kw_only=True):
@@ -109,6 +128,46 @@ class RestartSlot(msgspec.Struct, tag=True, kw_only=True):
     slot: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
+#: workflows one `FlowWait` may ask about; `FlowList` may return
+MAX_FLOW_IDS = 1000
+#: `--set KEY=VALUE` inputs of one workflow, and the size of each value
+MAX_INPUTS, MAX_INPUT_BYTES = 256, 1 << 20
+
+
+class FlowRun(msgspec.Struct, tag=True, kw_only=True):
+    """Check a workflow file (its TOML or JSON decoded to plain data) with these inputs and
+    accept it atomically: the record and its first tasks are journaled before `FlowAccepted`."""
+
+    doc: dict[str, Any]
+    inputs: Annotated[dict[Annotated[str, msgspec.Meta(max_length=256)],
+                           Annotated[str, msgspec.Meta(max_length=MAX_INPUT_BYTES)]],
+                      msgspec.Meta(max_length=MAX_INPUTS)] = {}
+    traceparent: Annotated[str, msgspec.Meta(max_length=MAX_TRACEPARENT_CHARS, pattern=TRACEPARENT_PATTERN)] | None = None
+    tracestate: Annotated[str, msgspec.Meta(max_length=MAX_TRACESTATE_CHARS)] | None = None
+
+
+class FlowStatus(msgspec.Struct, tag=True, kw_only=True):
+    id: TaskId
+
+
+class FlowList(msgspec.Struct, tag=True, kw_only=True):
+    state: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_FLOW_IDS)] = 100
+
+
+class FlowCancel(msgspec.Struct, tag=True, kw_only=True):
+    """Stop the running steps, skip the rest, run the undos."""
+
+    id: TaskId
+
+
+class FlowWait(msgspec.Struct, tag=True, kw_only=True):
+    """Answer when every workflow is final, or after `timeout_s` with those still running."""
+
+    ids: Annotated[list[TaskId], msgspec.Meta(min_length=1, max_length=MAX_FLOW_IDS)]
+    timeout_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_S)] = 5.0
+
+
 class Retry(msgspec.Struct, tag=True, kw_only=True):
     """Submit a failed, timed-out or cancelled task again, from its stored spec: a new
     task (its `retry_of` names the old one), answered with `Accepted`."""
@@ -125,7 +184,7 @@ class Logs(msgspec.Struct, tag=True, kw_only=True):
 
 
 Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown | Prune
-           | RestartSlot | Retry | Logs)
+           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait | Batch | Retry | Logs)
 
 
 # ---- replies ---------------------------------------------------------------------
@@ -134,6 +193,8 @@ Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale
 class Accepted(msgspec.Struct, tag=True, kw_only=True):
     ids: list[str]
     trace_id: str
+    #: the batch's id (its trace id)
+    batch: str | None = None
 
 
 class Tasks(msgspec.Struct, tag=True, kw_only=True):
@@ -161,6 +222,19 @@ class Error(msgspec.Struct, tag=True, kw_only=True):
     message: str
 
 
+class FlowAccepted(msgspec.Struct, tag=True, kw_only=True):
+    id: str
+    trace_id: str
+
+
+class Flows(msgspec.Struct, tag=True, kw_only=True):
+    """Workflows as `flow status --json` shows them; for a `FlowWait`, `pending` is every id
+    not final yet."""
+
+    flows: list[dict[str, Any]]
+    pending: list[str] = []
+
+
 class Transcript(msgspec.Struct, tag=True, kw_only=True):
     """Lines `first` .. `next - 1` of a task's transcript, and the task's state now (a
     follower stops once it is final and `next` is the end)."""
@@ -173,4 +247,4 @@ class Transcript(msgspec.Struct, tag=True, kw_only=True):
     final: bool
 
 
-Reply = Accepted | Tasks | Info | Ok | Error | Transcript
+Reply = Accepted | Tasks | Info | Ok | Error | FlowAccepted | Flows | Transcript

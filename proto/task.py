@@ -38,6 +38,9 @@ Tools = Annotated[list[NameStr], msgspec.Meta(max_length=MAX_TOOLS)]
 RefId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 #: a git ref for `base` (a branch, tag or commit)
 GitRef = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+#: an exclusive key (`--key`): letters, digits and `_.:/@+-`, at most 128 characters
+KEY_PATTERN = r"^[A-Za-z0-9_.:/@+-]{1,128}$"
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=KEY_PATTERN)]
 
 
 class TaskState(enum.Enum):
@@ -75,6 +78,8 @@ class TaskSpec(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     priority: Priority = 0
     cwd: PathStr | None = None
     env: dict[str, str] = {}
+    #: an exclusive key: at most `[keys] NAME` (default 1) tasks with this key run at once
+    key: KeyName | None = None
     # Claude-only options.
     model: NameStr | None = None
     max_turns: Turns | None = None
@@ -208,6 +213,11 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: the parsed answer of a task with `json_schema`
     structured_output: Any = None
     worktree: WorktreeInfo | None = None
+    #: when the API said to come back (wall clock, epoch seconds): a `rate_limit_event`'s
+    #: `resetsAt`, or a 429's `retry-after` as the CLI's debug log shows it
+    resets_at: float | None = None
+    #: a 429's `retry-after` (seconds from the attempt's end), as the CLI's debug log shows it
+    retry_after_s: float | None = None
 
 
 class TaskView(msgspec.Struct, kw_only=True):
@@ -244,3 +254,10 @@ class TaskView(msgspec.Struct, kw_only=True):
     #: the task this one submits again (`supctl retry`)
     retry_of: str | None = None
     cwd: str | None = None
+    #: the workflow this task is a step of, and its job there (`NAME`, `NAME[i]`,
+    #: `NAME:compensate`, `NAME:undo:N`); None for a plain task
+    workflow: str | None = None
+    step: str | None = None
+    key: str | None = None
+    #: the batch (its submit) the task came in: the batch id is the trace id
+    batch: str | None = None

@@ -103,6 +103,11 @@ class SecurityConfig(_Section, frozen=True):
     pass_env: list[str] = []
 
 
+class WebConfig(_Section, frozen=True):
+    port: int = 0
+    host: str = "127.0.0.1"
+
+
 class JournalConfig(_Section, frozen=True):
     max_mb: float = 0.0
     synchronous: str = "normal"
@@ -111,6 +116,18 @@ class JournalConfig(_Section, frozen=True):
 
 class WorktreesConfig(_Section, frozen=True):
     keep: str = "branch"
+class HooksConfig(_Section, frozen=True):
+    #: argv run with the batch summary as JSON on stdin when a batch ends ([] = none)
+    on_batch_done: list[str] = []
+    timeout_s: float = 30.0
+
+
+class GateConfig(_Section, frozen=True):
+    #: how a 429's `retry-after` is learnt: "log" reads it from the CLI's debug log
+    #: (ANTHROPIC_LOG=debug; the only place it shows), "off" only uses `rate_limit_event` lines
+    retry_after: str = "log"
+    #: the longest the gate stays closed for one reset time
+    max_s: float = 3600.0
 
 
 class Config(_Section, frozen=True):
@@ -126,7 +143,16 @@ class Config(_Section, frozen=True):
     journal: JournalConfig = JournalConfig()
     security: SecurityConfig = SecurityConfig()
     worktrees: WorktreesConfig = WorktreesConfig()
+    web: WebConfig = WebConfig()
+    hooks: HooksConfig = HooksConfig()
+    gate: GateConfig = GateConfig()
+    #: exclusive keys: NAME = how many tasks with `--key NAME` may run at once (default 1)
+    keys: dict[str, int] = {}
 
+
+#: the most exclusive keys `[keys]` may name, and each one's range
+MAX_KEYS, KEY_LIMIT_RANGE = 10_000, (1, 10_000)
+_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,128}$")
 
 DAY_S = 86_400.0
 
@@ -166,8 +192,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "limits.max_env_bytes": (1, 16 << 20),
     "limits.max_batch": (1, 100_000),
     "metrics.prometheus_port": (0, 65_535),
+    "web.port": (0, 65_535),
     "journal.max_mb": (0, 1 << 20),
     "journal.retain_s": (0, 3650 * DAY_S),
+    "hooks.timeout_s": (0.1, 3600),
+    "gate.max_s": (1, DAY_S),
 }
 #: Keys that take one of a few words.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -175,6 +204,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tracing.exporter": ("none", "console", "otlp-http", "otlp-grpc"),
     "journal.synchronous": ("off", "normal", "full", "extra"),
     "worktrees.keep": ("branch", "worktree", "none"),
+    "gate.retry_after": ("log", "off"),
 }
 #: Text keys (and lists or tables of text): the most characters one value (or item) may
 #: have, and the most items a list or table may have.
@@ -192,6 +222,8 @@ TEXT: dict[str, tuple[int, int]] = {
     "security.server_public_key": (4096, 1),
     "security.control_endpoint": (1024, 1),
     "security.pass_env": (1024, 1024),
+    "web.host": (255, 1),
+    "hooks.on_batch_done": (4096, 256),
 }
 
 #: Keys a reload cannot apply to a running daemon (sockets, the open journal, exporters,
@@ -199,7 +231,7 @@ TEXT: dict[str, tuple[int, int]] = {
 #: in "." stands for its whole section. `security.pass_env` is applied live.
 RESTART_REQUIRED: tuple[str, ...] = (
     "daemon.runtime_dir", "daemon.log_level", "limits.max_message_bytes", "journal.max_mb",
-    "journal.synchronous", "tracing.", "metrics.", "security.server_secret_key",
+    "journal.synchronous", "tracing.", "metrics.", "web.", "security.server_secret_key",
     "security.client_public_keys_dir", "security.control_endpoint",
 )
 
@@ -218,7 +250,7 @@ def _num(x: float) -> str:
 
 def keys() -> list[str]:
     """Every dotted key of the config, in file order."""
-    return [f"{s.name}.{f.name}" for s in msgspec.structs.fields(Config)
+    return [f"{s.name}.{f.name}" for s in msgspec.structs.fields(Config) if s.name != "keys"
             for f in msgspec.structs.fields(s.type)]
 
 
@@ -257,6 +289,16 @@ def validate(config: Config) -> Config:
         problem = key_problem(config, key)
         if problem:
             raise ConfigError(problem)
+    if len(config.keys) > MAX_KEYS:
+        raise ConfigError(f"keys: {len(config.keys)} entries, at most {MAX_KEYS}")
+    low, high = KEY_LIMIT_RANGE
+    for name, limit in config.keys.items():
+        if not _KEY_NAME_RE.match(name):
+            raise ConfigError(f"keys.{name}: a key name is 1-128 letters, digits or _.:/@+-")
+        if not low <= limit <= high:
+            raise ConfigError(f"keys.{name} = {limit}: must be between {low} and {high}")
+    if config.hooks.on_batch_done and not config.hooks.on_batch_done[0]:
+        raise ConfigError("hooks.on_batch_done: the command (its first item) is empty")
     if config.tasks.retry_max_s < config.tasks.retry_base_s:
         raise ConfigError(f"tasks.retry_max_s = {_num(config.tasks.retry_max_s)}: must be >= tasks.retry_base_s "
                           f"= {_num(config.tasks.retry_base_s)}")

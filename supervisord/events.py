@@ -56,4 +56,14 @@ class TreesChecked:
     alive: frozenset[tuple[str, int]]
 
 
-Event = ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired | TreesChecked
+@dataclass(frozen=True, slots=True)
+class HookFinished:
+    """A hook command ended: `returncode` (None if it could not start or was killed at its
+    timeout), and what went wrong, if anything."""
+
+    name: str
+    returncode: int | None
+    problem: str | None = None
+
+
+Event = ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired | TreesChecked | HookFinished

@@ -13,6 +13,7 @@ asyncio, zmq, sqlite3 or any spoke.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from proto.task import ErrorKind, Outcome, TaskError, TaskState
 from supervisord.core.task import Task, retry_delay_s, should_retry
 
 __all__ = [
-    "CancelRequested", "Context", "Ended", "Event", "Fate", "Lost", "Recovered", "TreeDead", "Verdict",
+    "BudgetSpent", "CancelRequested", "Context", "Ended", "Event", "Fate", "Lost", "Recovered", "TreeDead", "Verdict",
     "decide", "start",
 ]
 
@@ -67,10 +68,18 @@ class Recovered:
 
 @dataclass(frozen=True, slots=True)
 class TreeDead:
-    """Every process of the task's lost attempt is gone: a new attempt may start."""
+    """Every process of the task's lost attempt is gone: a new attempt may start, and the
+    attempt's exclusive key is free."""
 
 
-Event = Ended | Lost | CancelRequested | Recovered | TreeDead
+@dataclass(frozen=True, slots=True)
+class BudgetSpent:
+    """The task's batch has spent its `max_cost_usd`: a Claude task not yet running ends."""
+
+    message: str
+
+
+Event = Ended | Lost | CancelRequested | Recovered | TreeDead | BudgetSpent
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +116,11 @@ class Fate:
     cancel_child: bool = False
     #: a failed attempt is being retried (counts as a retry in metrics)
     retry: bool = False
+    #: the attempt's whole tree is dead: its exclusive key is free (released exactly once:
+    #: at its Result, or at TreeDead for a lost attempt, never at the loss itself)
+    release_key: bool = False
+    #: a recovered attempt's tree is still alive: it holds its key until TreeDead
+    hold_key: bool = False
 
     @property
     def changed(self) -> bool:
@@ -141,14 +155,30 @@ def decide(task: Task, event: Event, ctx: Context) -> Fate:
             return _recovered(task, alive, ctx)
         case TreeDead():
             if task.state is not TaskState.BLOCKED:
-                return Fate(Verdict.IGNORED, "no lost attempt to wait for")
-            return _move(task, TaskState.QUEUED, Verdict.QUEUED, "the lost attempt's tree is dead")  # BLOCKED -> QUEUED
+                return Fate(Verdict.IGNORED, "no lost attempt to wait for", release_key=True)
+            fate = _move(task, TaskState.QUEUED, Verdict.QUEUED, "the lost attempt's tree is dead")  # BLOCKED -> QUEUED
+            return _with(fate, release_key=True)
+        case BudgetSpent(message=message):
+            return _budget(task, message, ctx)
     raise TypeError(f"not a task event: {event!r}")  # pragma: no cover - the union is closed
 
 
 def _ended(task: Task, e: Ended, ctx: Context) -> Fate:
     if task.state is not TaskState.RUNNING or e.epoch != task.epoch:
         return IGNORED_STALE
+    return _with(_ended_now(task, e, ctx), release_key=True)  # a Result comes once the tree is reaped
+
+
+def _budget(task: Task, message: str, ctx: Context) -> Fate:
+    """Queued (or waiting) Claude tasks of a batch past its cost cap end; running ones finish."""
+    if task.spec.kind != "claude" or task.state not in (TaskState.QUEUED, TaskState.BLOCKED):
+        return Fate(Verdict.IGNORED, f"{task.state.value} {task.spec.kind} task: the budget stops only queued "
+                                     "Claude tasks")
+    task.outcome = Outcome(error=TaskError(kind=ErrorKind.BUDGET, message=message))
+    return _final(task, TaskState.CANCELLED, ctx, "the batch's budget is spent")  # QUEUED/BLOCKED -> CANCELLED
+
+
+def _ended_now(task: Task, e: Ended, ctx: Context) -> Fate:
     task.outcome = e.outcome
     if e.started_at:
         task.started_at = e.started_at
@@ -208,19 +238,22 @@ def _recovered(task: Task, tree_alive: bool, ctx: Context) -> Fate:
     (`RECOVERY_FLOOR`), even with `retries = 0`: a running attempt is at-least-once."""
     if task.cancel_requested:
         task.outcome = Outcome(error=TaskError(kind=ErrorKind.CANCELLED, message="cancelled by request"))
-        return _final(task, TaskState.CANCELLED, ctx, "cancelled by request", kill_tree=tree_alive)
+        return _with(_final(task, TaskState.CANCELLED, ctx, "cancelled by request", kill_tree=tree_alive),
+                     hold_key=tree_alive)
     if task.state is TaskState.QUEUED:
         return Fate(Verdict.QUEUED, "recovered")
     if task.state is TaskState.RUNNING and task.attempts - task.forgiven > max(task.retries, RECOVERY_FLOOR):
         task.outcome = Outcome(error=TaskError(kind=ErrorKind.WORKER_LOST, message=(
             f"the daemon stopped while attempt {task.attempts} ran, and the task has no retries left")))
-        return _final(task, TaskState.FAILED, ctx, "worker_lost (daemon restarts)", kill_tree=tree_alive)
+        return _with(_final(task, TaskState.FAILED, ctx, "worker_lost (daemon restarts)", kill_tree=tree_alive),
+                     hold_key=tree_alive)
     task.child = None
     if tree_alive:
         if task.state is TaskState.BLOCKED:
-            return Fate(Verdict.BLOCKED, "recovered: the old attempt's tree is still alive", kill_tree=True)
-        return _move(task, TaskState.BLOCKED, Verdict.BLOCKED, "recovered: the old attempt's tree is still alive",
-                     kill_tree=True)  # RUNNING -> BLOCKED
+            return Fate(Verdict.BLOCKED, "recovered: the old attempt's tree is still alive", kill_tree=True,
+                        hold_key=True)
+        return _with(_move(task, TaskState.BLOCKED, Verdict.BLOCKED, "recovered: the old attempt's tree is still alive",
+                           kill_tree=True), hold_key=True)  # RUNNING -> BLOCKED
     return _move(task, TaskState.QUEUED, Verdict.QUEUED, "recovered")  # RUNNING/BLOCKED -> QUEUED
 
 
@@ -240,6 +273,10 @@ def _final(task: Task, state: TaskState, ctx: Context, reason: str, finished_at:
     task.finished_at = finished_at or ctx.wall
     task.not_before = 0.0
     return Fate(Verdict.FINAL, reason, left, kill_tree=kill_tree)
+
+
+def _with(fate: Fate, *, release_key: bool = False, hold_key: bool = False) -> Fate:
+    return dataclasses.replace(fate, release_key=release_key or fate.release_key, hold_key=hold_key or fate.hold_key)
 
 
 def _with_error(outcome: Outcome, kind: str, message: str) -> Outcome:

@@ -8,13 +8,19 @@ compensate's; `undo` is in the order the undos ran, each with its last attempt's
 from __future__ import annotations
 
 from proto.task import TaskError
-from supervisord.core.workflow import Workflow
+from supervisord.core.workflow import FlowState, Workflow
 
-__all__ = ["status"]
+__all__ = ["public_state", "status"]
 
 
 def _error(error: TaskError | None) -> dict[str, str] | None:
     return None if error is None else {"kind": error.kind, "message": error.message}
+
+
+def public_state(wf: Workflow) -> str:
+    """running, succeeded, failed or cancelled: a stopping workflow (cancelling what runs,
+    then undoing) is still running."""
+    return FlowState.RUNNING.value if wf.state is FlowState.STOPPING else wf.state.value
 
 
 def status(wf: Workflow) -> dict[str, object]:
@@ -29,7 +35,7 @@ def status(wf: Workflow) -> dict[str, object]:
     undo = [{"step": u.step, "state": u.state.value, "attempts": u.attempts,
              "task_id": wf.jobs[u.jobs[-1]].task_id if u.jobs else None} for u in wf.undo or ()]
     return {
-        "id": wf.id, "name": wf.spec.name, "state": wf.state.value, "trace_id": wf.trace_id,
+        "id": wf.id, "name": wf.spec.name, "state": public_state(wf), "trace_id": wf.trace_id,
         "started_at": wf.started_at, "finished_at": wf.finished_at, "cost_usd": wf.cost_usd,
         "error": _error(wf.error), "steps": steps, "undo": undo,
     }

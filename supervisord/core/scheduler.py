@@ -1,6 +1,8 @@
 """The run queue: every task not yet final, and the order queued ones run in.
 
-Priority first, then arrival; a retry waits until its `not_before`. The scheduler only
+Priority first, then arrival; a retry waits until its `not_before`; a task whose exclusive
+key is full waits, in the same order, parked under its key until a holder releases it
+(`release_key`): never refused, never failed. The scheduler only
 indexes: a task's state changes in `supervisord.core.fate`, and the hub tells the
 scheduler what the fate was (`enqueue` a task back in the queue, `forget` a final one).
 
@@ -15,6 +17,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from proto.task import TaskState
+from supervisord.core.keys import Keys
 from supervisord.core.task import Task
 
 KINDS = ("claude", "exec")
@@ -38,6 +41,9 @@ class Scheduler:
     _queued: dict[str, int] = field(default_factory=dict)  # id -> bytes
     _queued_bytes: int = 0
     _seq: itertools.count[int] = field(default_factory=itertools.count)
+    keys: Keys = field(default_factory=Keys)
+    #: queued tasks whose key was full when they came up, by key: (-priority, seq, id)
+    _parked: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
 
     @property
     def queued(self) -> int:
@@ -106,15 +112,57 @@ class Scheduler:
         return None
 
     def take(self, now: float, claude_allowed: bool) -> Task | None:
-        """The next task to start (it leaves the queue; the caller starts it), or None."""
+        """The next task to start (it leaves the queue and holds its key; the caller starts
+        it), or None. Heads whose key is full are parked under it on the way."""
         self._promote(now)
-        heads = [(h, k) for k in KINDS if (k != "claude" or claude_allowed) and (h := self._head(k)) is not None]
-        if not heads:
+        while True:
+            heads = [(h, k) for k in KINDS if (k != "claude" or claude_allowed) and (h := self._head(k)) is not None]
+            if not heads:
+                return None
+            _, kind = min(heads)
+            entry = heapq.heappop(self._ready[kind])
+            task = self.tasks[entry[2]]
+            key = task.spec.key
+            if key is not None and self.keys.full(key):
+                heapq.heappush(self._parked.setdefault(key, []), entry)  # waits for a holder to end
+                continue
+            if key is not None:
+                self.keys.hold(task.id, key)
+            self._unqueue(task.id)
+            return task
+
+    def release_key(self, task_id: str) -> str | None:
+        """`task_id`'s attempt is over and its tree dead: its key (if it held one) is free, and
+        the best waiters for it go back to the ready queue. Idempotent."""
+        key = self.keys.release(task_id)
+        if key is None:
             return None
-        _, kind = min(heads)
-        _, _, tid = heapq.heappop(self._ready[kind])
-        self._unqueue(tid)
-        return self.tasks[tid]
+        parked = self._parked.get(key, [])
+        room = self.keys.free(key)
+        while parked and room > 0:
+            entry = heapq.heappop(parked)
+            task = self.tasks.get(entry[2])
+            if task is None or entry[2] not in self._queued or task.state is not TaskState.QUEUED:
+                continue  # cancelled or gone while it waited
+            heapq.heappush(self._ready[task.spec.kind], entry)
+            room -= 1
+        if not parked:
+            self._parked.pop(key, None)
+        return key
+
+    def hold_key(self, task: Task) -> None:
+        """A recovered attempt whose tree is still alive holds its key until it is dead."""
+        if task.spec.key is not None:
+            self.keys.hold(task.id, task.spec.key)
+
+    def key_waiters(self) -> dict[str, int]:
+        """Queued tasks per key that are not holding it (for `status`)."""
+        waiting: dict[str, int] = {}
+        for tid in self._queued:
+            task = self.tasks.get(tid)
+            if task is not None and task.spec.key is not None and tid not in self.keys.holder:
+                waiting[task.spec.key] = waiting.get(task.spec.key, 0) + 1
+        return waiting
 
     def next_due(self) -> float | None:
         """When a delayed retry becomes runnable (monotonic), if any."""

@@ -53,6 +53,9 @@ class Task:
     parent_span_id: str | None = None
     tracestate: str | None = None
     cancel_requested: bool = False
+    #: the workflow this task belongs to, and its job there (see `flowrecord`)
+    workflow: str | None = None
+    step: str | None = None
 
     def move(self, to: TaskState) -> TaskState:
         """Change state through the table; returns the state left."""
@@ -91,7 +94,8 @@ def view(t: Task) -> TaskView:
         finished_at=t.finished_at, duration_s=round(duration, 6) if duration is not None else None,
         priority=t.spec.priority, stderr=o.stderr, truncated=o.truncated, usage=o.usage,
         cost_usd=o.cost_usd, session_id=o.session_id, num_turns=o.num_turns,
-        prompt=t.spec.prompt, argv=t.spec.argv, structured_output=o.structured_output,
+        prompt=t.spec.prompt, argv=t.spec.argv, workflow=t.workflow, step=t.step, key=t.spec.key,
+        batch=t.trace_id, structured_output=o.structured_output,
         worktree=o.worktree or (WorktreeInfo(repo=t.spec.repo, branch=t.spec.worktree_branch or f"supd/{t.id}")
                                 if t.spec.worktree and t.spec.repo else None),
         resumed_from=t.spec.resume, retry_of=t.spec.retry_of, cwd=t.spec.cwd,

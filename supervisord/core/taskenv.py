@@ -25,12 +25,20 @@ def child_environ(environ: Mapping[str, str], keep: frozenset[str] = frozenset()
     }
 
 
+#: Makes the CLI's API client log each failed response's headers on stdout (non-JSON lines
+#: between the stream-json ones): the only place a 429's `retry-after` shows.
+RETRY_AFTER_LOG = {"ANTHROPIC_LOG": "debug"}
+
+
 def task_env(span: SpanRef, tracestate: str | None, kind: str, claude_env: Mapping[str, str],
-             claude_max_retries: int) -> dict[str, str]:
+             claude_max_retries: int, read_retry_after: bool = False) -> dict[str, str]:
     """Variables supd adds for one attempt: W3C context naming the task's own span, and for
-    Claude tasks the configured `[claude] env` plus a cap on the CLI's own retry loop."""
+    Claude tasks the configured `[claude] env` plus a cap on the CLI's own retry loop (and,
+    with `read_retry_after`, the debug log the child reads a 429's retry-after from)."""
     env = dict(claude_env) if kind == "claude" else {}
     if kind == "claude":
+        if read_retry_after:
+            env = {**RETRY_AFTER_LOG, **env}  # `[claude] env` may still say otherwise
         env["CLAUDE_CODE_MAX_RETRIES"] = str(claude_max_retries)
     env["TRACEPARENT"] = span.traceparent  # always the task's own span: config cannot override it
     if tracestate:

@@ -6,6 +6,7 @@ start, the last 16 random. A span id is 64 random bits. Imports the stdlib only.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,13 @@ def trace_id_at(time_ns: int, rand64: int) -> str:
 
 def span_id(rand64: int) -> str:
     return f"{(rand64 or 1) & (2**64 - 1):016x}"
+
+
+def flow_span_id(workflow_id: str, step: str | None = None) -> str:
+    """The span of a workflow (`step` None) or of one of its steps: derived from the ids, so
+    a daemon that carries on after a crash puts new attempts under the same spans."""
+    digest = hashlib.sha256(f"{workflow_id}/{step if step is not None else ''}".encode()).digest()
+    return span_id(int.from_bytes(digest[:8], "big"))
 
 
 def parse_traceparent(value: str | None) -> SpanRef | None:
@@ -65,6 +73,10 @@ class Ids:
         random bits keep two daemons' ids (a restart within the same millisecond) apart."""
         self._counter += 1
         return new_task_id(now_ns, ((self._counter & 0xFF_FFFF) << 16) | self.bits(16))
+
+    def workflow_id(self, now_ns: int) -> str:
+        """Like a task id, with a `w`: sortable, unique within the daemon."""
+        return "w" + self.task_id(now_ns)[1:]
 
     def trace_id(self, now_ns: int) -> str:
         return trace_id_at(now_ns, self.bits(64))

@@ -25,6 +25,7 @@ from proto import task as pt
 from proto.task import TaskSpec, TaskView
 from supervisord.core import traceids
 from supervisord.ctl.client import Client, ClientError, RequestFailed, control_endpoint, expect
+from supervisord.ctl.flowcmd import FlowUsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -146,6 +147,8 @@ def describe(t: TaskView) -> str:
     lines = [f"{t.id}  {t.kind}  {t.state}  attempts={t.attempts}  duration={_dur(t.duration_s)}  child={t.child or '-'}"]
     what = t.prompt if t.kind == "claude" else " ".join(t.argv or [])
     lines.append(f"  task:   {_short(what, 100)}")
+    if t.workflow:
+        lines.append(f"  flow:   {t.workflow}  step={t.step}")
     if t.exit_code is not None:
         lines.append(f"  exit:   {t.exit_code}")
     if t.error:
@@ -205,7 +208,7 @@ def spec_from_args(a: argparse.Namespace) -> TaskSpec:
         cwd = os.path.abspath(cwd)
     common: dict[str, Any] = {
         "kind": a.kind, "input": text_input, "timeout_s": a.timeout, "stall_timeout_s": a.stall_timeout,
-        "retries": a.retries, "priority": a.priority, "cwd": cwd, "env": env,
+        "retries": a.retries, "priority": a.priority, "cwd": cwd, "env": env, "key": a.key,
         "worktree": a.worktree, "base": resolve_base(cwd, a.base) if a.worktree else a.base,
     }
     if a.kind == "exec":
@@ -317,10 +320,11 @@ def show_tasks(a: argparse.Namespace, tasks: list[TaskView], pending: list[str])
 def cmd_submit(c: Client, a: argparse.Namespace) -> int:
     specs = a.specs
     traceparent, tracestate = trace_context()
-    reply = expect(c.request(ctl.Submit(tasks=specs, traceparent=traceparent, tracestate=tracestate)), ctl.Accepted)
+    reply = expect(c.request(ctl.Submit(tasks=specs, traceparent=traceparent, tracestate=tracestate,
+                                        label=a.label, max_cost_usd=a.max_cost_usd)), ctl.Accepted)
     if not a.wait:
         if a.json:
-            emit_json({"ids": reply.ids, "trace_id": reply.trace_id})
+            emit_json({"ids": reply.ids, "trace_id": reply.trace_id, "batch": reply.batch or reply.trace_id})
         else:
             for tid in reply.ids:
                 print(tid)
@@ -349,13 +353,13 @@ def cmd_result(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_list(c: Client, a: argparse.Namespace) -> int:
-    reply = expect(c.request(ctl.List(state=a.state, limit=a.limit)), ctl.Tasks)
+    reply = expect(c.request(ctl.List(state=a.state, limit=a.limit, batch=a.batch, label=a.label)), ctl.Tasks)
     if a.json:
         emit_json({"tasks": reply.tasks})
         return EXIT_OK
-    rows = [[t.id, t.kind, t.state, str(t.attempts), _dur(t.duration_s),
+    rows = [[t.id, t.kind, t.state, str(t.attempts), _dur(t.duration_s), f"{t.workflow}:{t.step}" if t.workflow else "-",
              _short(t.prompt if t.kind == "claude" else " ".join(t.argv or []), 50)] for t in reply.tasks]
-    print(table(rows, ["ID", "KIND", "STATE", "ATT", "DURATION", "TASK"]))
+    print(table(rows, ["ID", "KIND", "STATE", "ATT", "DURATION", "FLOW:STEP", "TASK"]))
     return EXIT_OK
 
 
@@ -369,6 +373,13 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
     print(f"claude: {' '.join(claude['command'])} ({claude['source']})")
     tasks, breaker = data["tasks"], data["breaker"]
     print(f"tasks: {tasks['queued']} queued, {tasks['running']} running   breaker: {breaker['state']}")
+    gate = data.get("gate") or {}
+    if gate.get("state") == "closed":
+        print(f"rate-limit gate: closed until {time.strftime('%H:%M:%S', time.localtime(gate['resets_at']))}"
+              f" ({gate['wait_s']:.1f}s): Claude tasks wait")
+    for key, k in (data.get("keys") or {}).items():
+        print(f"key {key}: {len(k['held_by'])}/{k['limit']} held ({', '.join(k['held_by']) or '-'}),"
+              f" {k['waiting']} waiting")
     rows = [[ch["id"], str(ch["pid"] or "-"), ch["state"], ch["task"] or "-", str(ch["tasks_done"]),
              f"{ch['rss_bytes'] / 2**20:.0f}MiB" if ch["rss_bytes"] else "-", ch["fatal_reason"] or ""]
             for ch in data["children"]]
@@ -443,6 +454,7 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", metavar="REF", help="with --worktree: start the branch at REF (default HEAD)")
     p.add_argument("--resume", metavar="ID", help="continue task ID's Claude session (in its directory or worktree)")
     p.add_argument("--json-schema", metavar="FILE", help="JSON Schema for a structured answer (structured_output)")
+    p.add_argument("--key", metavar="NAME", help="exclusive key: at most [keys] NAME (default 1) such tasks run at once")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -467,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for the result(s)")
     s.add_argument("--wait-timeout", type=bounded_float(0, 365 * 86_400),
                    help="give up waiting after S seconds (exit 3); 0: do not wait, show what is final")
+    s.add_argument("--label", help="a name for the batch (supctl list --label)")
+    s.add_argument("--max-cost-usd", type=bounded_float(0, ctl.MAX_BATCH_COST_USD, low_open=True), metavar="X",
+                   help="once the batch's finished tasks cost X, its queued Claude tasks end cancelled (budget)")
     s.add_argument("words", nargs="*", metavar="PROMPT | -- CMD ARG")
     w = cmd("wait", "wait for tasks to finish", cmd_wait)
     w.add_argument("ids", nargs="+", metavar="ID")
@@ -478,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = cmd("list", "list recent tasks", cmd_list)
     ls.add_argument("--state", help="queued, running, succeeded, failed, timed_out or cancelled")
     ls.add_argument("--limit", type=bounded_int(1, ctl.MAX_LIST), default=50)
+    ls.add_argument("--batch", metavar="ID", help="only this batch's tasks (its id is its trace id)")
+    ls.add_argument("--label", help="only the tasks of batches with this label")
     cmd("status", "the daemon, its children and queue", cmd_status)
     cmd("health", "ok / degraded / failing (exit 0 only when ok)", cmd_info(ctl.Health(), "health"))
     cmd("stats", "counters, latency percentiles, tokens and cost", cmd_info(ctl.Stats(), "stats"))
@@ -500,10 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
-    """watch and bench live in their own modules and register their commands here."""
-    from supervisord.ctl import agentcmds, benchcmd, watch
+    """watch, bench, flow, batch, web and the agent commands (logs, diff, retry) live in their
+    own modules and register their commands here."""
+    from supervisord.ctl import agentcmds, batchcmd, benchcmd, flowcmd, watch, webcmd
 
-    for module in (watch, benchcmd, agentcmds):
+    for module in (watch, benchcmd, flowcmd, batchcmd, webcmd, agentcmds):
         module.register(cmd)
 
 
@@ -535,14 +553,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.command == "submit":  # bad input is a usage error whether or not a daemon runs
             a.specs = specs_from_file(a.file) if a.file else [spec_from_args(a)]
-            check_request(ctl.Submit(tasks=a.specs))
+            check_request(ctl.Submit(tasks=a.specs, label=a.label, max_cost_usd=a.max_cost_usd))
+        if a.command == "list":
+            check_request(ctl.List(state=a.state, limit=a.limit, batch=a.batch, label=a.label))
+        if (prepare := getattr(a, "prepare", None)) is not None:  # e.g. flow run checks its file first
+            prepare(a)
         endpoint, keys = connection(a)
         with CheckedClient(endpoint, timeout_s=a.reply_timeout, curve=keys) as c:
             return int(a.fn(c, a))
     except UnicodeError as e:  # a --file or --input-file that is not UTF-8
         print(f"supctl: not valid UTF-8: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except UsageError as e:
+    except (UsageError, FlowUsageError) as e:
         print(f"supctl: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as e:

@@ -20,7 +20,7 @@ from supervisord.core import fate as core
 from supervisord.core import taskenv, traceids, validate
 from supervisord.core.pool import policy_of
 from supervisord.core.task import Task
-from supervisord.hub import agents, childcare, lifecycle, tasks
+from supervisord.hub import agents, batches, childcare, flows, lifecycle, ratelimit, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
@@ -57,11 +57,11 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
     specs = agents.prepare(h, req.tasks)
     if isinstance(specs, str):
         return ctl.Error(kind="bad_request", message=specs)
-    return accept(h, envelope, specs, req.traceparent, req.tracestate)
+    return accept(h, envelope, specs, req.traceparent, req.tracestate, req.label, req.max_cost_usd)
 
 
-def accept(h: Hub, envelope: Envelope, specs: list[TaskSpec], traceparent: str | None,
-           tracestate: str | None) -> ctl.Reply | None:
+def accept(h: Hub, envelope: Envelope, specs: list[TaskSpec], traceparent: str | None, tracestate: str | None,
+           label: str | None = None, max_cost_usd: float | None = None) -> ctl.Reply | None:
     """Accept checked specs as one batch (after the store's commit, `Accepted`)."""
     if not h.life.accepting:
         return ctl.Error(kind="shutting_down", message="the daemon is shutting down and takes no new tasks")
@@ -79,8 +79,9 @@ def accept(h: Hub, envelope: Envelope, specs: list[TaskSpec], traceparent: str |
     ]
     if problem := h.sched.room_problem(batch):
         return ctl.Error(kind="queue_full", message=problem)
+    record = batches.accepted(h, trace_id, len(batch), label, max_cost_usd)
     try:
-        h.store.accept(batch)
+        h.store.accept(batch, record)
     except StoreError as e:
         log("batch_refused", logging.ERROR, tasks=len(batch), error=str(e))
         return ctl.Error(kind="journal", message=f"nothing was accepted: {e}")
@@ -88,12 +89,13 @@ def accept(h: Hub, envelope: Envelope, specs: list[TaskSpec], traceparent: str |
     for task in batch:
         h.sched.add(task, now)
         h.metrics.received[task.spec.kind] += 1
+    batches.opened(h, record)
     log("batch_accepted", tasks=len(batch), trace=trace_id, master_span=master)
     h.spokes.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, tracestate, batch,
                                    start_ns)
     for task in batch:
         h.spokes.events.publish(f"task/{task.id}/queued", task=task.id, kind=task.spec.kind, trace_id=trace_id)
-    h.after_commit.append((envelope, ctl.Accepted(ids=[t.id for t in batch], trace_id=trace_id)))
+    h.after_commit.append((envelope, ctl.Accepted(ids=[t.id for t in batch], trace_id=trace_id, batch=trace_id)))
     return None
 
 
@@ -127,14 +129,20 @@ def get(h: Hub, envelope: Envelope, req: ctl.Get) -> ctl.Reply:
 
 
 def list_(h: Hub, envelope: Envelope, req: ctl.List) -> ctl.Reply:
-    """The newest tasks, optionally only those in one state."""
+    """The newest tasks, optionally only those in one state, of one batch or of one label's batches."""
     if req.state is not None and req.state not in {s.value for s in TaskState}:
         states = ", ".join(s.value for s in TaskState)
         return ctl.Error(kind="bad_request", message=f"unknown state {req.state!r} (one of {states})")
     if not 1 <= req.limit <= 10_000:
         return ctl.Error(kind="bad_request", message=f"limit must be between 1 and 10000, got {req.limit}")
+    wanted: list[str] | None = None
+    if req.batch is not None or req.label is not None:
+        wanted = [req.batch] if req.batch is not None else []
+        if req.label is not None:
+            labelled = h.store.batch_ids(req.label)
+            wanted = labelled if req.batch is None else [b for b in wanted if b in labelled]
     # the newest first; fewer than asked when their outputs are large
-    return ctl.Tasks(tasks=h.store.list(req.state, req.limit, tasks.reply_budget(h)))
+    return ctl.Tasks(tasks=h.store.list(req.state, req.limit, tasks.reply_budget(h), batches=wanted))
 
 
 def cancel(h: Hub, envelope: Envelope, req: ctl.Cancel) -> ctl.Reply:
@@ -175,9 +183,20 @@ def status_data(h: Hub) -> dict[str, object]:
         "tasks": {"queued": h.sched.queued, "running": len(h.sched.running()),
                   "blocked": h.sched.count(TaskState.BLOCKED), "orphan_trees": len(h.orphans)},
         "breaker": breaker_data(h),
+        "gate": ratelimit.data(h),
+        "keys": keys_data(h),
+        "batches": {"open": len(h.batches)},
         "journal": {"pending_writes": h.store.pending, "write_errors": h.store.write_errors,
                     "problem": h.store_problem},
     }
+
+
+def keys_data(h: Hub) -> dict[str, object]:
+    """Each key held or waited for: its limit, its holders and how many tasks wait for it."""
+    waiting = h.sched.key_waiters()
+    keys = h.sched.keys
+    return {key: {"limit": keys.limit(key), "held_by": sorted(keys.held.get(key, ())), "waiting": waiting.get(key, 0)}
+            for key in sorted(set(keys.held) | set(waiting))}
 
 
 def breaker_data(h: Hub) -> dict[str, object]:
@@ -204,12 +223,13 @@ def health_data(h: Hub) -> dict[str, object]:
     ready = counts["idle"] + counts["busy"]
     fatal = counts["fatal"]
     ok = (h.life.phase.value == "running" and ready > 0 and fatal == 0 and h.breaker.state.value == "closed"
-          and h.store_problem is None)
+          and h.store_problem is None and h.gate.allows(h.clock.now()))
     return {
         "status": "ok" if ok else ("failing" if (ready == 0 and h.pool.size > 0) or h.store_problem else "degraded"),
         "phase": h.life.phase.value,
         "children": {"ready": ready, "total": h.pool.size, "fatal": fatal},
         "breaker": breaker_data(h),
+        "gate": ratelimit.data(h),
         "queue": {"queued": h.sched.queued, "running": len(h.sched.running()), "max": h.sched.max_queued},
         "journal": h.store_problem or "ok",
         "success_rate": h.metrics.success_rate(),
@@ -257,6 +277,8 @@ def reload(h: Hub, envelope: Envelope | None = None, req: ctl.Reload | None = No
     h.pool.policy = policy_of(new)
     h.sched.max_queued, h.sched.max_queued_bytes = new.daemon.max_queued, new.daemon.max_queued_bytes
     h.breaker.threshold, h.breaker.open_s = new.breaker.threshold, new.breaker.open_s
+    h.gate.max_s = new.gate.max_s
+    h.sched.keys.limits = new.keys  # a raised limit lets waiters in as holders end
     h.claude = claude_cli.resolve(new.claude.command, h.environ.get("PATH"))
     h.child_env = taskenv.child_environ(h.environ, frozenset(new.security.pass_env))  # children spawned from now
     apply_size(h, new.daemon.children)  # the file wins over --children and earlier `scale`s
@@ -302,4 +324,7 @@ _HANDLERS: dict[type, Callable[..., ctl.Reply | None]] = {
     ctl.Status: status, ctl.Stats: stats, ctl.Health: health, ctl.Scale: scale,
     ctl.Reload: reload, ctl.Shutdown: shutdown, ctl.Prune: prune, ctl.RestartSlot: restart_slot,
     ctl.Retry: retry, ctl.Logs: agents.logs,
+    ctl.FlowRun: flows.run, ctl.FlowStatus: flows.status_, ctl.FlowList: flows.list_, ctl.FlowCancel: flows.cancel,
+    ctl.FlowWait: flows.wait,
+    ctl.Batch: batches.batch,
 }

@@ -25,19 +25,19 @@ from typing import Any
 import zmq.asyncio
 
 from supervisord.config import Config
-from supervisord.core import fate as core
 from supervisord.core import taskenv
 from supervisord.core.traceids import Ids
 from supervisord.events import (
     ChildExited,
     ChildSaid,
     Event,
+    HookFinished,
     RequestReceived,
     SignalReceived,
     TimerFired,
     TreesChecked,
 )
-from supervisord.hub import agents, childcare, commands, lifecycle, tasks
+from supervisord.hub import agents, batches, childcare, commands, flows, lifecycle, ratelimit, tasks
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
 from supervisord.spokes import claude_cli, curve
@@ -85,8 +85,9 @@ def handle(h: Hub, event: Event) -> None:
             case TreesChecked(checked, alive):
                 for tree in h.orphans.checked(checked, alive, h.clock.now()):
                     log("tree_dead", task=tree.task_id, epoch=tree.epoch)
-                    if (task := h.sched.tasks.get(tree.task_id)) is not None:
-                        tasks.decide(h, task, core.TreeDead())
+                    tasks.tree_dead(h, tree.task_id)
+            case HookFinished(name, returncode, problem):
+                batches.hook_finished(h, name, returncode, problem)
             case TimerFired():
                 pass
     except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
@@ -107,6 +108,7 @@ def turn(h: Hub, t: Turn) -> None:
     now = h.clock.now()
     _notice_stall(h, t, now)
     _timers(h, t, now)
+    flows.turn(h)
     tasks.pump(h)
     for task_id, epoch in h.store.commit():  # a write for an attempt no longer current
         log("store_fenced", logging.WARNING, task=task_id, epoch=epoch)
@@ -138,6 +140,7 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
     for due in h.pool.due(now):
         childcare.apply(h, due)
     childcare.mourn_due(h, now)
+    ratelimit.tick(h, now)
     if trees := h.orphans.due(now):
         h.spokes.procs.check_trees([tree.attempt for tree in trees])
     for waiter in h.waiters.due(now):
@@ -167,11 +170,14 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
 
 def _next_wake(h: Hub, t: Turn, now: float) -> float:
     candidates = [h.pool.next_deadline(), h.sched.next_due(), t.next_heartbeat, h.orphans.next_deadline(),
-                  h.waiters.next_deadline(), *(p.deadline for p in h.pending_loss.values())]
+                  h.waiters.next_deadline(), h.flows.waiters.next_deadline(),
+                  *(p.deadline for p in h.pending_loss.values())]
     if h.prune_before is not None:
         candidates.append(now + 0.01)
     if h.sched.queued and (b := h.breaker.next_change()) is not None:
         candidates.append(b)
+    if (g := h.gate.next_change()) is not None:
+        candidates.append(g)
     if h.spokes.notifier.watchdog_interval_s:
         candidates.append(t.next_watchdog)
     if h.life.drain_deadline is not None:
@@ -208,6 +214,7 @@ class Daemon:
         janitor = Janitor()
         spokes = Spokes(children=transport, control=control, events=bus, procs=procs, notifier=notifier,
                         tracer=tracer, wake_at=timer.wake_at, git=janitor)
+        web = None
         self.hub = h = Hub(
             config=self.config, paths=self.paths, clock=clock, ids=Ids(random.getrandbits), store=store,
             spokes=spokes, claude=claude_cli.resolve(self.config.claude.command, self.environ.get("PATH")),
@@ -218,6 +225,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.inbox.put_nowait, SignalReceived(signum))
         tasks.recover(h)
+        flows.recover(h)
         store.commit()
         transport.start()
         bus.start()
@@ -229,6 +237,13 @@ class Daemon:
             self.latest = prom_snapshot(h)
             t.on_turn = lambda: setattr(self, "latest", prom_snapshot(h))
             prom = prom_mod.start(self.config.metrics, lambda: self.latest)
+        if self.config.web.port > 0:
+            from supervisord.hub import web as web_mod  # aiohttp is loaded only when asked for
+
+            web = await web_mod.start(self.config.web, ctx, self.paths.events, self.inbox, self.paths.state_dir,
+                                      clock.wall)
+            if web is not None:
+                spokes.control = web_mod.Replies(control, web)  # the dashboard's answers go back to it
         log("daemon_started", pid=os.getpid(), state_dir=self.paths.state_dir, children=self.config.daemon.children,
             claude=" ".join(h.claude.argv), claude_source=h.claude.source)
         h.pool.resize(self.config.daemon.children, clock.now())
@@ -246,6 +261,8 @@ class Daemon:
             clean = True
         finally:
             timer.cancel()
+            if web is not None:
+                await web.close()
             procs.close(abnormal=not clean)
             transport.close()
             control.close()
@@ -274,6 +291,7 @@ def prom_snapshot(h: Hub) -> dict[str, Any]:
         "duration_counts": list(m.duration.counts), "duration_sum_s": m.duration.sum_s,
         "queued": h.sched.queued, "running": len(h.sched.running()),
         "ready": counts["idle"] + counts["busy"], "pool_size": h.pool.size, "breaker": h.breaker.state.value,
+        "gate": h.gate.state.value,
     }
 
 

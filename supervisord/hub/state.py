@@ -17,12 +17,15 @@ from typing import Any, Protocol
 from proto import children as cp
 from proto import control as ctl
 from supervisord.config import Config
+from supervisord.core.batches import Batch
 from supervisord.core.breaker import Breaker
+from supervisord.core.gate import Gate
 from supervisord.core.metrics import Metrics
 from supervisord.core.phase import Life
 from supervisord.core.pool import Pool, policy_of
 from supervisord.core.scheduler import Scheduler
 from supervisord.core.traceids import Ids
+from supervisord.hub.flowbook import FlowBook
 from supervisord.hub.orphans import Orphans
 from supervisord.hub.waiters import Waiters
 from supervisord.spokes.claude_cli import ClaudeCommand
@@ -101,6 +104,11 @@ class Processes(Protocol):
         """At start: which of these tasks still have processes (one scan)."""
         ...
 
+    def run_hook(self, name: str, argv: list[str], data: bytes, timeout_s: float) -> None:
+        """Run a hook command (no shell, its own session) with `data` on its stdin, off the
+        loop; it is killed after `timeout_s`. Its end comes back as `HookFinished`."""
+        ...
+
 
 class Notify(Protocol):
     watchdog_interval_s: float | None
@@ -174,9 +182,13 @@ class Hub:
     pool: Pool = field(init=False)
     sched: Scheduler = field(init=False)
     breaker: Breaker = field(init=False)
+    gate: Gate = field(init=False)
+    #: batches not yet done, by id (their trace id)
+    batches: dict[str, Batch] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     waiters: Waiters = field(default_factory=Waiters)
     orphans: Orphans = field(default_factory=Orphans)
+    flows: FlowBook = field(default_factory=FlowBook)
     #: lost attempts waiting for a Result that may still be in flight, by task id
     pending_loss: dict[str, Pending] = field(default_factory=dict)
     #: (pgid, pid) of each running attempt's process, by task id, from `Started`
@@ -198,4 +210,6 @@ class Hub:
         d = self.config.daemon
         self.sched = Scheduler(max_queued=d.max_queued, max_queued_bytes=d.max_queued_bytes)
         self.breaker = Breaker(self.config.breaker.threshold, self.config.breaker.open_s)
+        self.gate = Gate(max_s=self.config.gate.max_s)
+        self.sched.keys.limits = self.config.keys
         self.started_at = self.clock.now()

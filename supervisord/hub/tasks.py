@@ -21,7 +21,7 @@ from supervisord.core.breaker import BreakerState
 from supervisord.core.fate import Fate, Verdict
 from supervisord.core.pool import Slot
 from supervisord.core.task import Task, view
-from supervisord.hub import agents
+from supervisord.hub import agents, batches, ratelimit
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
@@ -59,14 +59,36 @@ def settle(h: Hub, task: Task, fate: Fate, event: core.Event | None = None) -> N
     if fate.left is TaskState.RUNNING:
         _attempt_over(h, task, event)
     h.store.record(task)
+    if fate.hold_key:
+        h.sched.hold_key(task)
+        log("key_held", task=task.id, key=task.spec.key, reason=fate.reason)
+    if fate.release_key:
+        release_key(h, task.id)
     if fate.retry:
         h.metrics.retries += 1
         h.spokes.events.publish(f"task/{task.id}/retry", task=task.id, attempts=task.attempts,
                                 error=task.error.kind if task.error else None)
     if fate.verdict is Verdict.QUEUED:
         h.sched.enqueue(task, now)
+        if batches.over_budget(h, task):  # a retry of a batch that has spent its cap
+            decide(h, task, core.BudgetSpent(f"batch {task.trace_id} has spent its --max-cost-usd: not retried"))
     elif fate.verdict is Verdict.FINAL:
         _final(h, task)
+
+
+def release_key(h: Hub, task_id: str) -> None:
+    """The attempt's tree is dead: its exclusive key (if any) is free (at most once)."""
+    if (key := h.sched.release_key(task_id)) is not None:
+        log("key_released", task=task_id, key=key, holders=len(h.sched.keys.held.get(key, ())))
+
+
+def tree_dead(h: Hub, task_id: str) -> None:
+    """Every process of a lost attempt of `task_id` is gone."""
+    task = h.sched.tasks.get(task_id)
+    if task is not None:
+        decide(h, task, core.TreeDead())
+    else:  # the task became final while its tree was still being killed: only its key was held
+        release_key(h, task_id)
 
 
 def _attempt_over(h: Hub, task: Task, event: core.Event | None) -> None:
@@ -78,6 +100,7 @@ def _attempt_over(h: Hub, task: Task, event: core.Event | None) -> None:
         changed = h.breaker.record(None if task.state is TaskState.SUCCEEDED else kind, h.clock.now())
         if changed:
             breaker_changed(h, changed)
+        ratelimit.attempt_ended(h, task)
     h.spokes.tracer.attempt_finished(task, task.state.value, task.outcome or Outcome(), h.clock.wall_ns(), pid)
 
 
@@ -95,9 +118,14 @@ def _final(h: Hub, task: Task) -> None:
         exit_code=o.exit_code if o else None, attempts=task.attempts, child=task.child, trace=task.trace_id)
     h.spokes.tracer.task_final(task, h.clock.wall_ns())
     h.spokes.events.publish(f"task/{task.id}/finished", task=task.id, state=task.state.value,
-                            error=error.kind if error else None, attempts=task.attempts)
+                            error=error.kind if error else None, attempts=task.attempts, kind=task.spec.kind,
+                            duration_s=duration, tokens=(usage.input_tokens + usage.output_tokens) if usage else None,
+                            cost_usd=o.cost_usd if o else None)
     for waiter in h.waiters.task_final(task.id):
         answer(h, waiter)
+    if task.workflow is not None:  # its workflow hears of it at the turn (hub/flows.py)
+        h.flows.ended.append(task)
+    batches.task_final(h, task)
 
 
 def breaker_changed(h: Hub, state: BreakerState, **fields: object) -> None:
@@ -168,7 +196,7 @@ def pump(h: Hub) -> None:
         return
     now = h.clock.now()
     for slot in h.pool.idle():
-        task = h.sched.take(now, h.breaker.allows(now))
+        task = h.sched.take(now, h.breaker.allows(now) and h.gate.allows(now))
         if task is None:
             return
         dispatch(h, slot, task, now)
@@ -193,7 +221,8 @@ def dispatch(h: Hub, slot: Slot, task: Task, now: float) -> None:
     backstop = timeout_s + t.result_grace_s + 2 * t.kill_grace_s + d.heartbeat_s * (d.liveness + 1)
     h.pool.assign(slot, task.id, now + backstop, now)
     span = traceids.SpanRef(task.trace_id or "", task.span_id)
-    env = taskenv.task_env(span, task.tracestate, spec.kind, h.config.claude.env, h.config.claude.max_retries)
+    env = taskenv.task_env(span, task.tracestate, spec.kind, h.config.claude.env, h.config.claude.max_retries,
+                           read_retry_after=h.config.gate.retry_after == "log")
     if spec.kind == "claude":
         env.update(h.spokes.tracer.claude_env())
     worktree, transcript_room = agents.dispatch_extras(h, task, env)
@@ -234,6 +263,7 @@ def recover(h: Hub) -> None:
         if fate.verdict is Verdict.QUEUED and old is TaskState.QUEUED:
             continue  # already queued by `add`
         settle(h, task, fate)
+    batches.recover(h)
     if tasks:
         log("journal_recovered", tasks=len(tasks))
     agents.sweep(h)

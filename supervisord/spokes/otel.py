@@ -191,6 +191,28 @@ class OTelTracer(Tracer):
         del self.open_tasks[master_id]
         self.masters.pop(master_id).end(end_time=end_ns)
 
+    def flow_span_started(self, name: str, trace_id: str, span_id: str, parent_span_id: str | None,
+                          start_ns: int, attributes: dict[str, object]) -> None:
+        if span_id in self.masters:
+            return
+        parent_span = self.masters.get(parent_span_id or "")
+        if parent_span is not None:
+            parent: Context | None = trace.set_span_in_context(parent_span)
+        else:
+            parent = _remote(trace_id, parent_span_id, None) if parent_span_id else None
+        self.masters[span_id] = self._start(name, trace_id, span_id, parent, start_ns, attributes=attributes)
+
+    def flow_span_ended(self, span_id: str, state: str, end_ns: int, error: str | None = None) -> None:
+        span = self.masters.pop(span_id, None)
+        if span is None:
+            return
+        span.set_attribute("supd.state", state)
+        if error is None:
+            span.set_status(Status(StatusCode.OK))
+        else:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=end_ns)
+
     def child_event(self, name: str, identity: str, pid: int | None, **attributes: object) -> None:
         attrs = {"supd.child": identity, **{f"supd.child.{k}": v for k, v in attributes.items() if v is not None}}
         if pid is not None:

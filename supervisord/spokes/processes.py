@@ -11,6 +11,7 @@ tree comes back as `TreesChecked`. Syscalls themselves are `procs`'s and `cgroup
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import signal
 import time
@@ -19,12 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
-from supervisord.events import ChildExited, Event, TreesChecked
+from supervisord.events import ChildExited, Event, HookFinished, TreesChecked
 from supervisord.logs import log
 from supervisord.spokes import cgroups, procs
 
 #: After a SIGKILL, how long the look at a tree waits for its processes to be gone.
 KILL_WAIT_S = 0.5
+#: Hooks running at once; one more is not started (and says so in the log).
+MAX_HOOKS = 16
+
 #: On an abnormal exit: how long children get to kill their task trees after SIGTERM
 #: (a child's SIGTERM path kills its task with a grace capped at 1 s).
 CLOSE_WAIT_S = 1.5
@@ -38,6 +42,8 @@ class ProcessSpoke:
         self.loop = asyncio.get_running_loop()
         self.c = cgroups.Containment(state_dir, kill_grace_s)  # also makes the daemon a subreaper
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supd-procs")
+        #: running hooks: pid -> (name, process, its timeout's timer)
+        self._hooks: dict[int, tuple[str, procs.Spawned, asyncio.TimerHandle]] = {}
         log("containment", mode=self.c.mode, detail=self.c.why, leftover_groups=self.c.kill_all() or None)
 
     @property
@@ -81,6 +87,45 @@ class ProcessSpoke:
         self.c.adopted.reaped(pid)
         self._sweep_adopted()  # its own children come to us now
         self.c.remove_empty()
+
+    # ---- hooks ------------------------------------------------------------------------
+
+    def run_hook(self, name: str, argv: list[str], data: bytes, timeout_s: float) -> None:
+        if len(self._hooks) >= MAX_HOOKS:
+            self.inbox.put_nowait(HookFinished(name, None, f"{MAX_HOOKS} hooks already running: not started"))
+            return
+        try:
+            proc = procs.spawn_fed(argv, env=dict(os.environ), data=data)
+        except OSError as e:
+            self.inbox.put_nowait(HookFinished(name, None, f"cannot start {argv[0]}: {e.strerror or e}"))
+            return
+        assert proc.pidfd is not None
+        timer = self.loop.call_later(timeout_s, self._hook_overdue, proc.pid, timeout_s)
+        self._hooks[proc.pid] = (name, proc, timer)
+        self.loop.add_reader(proc.pidfd, self._hook_exited, proc.pid, None)
+
+    def _hook_overdue(self, pid: int, timeout_s: float) -> None:
+        held = self._hooks.get(pid)
+        if held is not None:
+            procs.signal_group(pid, signal.SIGKILL)  # its own session, led by our unreaped child
+            self._hook_exited(pid, f"killed after its timeout of {timeout_s:g} s")
+
+    def _hook_exited(self, pid: int, problem: str | None) -> None:
+        held = self._hooks.get(pid)
+        if held is None:
+            return
+        name, proc, timer = held  # (a pidfd polls readable only once its process has exited)
+        if proc.pidfd is not None:
+            self.loop.remove_reader(proc.pidfd)
+        returncode = proc.poll() if problem is None else None
+        if problem is not None:
+            proc.wait(1.0)  # SIGKILLed just now: reap it
+        del self._hooks[pid]
+        timer.cancel()
+        proc.close_pidfd()
+        if problem is None and returncode != 0:
+            problem = f"exited with {returncode}"
+        self.inbox.put_nowait(HookFinished(name, returncode, problem))
 
     # ---- trees of lost attempts --------------------------------------------------------
 
@@ -145,6 +190,14 @@ class ProcessSpoke:
         task tree and exits), wait up to CLOSE_WAIT_S, then SIGKILL what is left, every task
         cgroup and every adopted orphan, and reap them. Blocking: the loop has stopped."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for pid, (_, proc, timer) in list(self._hooks.items()):
+            timer.cancel()
+            if proc.pidfd is not None:
+                self.loop.remove_reader(proc.pidfd)
+            procs.signal_group(pid, signal.SIGKILL)
+            proc.wait(1.0)
+            proc.close_pidfd()
+        self._hooks.clear()
         c = self.c
         if abnormal:
             for proc in c.spawned.values():

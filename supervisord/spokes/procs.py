@@ -52,6 +52,7 @@ __all__ = [
     "signal_pidfd",
     "spawn",
     "spawn_child",
+    "spawn_fed",
     "tagged",
     "terminate_task",
 ]
@@ -172,6 +173,22 @@ def spawn_child(argv: list[str], *, env: dict[str, str]) -> Spawned:
     /dev/null, stdout/stderr the daemon's. The caller keeps the `Spawned` (its pidfd)
     until it has reaped the pid. Raises OSError."""
     return _posix_spawn(argv, env, stdin_data=False, new_session=True, capture=False)
+
+
+def spawn_fed(argv: list[str], *, env: dict[str, str], data: bytes) -> Spawned:
+    """Start a hook command (the daemon's side): posix_spawn in its own session, `data` on
+    its stdin (a sealed memfd: no pipe to keep fed from the loop), stdout /dev/null, stderr
+    the daemon's (its complaints reach the daemon's log). Raises OSError."""
+    program = _program(argv[0], env)
+    fd = os.memfd_create("supd-hook-stdin", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        actions = [(os.POSIX_SPAWN_DUP2, fd, 0), (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
+        pid = os.posix_spawn(program, argv, env, file_actions=actions, setsid=True)
+    finally:
+        os.close(fd)
+    return Spawned(pid, None, None, None)
 
 
 def spawn(

@@ -35,6 +35,14 @@ class Tracer:
     def task_final(self, task: Task, end_ns: int) -> None:
         """A task reached its final state (closes the master span after the batch's last)."""
 
+    def flow_span_started(self, name: str, trace_id: str, span_id: str, parent_span_id: str | None,
+                          start_ns: int, attributes: dict[str, object]) -> None:
+        """A workflow's span, or one of its steps' (under the workflow's): attempts whose
+        `parent_span_id` is this span nest under it."""
+
+    def flow_span_ended(self, span_id: str, state: str, end_ns: int, error: str | None = None) -> None:
+        """Close a span opened by `flow_span_started` (unknown ids are ignored)."""
+
     def child_event(self, name: str, identity: str, pid: int | None, **attributes: object) -> None:
         """A child lifecycle event (spawn, exit, restart, fatal) as a short span."""
 

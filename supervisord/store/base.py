@@ -9,17 +9,24 @@ module. Two kinds of write, with two promises:
   written by the next `commit()` in one transaction (group commit). Each is fenced by the
   task's epoch: a write about an attempt that is no longer the task's is refused and
   reported by `commit()`. A commit that fails keeps its whole group for the next one.
+- Workflows: `accept_workflow` (a new workflow's record and its first tasks, like `accept`)
+  and `save_workflow` (the record after an event, with the tasks it started, noted and
+  written by the next `commit()` in the same transaction as the group: a record and the
+  tasks it names never disagree after a crash).
 
 Imports the stdlib, proto and the core only.
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from typing import Protocol
 
 from proto.task import Line, TaskView
+from supervisord.core.batches import Batch
 from supervisord.core.task import Task
+from supervisord.core.workflow import Workflow
 
 
 class StoreError(Exception):
@@ -35,9 +42,25 @@ class Store(Protocol):
         """Tasks (and cancel requests) written by `claim`/`record`/`request_cancel`, not yet committed."""
         ...
 
-    def accept(self, tasks: Sequence[Task]) -> None:
-        """Store a submitted batch, all or nothing, durable on return. Raises `StoreError`
-        (nothing of the batch stored; pending writes unaffected)."""
+    def accept(self, tasks: Sequence[Task], batch: Batch | None = None) -> None:
+        """Store a submitted batch (its tasks and its `Batch` record), all or nothing, durable
+        on return. Raises `StoreError` (nothing of the batch stored; pending writes unaffected)."""
+        ...
+
+    def record_batch(self, batch: Batch) -> None:
+        """A batch's tally (and `done_at`), written by the next commit with its tasks' states."""
+        ...
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        """One batch: its pending tally if any, else the stored one."""
+        ...
+
+    def open_batches(self) -> list[Batch]:
+        """Batches not yet done (recovery)."""
+        ...
+
+    def batch_ids(self, label: str, limit: int = 10_000) -> list[str]:
+        """The ids of the batches with this label, the newest first."""
         ...
 
     def claim(self, task: Task) -> None:
@@ -94,9 +117,10 @@ class Store(Protocol):
         """One task: its pending state if any, else the stored one."""
         ...
 
-    def list(self, state: str | None, limit: int, budget_bytes: int) -> list[TaskView]:
-        """The newest tasks first (optionally in one state), at most `limit`, stopping before
-        the row that would pass `budget_bytes` (at least one row)."""
+    def list(self, state: str | None, limit: int, budget_bytes: int,
+             batches: Sequence[str] | None = None) -> list[TaskView]:
+        """The newest tasks first (optionally in one state, of these batches), at most `limit`,
+        stopping before the row that would pass `budget_bytes` (at least one row)."""
         ...
 
     def known(self, ids: Sequence[str]) -> set[str]:
@@ -111,6 +135,32 @@ class Store(Protocol):
 
     def check(self) -> str | None:
         """None while the store is the one opened; else what is wrong (file deleted, replaced)."""
+        ...
+
+    def accept_workflow(self, wf: Workflow, tasks: Sequence[Task]) -> None:
+        """A new workflow's record and its first tasks, all or nothing, durable on return.
+        Raises `StoreError` (nothing stored)."""
+        ...
+
+    def save_workflow(self, wf: Workflow, tasks: Sequence[Task] = ()) -> None:
+        """The record as it is now, and the new tasks it started (each tagged with the
+        workflow and its job): written by the next `commit()`, in its transaction."""
+        ...
+
+    def workflow(self, wf_id: str) -> Workflow | None:
+        """One workflow's record (its noted state if any)."""
+        ...
+
+    def workflows(self, state: str | None, limit: int) -> builtins.list[Workflow]:
+        """The newest first, optionally in one public state (running includes stopping)."""
+        ...
+
+    def unfinished_workflows(self) -> builtins.list[Workflow]:
+        """Workflows not final, oldest first (recovery)."""
+        ...
+
+    def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
+        """A workflow's tasks by job key: what a restart looks up before it submits a job."""
         ...
 
     def counts(self) -> dict[str, int]:

@@ -33,6 +33,7 @@ Imports the stdlib, msgspec, proto, `supervisord.core` and `supervisord.logs` on
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -46,7 +47,9 @@ from typing import Any
 import msgspec
 
 from proto.task import Line, Outcome, TaskSpec, TaskState, TaskView
+from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
+from supervisord.core.workflow import Workflow
 from supervisord.logs import log
 from supervisord.store.base import StoreError
 
@@ -98,7 +101,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX tasks_seq ON tasks (seq)",
         "CREATE INDEX tasks_finished ON tasks (finished_at)",
     ),
-    # 2 -> 3: transcripts (chunks of lines, zlib-compressed msgpack, in arrival order) and
+    # 2 -> 3: workflows (the record, saved after every event) and each task's workflow and job.
+    (
+        "ALTER TABLE tasks ADD COLUMN workflow TEXT",
+        "ALTER TABLE tasks ADD COLUMN step TEXT",
+        "CREATE INDEX tasks_workflow ON tasks (workflow, step) WHERE workflow IS NOT NULL",
+        """CREATE TABLE workflows (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            trace_id TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            record BLOB NOT NULL
+        )""",
+        "CREATE INDEX workflows_seq ON workflows (seq)",
+        "CREATE INDEX workflows_state ON workflows (state, seq)",
+    ),
+    # 3 -> 4: batches (every submit; its id is its trace id): label, cost cap and tally;
+    # tasks by batch.
+    (
+        """CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            label TEXT,
+            size INTEGER NOT NULL,
+            submitted_at REAL NOT NULL,
+            max_cost_usd REAL,
+            tally BLOB,
+            done_at REAL
+        )""",
+        "CREATE INDEX batches_label ON batches (label)",
+        "CREATE INDEX batches_open ON batches (done_at)",
+        "CREATE INDEX tasks_trace ON tasks (trace_id, seq)",
+    ),
+    # 4 -> 5: transcripts (chunks of lines, zlib-compressed msgpack, in arrival order) and
     # the git worktree branches of tasks (so that prune can remove them).
     (
         """CREATE TABLE transcripts (
@@ -116,9 +153,19 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, seq, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,"
+    " workflow, step"
 )
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+#: a workflow's record: inserted once (its seq then fixed), replaced after every event
+_SAVE_FLOW = (
+    "INSERT INTO workflows (id, seq, name, state, trace_id, started_at, finished_at, record)"
+    " VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM workflows), ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET state=excluded.state, finished_at=excluded.finished_at, record=excluded.record"
+)
+_FLOW_UNFINISHED_SQL = "('running', 'stopping')"
+#: a noted task whose row does not exist yet (a workflow's task): its first write is an INSERT
+_INSERT_FENCE = -1
 # A cancel request, once journaled, stays (MAX): a later record of the attempt cannot undo it.
 _UPDATE = (
     "UPDATE tasks SET state=?, attempts=?, epoch=?, forgiven=?, cancel_requested=MAX(cancel_requested, ?),"
@@ -131,6 +178,8 @@ _outcome_dec = msgspec.msgpack.Decoder(Outcome)
 _lines_dec = msgspec.msgpack.Decoder(list[Line])
 #: zlib level for transcript chunks (6: ~5x on stream-json, ~1 ms per 64 KiB)
 TRANSCRIPT_ZLIB_LEVEL = 6
+_SAVE_WORKTREE = "INSERT OR REPLACE INTO worktrees (task_id, repo, branch, path) VALUES (?, ?, ?, ?)"
+_flow_dec = msgspec.msgpack.Decoder(Workflow)
 
 #: what to do, by SQLite's primary result code
 _REMEDY = {
@@ -156,6 +205,11 @@ class SqliteStore:
         #: noted writes, latest state per id: (the task itself, the epoch its row must have)
         self._pending: dict[str, tuple[Task, int]] = {}
         self._cancels: dict[str, None] = {}
+        #: noted workflow records (the latest object per id) and the seq of noted new tasks
+        self._flows: dict[str, Workflow] = {}
+        self._insert_seq: dict[str, int] = {}
+        #: noted batch tallies, latest per id
+        self._batches: dict[str, Batch] = {}
         #: transcript chunks not yet committed: (task_id, first line, lines, raw bytes)
         self._chunks: list[tuple[str, int, list[Line], int]] = []
         #: (task_id, repo, branch, path) of worktree tasks pruned since the last `take_pruned_worktrees`
@@ -225,7 +279,14 @@ class SqliteStore:
 
     # ---- the batch: durable before `Accepted` ------------------------------------------
 
-    def accept(self, tasks: Sequence[Task]) -> None:
+    def accept(self, tasks: Sequence[Task], batch: Batch | None = None) -> None:
+        self._accept(tasks, None, batch)
+
+    def accept_workflow(self, wf: Workflow, tasks: Sequence[Task]) -> None:
+        """A new workflow's record and its first tasks, all or nothing, durable on return."""
+        self._accept(tasks, wf, None)
+
+    def _accept(self, tasks: Sequence[Task], wf: Workflow | None, batch: Batch | None) -> None:
         problem = self.check()
         if problem:
             raise StoreError(problem)
@@ -238,9 +299,12 @@ class SqliteStore:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(_INSERT, rows)
-            self.db.executemany("INSERT OR REPLACE INTO worktrees (task_id, repo, branch, path) VALUES (?, ?, ?, ?)",
-                                [(t.id, t.spec.repo, t.spec.worktree_branch or f"supd/{t.id}", None)
-                                 for t in tasks if t.spec.worktree and t.spec.repo])
+            self.db.executemany(_SAVE_WORKTREE, [_worktree_row(t) for t in tasks if t.spec.worktree and t.spec.repo])
+            if wf is not None:
+                self.db.execute(_SAVE_FLOW, _flow_args(wf))
+            if batch is not None:
+                self.db.execute("INSERT OR IGNORE INTO batches (id, label, size, submitted_at, max_cost_usd, tally,"
+                                " done_at) VALUES (?, ?, ?, ?, ?, ?, ?)", _batch_row(batch))
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -257,7 +321,10 @@ class SqliteStore:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._cancels) + len(self._chunks)
+        return len(self._pending) + len(self._cancels) + len(self._flows) + len(self._batches) + len(self._chunks)
+
+    def record_batch(self, batch: Batch) -> None:
+        self._batches[batch.id] = batch
 
     def claim(self, task: Task) -> None:
         self._note(task, task.epoch - 1)
@@ -327,10 +394,19 @@ class SqliteStore:
         taken, self._pruned_worktrees = self._pruned_worktrees, []
         return taken
 
+    def save_workflow(self, wf: Workflow, tasks: Sequence[Task] = ()) -> None:
+        """Note the record and its new tasks: the next commit writes them in the same
+        transaction as every other write of the group (each new task as it is then)."""
+        self._flows[wf.id] = wf
+        for t in tasks:
+            self._seq += 1
+            self._insert_seq[t.id] = self._seq
+            self._pending[t.id] = (t, _INSERT_FENCE)
+
     def commit(self) -> list[tuple[str, int]]:
         if error := self._checkpointer.take_error():
             log("store_checkpoint_failed", logging.WARNING, path=self.path, error=error)
-        if not self._pending and not self._cancels and not self._chunks:
+        if not self._pending and not self._cancels and not self._flows and not self._batches and not self._chunks:
             return []
         refused: list[tuple[str, int]] = []
         try:
@@ -339,11 +415,20 @@ class SqliteStore:
                 raise StoreError(problem)
             self.db.execute("BEGIN IMMEDIATE")
             for tid, (task, fence) in self._pending.items():
-                if self.db.execute(_UPDATE, _update_args(task, fence)).rowcount == 0:
+                if fence == _INSERT_FENCE:
+                    self.db.execute(_INSERT, _row(task, self._insert_seq[tid]))
+                    if task.spec.worktree and task.spec.repo:
+                        self.db.execute(_SAVE_WORKTREE, _worktree_row(task))
+                elif self.db.execute(_UPDATE, _update_args(task, fence)).rowcount == 0:
                     refused.append((tid, task.epoch))
+            for wf in self._flows.values():
+                self.db.execute(_SAVE_FLOW, _flow_args(wf))
             for tid in self._cancels:
                 self.db.execute(f"UPDATE tasks SET cancel_requested=1 WHERE id=? AND state IN {_UNFINISHED_SQL}",
                                 (tid,))
+            for b in self._batches.values():
+                self.db.execute("UPDATE batches SET size=?, tally=?, done_at=? WHERE id=?",
+                                (b.size, _tally(b), b.done_at, b.id))
             self.db.executemany(
                 "INSERT OR REPLACE INTO transcripts (task_id, first, count, raw_bytes, data) VALUES (?, ?, ?, ?, ?)",
                 [(tid, first, len(lines), raw, zlib.compress(_enc.encode(lines), TRANSCRIPT_ZLIB_LEVEL))
@@ -358,6 +443,9 @@ class SqliteStore:
             return []
         self._pending.clear()
         self._cancels.clear()
+        self._flows.clear()
+        self._insert_seq.clear()
+        self._batches.clear()
         self._chunks.clear()
         self._checkpointer.wake.set()
         return refused
@@ -389,14 +477,21 @@ class SqliteStore:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
         return view(_task(row)) if row else None
 
-    def list(self, state: str | None, limit: int, budget_bytes: int) -> list[TaskView]:
+    def list(self, state: str | None, limit: int, budget_bytes: int,
+             batches: Sequence[str] | None = None) -> list[TaskView]:
         # First the rows' sizes (length() reads no blob), to choose; then decode only those chosen.
         sql = "SELECT rowid, id, length(spec) + COALESCE(length(outcome), 0) FROM tasks"
         params: list[object] = []
+        where: list[str] = []
         if state is not None:
             # a pending task is listed by its state in memory, not its (older) stored one
-            sql += " WHERE state=? OR id IN (SELECT value FROM json_each(?))"
+            where.append("(state=? OR id IN (SELECT value FROM json_each(?)))")
             params += [state, json.dumps(list(self._pending))]
+        if batches is not None:
+            where.append("trace_id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(batches)))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC"
         if state is None or not self._pending:
             sql += " LIMIT ?"
@@ -429,6 +524,24 @@ class SqliteStore:
         # (a row gone between the two queries — pruned by an outside process — is left out)
         return [view(c) if isinstance(c, Task) else decoded[c] for c in chosen if isinstance(c, Task) or c in decoded]
 
+    # ---- batches -----------------------------------------------------------------------
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        if batch_id in self._batches:
+            return self._batches[batch_id]
+        row = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).fetchone()
+        return _batch(row) if row else None
+
+    def open_batches(self) -> builtins.list[Batch]:  # (`list` here is the method)
+        rows = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE done_at IS NULL").fetchall()
+        found = [self._batches.get(str(r[0])) or _batch(r) for r in rows]
+        return [b for b in found if b.done_at is None]
+
+    def batch_ids(self, label: str, limit: int = 10_000) -> builtins.list[str]:
+        rows = self.db.execute("SELECT id FROM batches WHERE label=? ORDER BY submitted_at DESC LIMIT ?",
+                               (label, limit))
+        return [str(r[0]) for r in rows.fetchall()]
+
     def known(self, ids: Sequence[str]) -> set[str]:
         found = {tid for tid in ids if tid in self._pending}
         rest = [tid for tid in ids if tid not in found]
@@ -436,6 +549,38 @@ class SqliteStore:
             cur = self.db.execute("SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
                                   (json.dumps(rest),))
             found.update(str(r[0]) for r in cur.fetchall())
+        return found
+
+    # ---- workflows ------------------------------------------------------------------------
+
+    def workflow(self, wf_id: str) -> Workflow | None:
+        held = self._flows.get(wf_id)
+        if held is not None:
+            return held
+        row = self.db.execute("SELECT record FROM workflows WHERE id=?", (wf_id,)).fetchone()
+        return _flow_dec.decode(row[0]) if row else None
+
+    def workflows(self, state: str | None, limit: int) -> builtins.list[Workflow]:
+        """The newest first; `state` as `flow status` shows it (running includes stopping)."""
+        if state is None:
+            rows = self.db.execute("SELECT id, record FROM workflows ORDER BY seq DESC LIMIT ?", (limit,))
+        else:
+            states = ["running", "stopping"] if state == "running" else [state]
+            rows = self.db.execute("SELECT id, record FROM workflows WHERE state IN (SELECT value FROM json_each(?))"
+                                   " ORDER BY seq DESC LIMIT ?", (json.dumps(states), limit))
+        return [self._flows.get(str(wid)) or _flow_dec.decode(record) for wid, record in rows.fetchall()]
+
+    def unfinished_workflows(self) -> builtins.list[Workflow]:
+        rows = self.db.execute(f"SELECT record FROM workflows WHERE state IN {_FLOW_UNFINISHED_SQL} ORDER BY seq")
+        return [_flow_dec.decode(r[0]) for r in rows.fetchall()]
+
+    def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
+        """The tasks of a workflow by job key (noted states over stored ones)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE workflow=?", (wf_id,))
+        found = {t.step or "": t for t in map(_task, rows.fetchall())}
+        for task, _fence in self._pending.values():
+            if task.workflow == wf_id:
+                found[task.step or ""] = task
         return found
 
     def counts(self) -> dict[str, int]:
@@ -451,6 +596,9 @@ class SqliteStore:
             ids = [str(r[0]) for r in self.db.execute(
                 f"DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE finished_at < ?"
                 f" AND state NOT IN {_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
+                # a workflow that is not over still needs its finished tasks (a restart looks them up)
+                f" AND (workflow IS NULL OR workflow NOT IN (SELECT id FROM workflows WHERE state IN"
+                f" {_FLOW_UNFINISHED_SQL}))"
                 " ORDER BY finished_at LIMIT ?) RETURNING id",  # a noted write keeps its row
                 (finished_before, json.dumps(list(self._pending)), limit)).fetchall()]
             gone = json.dumps(ids)
@@ -458,6 +606,13 @@ class SqliteStore:
             worktrees = [(str(t), str(r), str(b), p) for t, r, b, p in self.db.execute(
                 "DELETE FROM worktrees WHERE task_id IN (SELECT value FROM json_each(?))"
                 " RETURNING task_id, repo, branch, path", (gone,)).fetchall()]
+            self.db.execute(
+                f"DELETE FROM workflows WHERE rowid IN (SELECT rowid FROM workflows WHERE finished_at < ?"
+                f" AND state NOT IN {_FLOW_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
+                " ORDER BY finished_at LIMIT ?)", (finished_before, json.dumps(list(self._flows)), limit))
+            # a done batch goes with its last task
+            self.db.execute("DELETE FROM batches WHERE done_at < ? AND NOT EXISTS (SELECT 1 FROM tasks WHERE"
+                            " tasks.trace_id = batches.id)", (finished_before,))
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -542,13 +697,45 @@ class _Checkpointer(threading.Thread):
         self.join()
 
 
+_BATCH_COLUMNS = "id, label, size, submitted_at, max_cost_usd, tally, done_at"
+#: the tally's fields (the rest are columns)
+_TALLY = ("succeeded", "failed", "cancelled", "cost_usd", "input_tokens", "output_tokens", "first_started_at",
+          "last_finished_at", "budget_spent")
+
+
+def _tally(b: Batch) -> bytes:
+    return _enc.encode({name: getattr(b, name) for name in _TALLY})
+
+
+def _batch_row(b: Batch) -> tuple[object, ...]:
+    return (b.id, b.label, b.size, b.submitted_at, b.max_cost_usd, _tally(b), b.done_at)
+
+
+def _batch(r: Sequence[Any]) -> Batch:
+    bid, label, size, submitted_at, max_cost_usd, tally, done_at = r
+    b = Batch(id=str(bid), size=int(size), submitted_at=float(submitted_at), label=label,
+              max_cost_usd=max_cost_usd, done_at=done_at)
+    for name, value in (msgspec.msgpack.decode(tally) if tally else {}).items():
+        if name in _TALLY:
+            setattr(b, name, value)
+    return b
+
+
 def _row(t: Task, seq: int) -> tuple[object, ...]:
     return (
         t.id, seq, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
         _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
         t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
-        t.epoch, t.forgiven, int(t.cancel_requested),
+        t.epoch, t.forgiven, int(t.cancel_requested), t.workflow, t.step,
     )
+
+
+def _flow_args(wf: Workflow) -> tuple[object, ...]:
+    return (wf.id, wf.spec.name, wf.state.value, wf.trace_id, wf.started_at, wf.finished_at, _enc.encode(wf))
+
+
+def _worktree_row(t: Task) -> tuple[object, ...]:
+    return (t.id, t.spec.repo, t.spec.worktree_branch or f"supd/{t.id}", None)
 
 
 def _update_args(t: Task, fence: int) -> tuple[object, ...]:
@@ -567,11 +754,13 @@ def _approx_bytes(t: Task) -> int:
 
 def _task(r: Sequence[Any]) -> Task:
     (tid, seq, _kind, state, _prio, attempts, retries, spec, outcome, child, trace_id, span_id,
-     parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested) = r
+     parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,
+     workflow, step) = r
     return Task(
         id=str(tid), spec=_spec_dec.decode(spec), submitted_at=float(submitted_at), seq=int(seq),
         state=TaskState(state), attempts=int(attempts), retries=int(retries), epoch=int(epoch),
         forgiven=int(forgiven), outcome=_outcome_dec.decode(outcome) if outcome else None, child=child,
         trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, tracestate=tracestate,
         started_at=started_at, finished_at=finished_at, cancel_requested=bool(cancel_requested),
+        workflow=workflow, step=step,
     )

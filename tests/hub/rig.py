@@ -103,6 +103,11 @@ class FakeProcs:
     def leftovers(self, task_ids: list[str]) -> set[str]:
         return {t for t in task_ids if t in self.alive_at_start}
 
+    hooks: list[tuple[str, list[str], bytes, float]] = field(default_factory=list)
+
+    def run_hook(self, name: str, argv: list[str], data: bytes, timeout_s: float) -> None:
+        self.hooks.append((name, argv, data, timeout_s))
+
 
 @dataclass
 class FakeNotifier:
@@ -162,6 +167,7 @@ class Rig:
     def boot(self) -> Rig:
         """Recover, size the pool, and let every spawned child say Hello."""
         daemon.tasks.recover(self.hub)
+        daemon.flows.recover(self.hub)
         self.hub.pool.resize(self.hub.config.daemon.children, self.t)
         self.step()
         for identity in list(self.procs.spawned):

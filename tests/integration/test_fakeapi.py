@@ -140,7 +140,7 @@ def test_stats_and_reset(api: fakeapi.FakeAPI) -> None:
 
     status, _ = _request(api, "POST", "/_reset")
     assert status == 200
-    assert api.stats() == {"requests": 0, "by_prompt": {}, "behaviours": {}, "other": {}}
+    assert api.stats() == {"requests": 0, "by_prompt": {}, "behaviours": {}, "other": {}, "log": []}
 
 
 @pytest.mark.parametrize(
@@ -388,3 +388,24 @@ def test_cli_stall_is_silent(api: fakeapi.FakeAPI, tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     with pytest.raises(ProcessLookupError):
         os.kill(proc.pid, 0)
+
+
+def test_a_429_can_say_when_to_come_back_and_fail_only_once(api: fakeapi.FakeAPI) -> None:
+    text = "limited [[status:429]] [[retry_after:3]] [[once]]"
+    conn = http.client.HTTPConnection(api.host, api.port, timeout=10)
+    try:
+        conn.request("POST", "/v1/messages", body=json.dumps(_messages_body(text)).encode(),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 429
+        assert resp.getheader("retry-after") == "3"
+        assert resp.getheader("anthropic-ratelimit-unified-status") == "rejected"
+        reset = int(resp.getheader("anthropic-ratelimit-unified-reset") or 0)
+        assert time.time() + 2 < reset <= time.time() + 4.5
+    finally:
+        conn.close()
+    status, _ = _request(api, "POST", "/v1/messages", _messages_body(text))
+    assert status == 200  # [[once]]: the same prompt again is answered
+    log = api.stats()["log"]
+    assert [e["prompt"] for e in log[-2:]] == [text, text] and log[-2]["at"] <= log[-1]["at"]

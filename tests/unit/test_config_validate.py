@@ -31,7 +31,8 @@ def test_no_file_means_the_defaults() -> None:
 
 
 def _sections() -> list[tuple[str, type[msgspec.Struct]]]:
-    return [(f.name, f.type) for f in msgspec.structs.fields(Config)]  # type: ignore[misc]
+    # `[keys]` is a table of names the operator chooses, not a struct: tests of its own below
+    return [(f.name, f.type) for f in msgspec.structs.fields(Config) if f.name != "keys"]  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(("section", "struct"), _sections(), ids=[s for s, _ in _sections()])
@@ -309,3 +310,21 @@ def test_default_limits_accept_a_large_but_sane_task() -> None:
     limits = Config().limits
     assert task_problem(claude(prompt="x" * (1 << 20)), limits) is None
     assert task_problem(claude(prompt="x" * ((1 << 20) + 1)), limits) is not None
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[keys]\ndeploy = 0\n", "x.toml: keys.deploy = 0: must be between 1 and 10000"),
+    ("[keys]\ndeploy = 10001\n", "x.toml: keys.deploy = 10001: must be between 1 and 10000"),
+    ('[keys]\n"a b" = 1\n', "x.toml: keys.a b: a key name is 1-128 letters, digits or _.:/@+-"),
+    ('[keys]\ndeploy = "one"\n', "x.toml: keys[...]: Expected `int`, got `str`"),
+    ('[hooks]\non_batch_done = [""]\n', "x.toml: hooks.on_batch_done: the command (its first item) is empty"),
+    ('[gate]\nretry_after = "headers"\n', "x.toml: gate.retry_after = 'headers': must be one of log, off"),
+])
+def test_keys_hooks_and_gate_refuse_bad_values_naming_them(toml: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        decode(toml, "x.toml")
+    assert str(e.value) == message
+
+
+def test_keys_take_a_limit_per_name() -> None:
+    assert decode("[keys]\ndeploy = 1\ngpu = 2\n").keys == {"deploy": 1, "gpu": 2}

@@ -46,6 +46,14 @@ def test_a_line_longer_than_the_room_left_is_dropped_without_growing_memory() ->
     assert texts(t.take(2.0, final=True))[-1][0] == "supd"
 
 
+def test_a_claude_transcript_keeps_only_json_lines_from_stdout() -> None:
+    t = Transcriber(cap=1000, attempt=1, json_stdout=True)
+    t.feed("stdout", b'{"type":"system"}\n[log_1] sending request {\n  method: "POST",\n}\n{"type":"result"}\n', 1.0)
+    t.feed("stderr", b"a warning\n", 1.0)
+    assert texts(t.take(2.0, final=True)) == [("stdout", '{"type":"system"}'), ("stdout", '{"type":"result"}'),
+                                              ("stderr", "a warning")]
+
+
 def test_a_zero_cap_keeps_nothing() -> None:
     t = Transcriber(cap=0, attempt=1)
     t.feed("stdout", b"a\nb\n", 1.0)
