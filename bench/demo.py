@@ -104,7 +104,7 @@ def worktree_phase(c: Client, state_dir: str, n: int) -> bool:
               f"  ({(w.base or '?')[:8]}..{(w.head or '?')[:8]})")
         ok = ok and t.state == "succeeded" and w.files_changed == 2
     clean = _git(repo, "status", "--porcelain") == ""
-    left = os.listdir(os.path.join(state_dir, "worktrees"))
+    left = [e for e in os.scandir(os.path.join(state_dir, "worktrees")) if e.is_dir()]
     print(f"  main checkout clean: {clean}; worktree directories left: {len(left)}; "
           f"branches: {len(_git(repo, 'branch', '--list', 'supd/*').split())}")
     return ok and clean and not left

@@ -94,6 +94,8 @@ class Transcriber:
         self.pending_bytes = 0
         self.dropped_lines = self.dropped_bytes = 0
         self.partial: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        #: streams inside a line that was dropped: the rest of it, up to its newline, goes too
+        self.skipping: set[str] = set()
 
     def feed(self, stream: str, chunk: bytes, at: float) -> None:
         if self.cap <= 0:
@@ -101,15 +103,21 @@ class Transcriber:
         buf = self.partial[stream]
         start = 0
         while (nl := chunk.find(b"\n", start)) >= 0:
-            buf += chunk[start:nl]
+            if stream in self.skipping:
+                self.skipping.discard(stream)
+                self.dropped_bytes += nl - start
+            else:
+                buf += chunk[start:nl]
+                self._add(stream, bytes(buf), at)
+                buf.clear()
             start = nl + 1
-            self._add(stream, bytes(buf), at)
-            buf.clear()
         rest = chunk[start:]
-        if len(buf) + len(rest) > self.cap - self.used:  # a line longer than the room left: dropped
+        if stream in self.skipping:
+            self.dropped_bytes += len(rest)
+        elif len(buf) + len(rest) > self.cap - self.used:  # a line longer than the room left: dropped
             self.dropped_bytes += len(buf) + len(rest)
-            if buf:
-                self.dropped_lines += 1
+            self.dropped_lines += 1
+            self.skipping.add(stream)
             buf.clear()
         else:
             buf += rest
@@ -131,6 +139,7 @@ class Transcriber:
 
     def take(self, at: float, final: bool = False) -> list[Line]:
         if final:
+            self.skipping.clear()
             for stream, buf in self.partial.items():
                 if buf:
                     self._add(stream, bytes(buf), at)

@@ -128,6 +128,10 @@ class RestartSlot(msgspec.Struct, tag=True, kw_only=True):
     slot: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
+class Hosts(msgspec.Struct, tag=True, kw_only=True):
+    """The daemons sharing this daemon's journal (a fleet); empty on a single host."""
+
+
 #: workflows one `FlowWait` may ask about; `FlowList` may return
 MAX_FLOW_IDS = 1000
 #: `--set KEY=VALUE` inputs of one workflow, and the size of each value
@@ -184,7 +188,7 @@ class Logs(msgspec.Struct, tag=True, kw_only=True):
 
 
 Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown | Prune
-           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait | Batch | Retry | Logs)
+           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait | Batch | Hosts | Retry | Logs)
 
 
 # ---- replies ---------------------------------------------------------------------

@@ -254,6 +254,8 @@ class TaskView(msgspec.Struct, kw_only=True):
     #: the task this one submits again (`supctl retry`)
     retry_of: str | None = None
     cwd: str | None = None
+    #: the host that runs (or last ran) it, in a fleet; null on a single host
+    host: str | None = None
     #: the workflow this task is a step of, and its job there (`NAME`, `NAME[i]`,
     #: `NAME:compensate`, `NAME:undo:N`); None for a plain task
     workflow: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -112,6 +113,12 @@ class JournalConfig(_Section, frozen=True):
     max_mb: float = 0.0
     synchronous: str = "normal"
     retain_s: float = 604_800.0
+    #: a PostgreSQL database shared by a fleet (or $SUPD_JOURNAL_URL); None: SQLite in the state dir
+    url: str | None = None
+    #: this daemon's name in the fleet; None: `hostname:state_dir`
+    host: str | None = None
+    #: how long a claimed attempt is this host's without a renewal (fleet only)
+    lease_s: float = 30.0
 
 
 class WorktreesConfig(_Section, frozen=True):
@@ -195,6 +202,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "web.port": (0, 65_535),
     "journal.max_mb": (0, 1 << 20),
     "journal.retain_s": (0, 3650 * DAY_S),
+    "journal.lease_s": (1, 3600),
     "hooks.timeout_s": (0.1, 3600),
     "gate.max_s": (1, DAY_S),
 }
@@ -222,6 +230,8 @@ TEXT: dict[str, tuple[int, int]] = {
     "security.server_public_key": (4096, 1),
     "security.control_endpoint": (1024, 1),
     "security.pass_env": (1024, 1024),
+    "journal.url": (4096, 1),
+    "journal.host": (255, 1),
     "web.host": (255, 1),
     "hooks.on_batch_done": (4096, 256),
 }
@@ -231,7 +241,7 @@ TEXT: dict[str, tuple[int, int]] = {
 #: in "." stands for its whole section. `security.pass_env` is applied live.
 RESTART_REQUIRED: tuple[str, ...] = (
     "daemon.runtime_dir", "daemon.log_level", "limits.max_message_bytes", "journal.max_mb",
-    "journal.synchronous", "tracing.", "metrics.", "web.", "security.server_secret_key",
+    "journal.synchronous", "journal.url", "journal.host", "journal.lease_s", "tracing.", "metrics.", "web.", "security.server_secret_key",
     "security.client_public_keys_dir", "security.control_endpoint",
 )
 
@@ -302,10 +312,38 @@ def validate(config: Config) -> Config:
     if config.tasks.retry_max_s < config.tasks.retry_base_s:
         raise ConfigError(f"tasks.retry_max_s = {_num(config.tasks.retry_max_s)}: must be >= tasks.retry_base_s "
                           f"= {_num(config.tasks.retry_base_s)}")
+    if config.journal.url is not None and (problem := journal_url_problem(config.journal.url)):
+        raise ConfigError(problem)
     if config.restart.backoff_max_s < config.restart.backoff_base_s:
         raise ConfigError(f"restart.backoff_max_s = {_num(config.restart.backoff_max_s)}: must be >= "
                           f"restart.backoff_base_s = {_num(config.restart.backoff_base_s)}")
     return config
+
+
+def journal_url_problem(url: str, key: str = "journal.url") -> str | None:
+    """What is wrong with a PostgreSQL URL (`[journal] url` or `SUPD_JOURNAL_URL`), or None;
+    the message never shows the password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError as e:
+        return f"{key}: not a URL ({e})"
+    shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url
+    if parts.scheme not in ("postgresql", "postgres"):
+        return f"{key} = {shown!r}: must start with postgresql:// (a PostgreSQL database shared by the fleet)"
+    return None
+
+
+def with_env(config: Config, environ: dict[str, str] | os._Environ[str]) -> Config:
+    """`SUPD_JOURNAL_URL` (when set and not empty) wins over `[journal] url`."""
+    url = environ.get("SUPD_JOURNAL_URL")
+    if not url:
+        return config
+    if problem := journal_url_problem(url, "SUPD_JOURNAL_URL"):
+        raise ConfigError(problem)
+    if len(url) > TEXT["journal.url"][0]:
+        raise ConfigError(f"SUPD_JOURNAL_URL: {len(url)} characters, at most {TEXT['journal.url'][0]}")
+    return msgspec.structs.replace(config, journal=msgspec.structs.replace(config.journal, url=url))
 
 
 def restart_required(old: Config, new: Config) -> list[str]:

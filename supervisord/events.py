@@ -6,7 +6,9 @@ Imports proto and the stdlib only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from proto import children as cp
 from proto import control as ctl
@@ -56,6 +58,51 @@ class TreesChecked:
     alive: frozenset[tuple[str, int]]
 
 
+# ---- the shared journal of a fleet (its thread posts these; see supervisord.store.journal) ----
+
+
+@dataclass(frozen=True, slots=True)
+class JournalAnswered:
+    """A job the hub gave the journal thread is done: `then(result, error)` runs on the hub.
+    `error` is the `StoreError` text when the job failed (then `result` is None)."""
+
+    then: Callable[[Any, str | None], None]
+    result: Any
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalNotified:
+    """A PostgreSQL notification: `supd_submit` (work to claim), `supd_finished` (a task
+    reached its final state; `payload` is its id), `supd_cancel` (cancel `payload`)."""
+
+    channel: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalChanged:
+    """The journal became reachable (`problem` None) or not (what is wrong, what it does)."""
+
+    problem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LeasesRenewed:
+    """A renewal that began at `started_at` (monotonic) extended these attempts of ours:
+    task id -> (epoch, cancel requested). An attempt the hub runs that is missing was rescued."""
+
+    started_at: float
+    held: dict[str, tuple[int, bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class WritesFenced:
+    """A group commit refused these (task id, epoch) writes: the attempts are no longer ours."""
+
+    refused: list[tuple[str, int]]
+
+
 @dataclass(frozen=True, slots=True)
 class HookFinished:
     """A hook command ended: `returncode` (None if it could not start or was killed at its
@@ -66,4 +113,5 @@ class HookFinished:
     problem: str | None = None
 
 
-Event = ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired | TreesChecked | HookFinished
+Event = (ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired | TreesChecked | HookFinished
+         | JournalAnswered | JournalNotified | JournalChanged | LeasesRenewed | WritesFenced)

@@ -231,3 +231,62 @@ def gate(path: Path) -> list[str]:
 
 def spec(**kw: Any) -> TaskSpec:
     return TaskSpec(**kw)
+
+
+# ---- a real PostgreSQL for the fleet's tests ---------------------------------------------
+
+
+class Postgres:
+    """A PostgreSQL 16 server (the `pgserver` wheel) in a temporary directory, for the whole
+    session; `database()` makes a fresh, empty database for one test."""
+
+    def __init__(self) -> None:
+        import pgserver
+
+        self.dir = short_tmpdir("supd-pg-")
+        self.server = pgserver.get_server(str(self.dir), cleanup_mode="stop")
+        from urllib.parse import parse_qs, urlsplit
+
+        self.socket_dir = parse_qs(urlsplit(self.server.get_uri()).query)["host"][0]
+        self._n = 0
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@/{dbname}?host={self.socket_dir}"
+
+    def database(self) -> str:
+        import psycopg
+
+        self._n += 1
+        name = f"supd_t{os.getpid()}_{self._n}"
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def restart(self) -> None:
+        """Stop the server (fast: open connections are cut) and start it again."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+
+    def stop(self) -> None:
+        from pgserver._commands import pg_ctl
+
+        self.server.cleanup()
+        try:  # after `restart` the postmaster is not the one pgserver started: stop it by its data dir
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+        except Exception:  # noqa: BLE001 (already stopped)
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> str:
+    """A fresh database on the session's server."""
+    return postgres.database()

@@ -72,6 +72,12 @@ class Scheduler:
         if task.state is TaskState.QUEUED:
             self.enqueue(task, now)
 
+    def adopt(self, task: Task) -> None:
+        """A task a shared store picked for this host (a fleet's claim): indexed, never queued
+        here; the caller starts it now."""
+        task.seq = next(self._seq)
+        self.tasks[task.id] = task
+
     def enqueue(self, task: Task, now: float) -> None:
         """`task` is QUEUED (new, a retry at `not_before`, or its lost tree died)."""
         if task.id in self._queued:

@@ -53,6 +53,8 @@ class Task:
     parent_span_id: str | None = None
     tracestate: str | None = None
     cancel_requested: bool = False
+    #: the host that runs (or last ran) it, in a fleet; None on a single host
+    host: str | None = None
     #: the workflow this task belongs to, and its job there (see `flowrecord`)
     workflow: str | None = None
     step: str | None = None
@@ -95,7 +97,7 @@ def view(t: Task) -> TaskView:
         priority=t.spec.priority, stderr=o.stderr, truncated=o.truncated, usage=o.usage,
         cost_usd=o.cost_usd, session_id=o.session_id, num_turns=o.num_turns,
         prompt=t.spec.prompt, argv=t.spec.argv, workflow=t.workflow, step=t.step, key=t.spec.key,
-        batch=t.trace_id, structured_output=o.structured_output,
+        batch=t.trace_id, host=t.host, structured_output=o.structured_output,
         worktree=o.worktree or (WorktreeInfo(repo=t.spec.repo, branch=t.spec.worktree_branch or f"supd/{t.id}")
                                 if t.spec.worktree and t.spec.repo else None),
         resumed_from=t.spec.resume, retry_of=t.spec.retry_of, cwd=t.spec.cwd,

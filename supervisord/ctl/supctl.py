@@ -373,6 +373,10 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
     print(f"claude: {' '.join(claude['command'])} ({claude['source']})")
     tasks, breaker = data["tasks"], data["breaker"]
     print(f"tasks: {tasks['queued']} queued, {tasks['running']} running   breaker: {breaker['state']}")
+    if fleet := data.get("fleet"):
+        totals = fleet["tasks"]
+        print(f"fleet: host {fleet['host']}, {fleet['hosts']} hosts, journal {fleet['journal']}; tasks "
+              + ", ".join(f"{totals.get(s, 0)} {s}" for s in ("queued", "running", "succeeded", "failed")))
     gate = data.get("gate") or {}
     if gate.get("state") == "closed":
         print(f"rate-limit gate: closed until {time.strftime('%H:%M:%S', time.localtime(gate['resets_at']))}"
@@ -384,6 +388,20 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
              f"{ch['rss_bytes'] / 2**20:.0f}MiB" if ch["rss_bytes"] else "-", ch["fatal_reason"] or ""]
             for ch in data["children"]]
     print(table(rows, ["CHILD", "PID", "STATE", "TASK", "DONE", "RSS", "NOTE"]))
+    return EXIT_OK
+
+
+def cmd_hosts(c: Client, a: argparse.Namespace) -> int:
+    data = expect(c.request(ctl.Hosts()), ctl.Info).data
+    if a.json:
+        emit_json(data)
+        return EXIT_OK
+    if data["host"] is None:
+        print("one host (no shared journal): no fleet")
+        return EXIT_OK
+    rows = [[("* " if r["host"] == data["host"] else "  ") + r["host"], str(r["pid"]), r["phase"],
+             f"{r['heartbeat_age_s']:.1f}s", str(r["children"]), str(r["running"])] for r in data["hosts"]]
+    print(table(rows, ["HOST", "PID", "PHASE", "HEARTBEAT", "CHILDREN", "RUNNING"]))
     return EXIT_OK
 
 
@@ -496,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--batch", metavar="ID", help="only this batch's tasks (its id is its trace id)")
     ls.add_argument("--label", help="only the tasks of batches with this label")
     cmd("status", "the daemon, its children and queue", cmd_status)
+    cmd("hosts", "the daemons sharing this daemon's journal (a fleet): heartbeat age, children, running", cmd_hosts)
     cmd("health", "ok / degraded / failing (exit 0 only when ok)", cmd_info(ctl.Health(), "health"))
     cmd("stats", "counters, latency percentiles, tokens and cost", cmd_info(ctl.Stats(), "stats"))
     cn = cmd("cancel", "cancel a queued or running task", cmd_simple(lambda a: ctl.Cancel(id=a.id)))

@@ -34,6 +34,7 @@ from supervisord.core.task import Task
 from supervisord.hub.state import Hub
 from supervisord.logs import log
 from supervisord.spokes import git
+from supervisord.store.base import StoreError
 
 #: spec fields only supd sets (a client that sends them is refused, naming the field)
 INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of")
@@ -97,7 +98,10 @@ def _resumed(h: Hub, spec: TaskSpec) -> TaskSpec | str:
     assert spec.resume is not None
     if spec.kind != "claude":
         return "resume: only claude tasks have a session to resume"
-    old = h.sched.tasks.get(spec.resume) or h.store.task(spec.resume)
+    try:
+        old = h.sched.tasks.get(spec.resume) or h.store.task(spec.resume)
+    except StoreError as e:
+        return f"resume: {e}"
     if old is None:
         return f"resume: no task with id {spec.resume!r}"
     if not old.state.final:
@@ -113,7 +117,10 @@ def _resumed(h: Hub, spec: TaskSpec) -> TaskSpec | str:
 
 def retry_spec(h: Hub, task_id: str) -> TaskSpec | ctl.Error:
     """The spec to submit again for `supctl retry ID`."""
-    old = h.sched.tasks.get(task_id) or h.store.task(task_id)
+    try:
+        old = h.sched.tasks.get(task_id) or h.store.task(task_id)
+    except StoreError as e:
+        return ctl.Error(kind="bad_request", message=str(e))
     if old is None:
         return ctl.Error(kind="not_found", message=f"no task with id {task_id!r}")
     if not old.state.final or old.state is TaskState.SUCCEEDED:

@@ -3,7 +3,8 @@ cap carried out, and its `on_batch_done` hook run when the last task ends.
 
 Functions of a `Hub` (its open batches are `h.batches`). What a task's end means for its
 batch is `supervisord.core.batches`'s; stopping the queued Claude tasks of a batch past
-its cap is `fate.BudgetSpent`'s decision, carried out by `tasks.decide`. The hook runs
+its cap is `fate.BudgetSpent`'s decision: `task_final` returns those events to `tasks`, which
+has the core decide them. The hook runs
 through the process spoke (off the loop, bounded in time); its failure is logged, never
 fatal.
 """
@@ -41,24 +42,25 @@ def opened(h: Hub, batch: Batch) -> None:
     log("batch_opened", batch=batch.id, tasks=batch.size, label=batch.label, max_cost_usd=batch.max_cost_usd)
 
 
-def task_final(h: Hub, task: Task) -> None:
-    """`task` just became final: tally it in its batch; stop the rest past the cap; finish
-    the batch when it was the last."""
-    from supervisord.hub import tasks  # tasks calls us at every final: import at use
-
+def task_final(h: Hub, task: Task) -> list[tuple[Task, core.Event]]:
+    """`task` just became final: tally it in its batch; finish the batch when it was the last.
+    Returns the events for the batch's other tasks when this end spent its cap (the caller,
+    `tasks`, has the core decide them)."""
     batch = h.batches.get(task.trace_id or "")
     if batch is None:
-        return
+        return []
+    stop: list[tuple[Task, core.Event]] = []
     spent, done = batch.task_ended(task, h.clock.wall())
     h.store.record_batch(batch)
     if spent:
         log("batch_budget_spent", batch=batch.id, cost_usd=round(batch.cost_usd, 6), max_cost_usd=batch.max_cost_usd)
         h.spokes.events.publish(f"batch/{batch.id}/budget", batch=batch.id, cost_usd=batch.cost_usd,
                                 max_cost_usd=batch.max_cost_usd)
-        for other in [t for t in h.sched.tasks.values() if t.trace_id == batch.id]:
-            tasks.decide(h, other, core.BudgetSpent(budget_message(batch)))
+        stop = [(other, core.BudgetSpent(budget_message(batch))) for other in h.sched.tasks.values()
+                if other.trace_id == batch.id]
     if done:
         _done(h, batch)
+    return stop
 
 
 def over_budget(h: Hub, task: Task) -> bool:
@@ -114,9 +116,7 @@ def batch(h: Hub, envelope: Envelope, req: ctl.Batch) -> ctl.Reply:
     found = h.batches.get(req.id) or h.store.get_batch(req.id)
     if found is None:
         return ctl.Error(kind="not_found", message=f"no batch with id {req.id!r} (a batch's id is its trace id)")
-    from supervisord.hub import tasks
-
-    views = h.store.list(None, req.limit, tasks.reply_budget(h), batches=[req.id])
+    views = h.store.list(None, req.limit, h.reply_budget, batches=[req.id])
     live = {t.id: t for t in h.sched.tasks.values() if t.trace_id == req.id}
     rows = [{"id": v.id, "kind": v.kind, "state": live[v.id].state.value if v.id in live else v.state,
              "error": v.error.kind if v.error else None, "cost_usd": v.cost_usd, "duration_s": v.duration_s,

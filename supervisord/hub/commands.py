@@ -39,6 +39,10 @@ MAX_WAIT_S = 60.0
 
 def handle(h: Hub, envelope: Envelope, request: ctl.Request) -> None:
     handler = _HANDLERS[type(request)]
+    if h.fleet is not None:
+        from supervisord.hub import fleet
+
+        handler = fleet.route(h, request) or handler
     try:
         reply = handler(h, envelope, request)
     except Exception as e:  # noqa: BLE001 (a bug must cost one request, never the daemon)
@@ -142,7 +146,7 @@ def list_(h: Hub, envelope: Envelope, req: ctl.List) -> ctl.Reply:
             labelled = h.store.batch_ids(req.label)
             wanted = labelled if req.batch is None else [b for b in wanted if b in labelled]
     # the newest first; fewer than asked when their outputs are large
-    return ctl.Tasks(tasks=h.store.list(req.state, req.limit, tasks.reply_budget(h), batches=wanted))
+    return ctl.Tasks(tasks=h.store.list(req.state, req.limit, h.reply_budget, batches=wanted))
 
 
 def cancel(h: Hub, envelope: Envelope, req: ctl.Cancel) -> ctl.Reply:
@@ -188,7 +192,16 @@ def status_data(h: Hub) -> dict[str, object]:
         "batches": {"open": len(h.batches)},
         "journal": {"pending_writes": h.store.pending, "write_errors": h.store.write_errors,
                     "problem": h.store_problem},
+        **_fleet(h),
     }
+
+
+def _fleet(h: Hub) -> dict[str, object]:
+    if h.fleet is None:
+        return {}
+    from supervisord.hub import fleet
+
+    return {"fleet": fleet.status(h)}
 
 
 def keys_data(h: Hub) -> dict[str, object]:
@@ -233,6 +246,7 @@ def health_data(h: Hub) -> dict[str, object]:
         "queue": {"queued": h.sched.queued, "running": len(h.sched.running()), "max": h.sched.max_queued},
         "journal": h.store_problem or "ok",
         "success_rate": h.metrics.success_rate(),
+        **_fleet(h),
     }
 
 
@@ -324,6 +338,7 @@ _HANDLERS: dict[type, Callable[..., ctl.Reply | None]] = {
     ctl.Status: status, ctl.Stats: stats, ctl.Health: health, ctl.Scale: scale,
     ctl.Reload: reload, ctl.Shutdown: shutdown, ctl.Prune: prune, ctl.RestartSlot: restart_slot,
     ctl.Retry: retry, ctl.Logs: agents.logs,
+    ctl.Hosts: lambda h, envelope, req: ctl.Info(data={"host": None, "hosts": []}),  # one host: no fleet
     ctl.FlowRun: flows.run, ctl.FlowStatus: flows.status_, ctl.FlowList: flows.list_, ctl.FlowCancel: flows.cancel,
     ctl.FlowWait: flows.wait,
     ctl.Batch: batches.batch,

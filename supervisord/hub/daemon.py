@@ -32,12 +32,17 @@ from supervisord.events import (
     ChildSaid,
     Event,
     HookFinished,
+    JournalAnswered,
+    JournalChanged,
+    JournalNotified,
+    LeasesRenewed,
     RequestReceived,
     SignalReceived,
     TimerFired,
     TreesChecked,
+    WritesFenced,
 )
-from supervisord.hub import agents, batches, childcare, commands, flows, lifecycle, ratelimit, tasks
+from supervisord.hub import agents, batches, childcare, commands, fleet, flows, lifecycle, ratelimit, tasks
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
 from supervisord.spokes import claude_cli, curve
@@ -49,6 +54,7 @@ from supervisord.spokes.systemd import Notifier
 from supervisord.spokes.tracing import make_tracer
 from supervisord.spokes.transport import ChildTransport
 from supervisord.store.base import Store
+from supervisord.store.journal import FleetStore
 
 __all__ = ["Daemon", "Paths", "Turn"]
 
@@ -68,6 +74,8 @@ class Turn:
     shown: lifecycle.Shown = field(default_factory=lifecycle.Shown)
     #: called at the end of every turn (the Prometheus snapshot, when it is on: ~10 µs)
     on_turn: Callable[[], None] | None = None
+    #: fleet mode: the next lease check or poll
+    fleet_due: float | None = None
 
 
 def handle(h: Hub, event: Event) -> None:
@@ -90,6 +98,10 @@ def handle(h: Hub, event: Event) -> None:
                 batches.hook_finished(h, name, returncode, problem)
             case TimerFired():
                 pass
+            case JournalAnswered(then, result, error):
+                then(result, error)
+            case JournalNotified() | JournalChanged() | LeasesRenewed() | WritesFenced():
+                fleet.on_event(h, event)
     except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
         log("event_failed", logging.ERROR, event=type(event).__name__, error=repr(e),
             traceback=traceback.format_exc(limit=8).replace("\n", " | "))
@@ -166,12 +178,14 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
             h.prune_before = None
         agents.after_prune(h, force=False)
     lifecycle.drain_step(h, now)
+    if h.fleet is not None:
+        t.fleet_due = fleet.tick(h, now)
 
 
 def _next_wake(h: Hub, t: Turn, now: float) -> float:
     candidates = [h.pool.next_deadline(), h.sched.next_due(), t.next_heartbeat, h.orphans.next_deadline(),
                   h.waiters.next_deadline(), h.flows.waiters.next_deadline(),
-                  *(p.deadline for p in h.pending_loss.values())]
+                  *(p.deadline for p in h.pending_loss.values()), t.fleet_due]
     if h.prune_before is not None:
         candidates.append(now + 0.01)
     if h.sched.queued and (b := h.breaker.next_change()) is not None:
@@ -224,6 +238,10 @@ class Daemon:
         t = Turn()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.inbox.put_nowait, SignalReceived(signum))
+        if isinstance(store, FleetStore):
+            j = store.journal
+            h.fleet = fleet.FleetState(journal=j, host=j.host, lease_s=j.lease_s, renewed_at=clock.now())
+            j.start(lambda event: loop.call_soon_threadsafe(self.inbox.put_nowait, event))
         tasks.recover(h)
         flows.recover(h)
         store.commit()
@@ -292,6 +310,7 @@ def prom_snapshot(h: Hub) -> dict[str, Any]:
         "queued": h.sched.queued, "running": len(h.sched.running()),
         "ready": counts["idle"] + counts["busy"], "pool_size": h.pool.size, "breaker": h.breaker.state.value,
         "gate": h.gate.state.value,
+        "fleet": fleet.status(h) if h.fleet is not None else None,
     }
 
 

@@ -28,6 +28,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
+import msgspec
+
 from proto import control as ctl
 from proto.task import TaskError, TaskState
 from supervisord.core import fate as core
@@ -85,6 +87,8 @@ def run(h: Hub, envelope: Envelope, req: ctl.FlowRun) -> ctl.Reply | None:
         spec = flowspec.check(req.doc, req.inputs, h.config.limits)
     except flowspec.FlowSpecError as e:
         return ctl.Error(kind="bad_request", message="\n".join(e.problems))
+    if spec.max_parallel is None:  # the default: the pool's size when it was submitted
+        spec = msgspec.structs.replace(spec, max_parallel=max(1, h.pool.size))
     start_ns = h.clock.wall_ns()
     parent = traceids.parse_traceparent(req.traceparent)
     trace_id = parent.trace_id if parent else h.ids.trace_id(start_ns)

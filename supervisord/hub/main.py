@@ -22,6 +22,7 @@ import socket
 import struct
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import uvloop
@@ -131,6 +132,25 @@ def claim(state_dir: Path, runtime_dir: Path) -> str | None:
     return None
 
 
+def open_store(config: config_mod.Config, paths: Any) -> Any:
+    """SQLite in the state dir, or — with `[journal] url` — the fleet's PostgreSQL (connected,
+    its schema checked and migrated, before anything starts). Raises `StoreError`."""
+    j = config.journal
+    if j.url is None:
+        from supervisord.store.sqlite import SqliteStore
+
+        return SqliteStore(paths.journal, max_bytes=int(j.max_mb * 2**20), group_sync=j.synchronous)
+    import time
+
+    from supervisord.store.journal import FleetStore, Journal
+
+    host = j.host or f"{socket.gethostname()}:{paths.state_dir}"
+    journal = Journal(j.url, host, j.lease_s, pid=os.getpid(), started_at=time.time())
+    journal.open()
+    logs.log("journal_opened", url=journal.store.where if journal.store else "", host=host, lease_s=j.lease_s)
+    return FleetStore(journal)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -174,12 +194,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from supervisord.hub.daemon import Daemon, Paths
     from supervisord.store.base import StoreError
-    from supervisord.store.sqlite import SqliteStore
+
+    try:
+        config = config_mod.with_env(config, os.environ)
+    except config_mod.ConfigError as e:
+        print(f"supd: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
     paths = Paths(state_dir, runtime_dir)
     try:
-        store = SqliteStore(paths.journal, max_bytes=int(config.journal.max_mb * 2**20),
-                            group_sync=config.journal.synchronous)
+        store = open_store(config, paths)
     except StoreError as e:  # the journal cannot be opened (corrupt, newer schema): nothing was started
         print(f"supd: cannot open the journal: {e}", file=sys.stderr)
         return EXIT_FAILURE

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proto import children as cp
 from proto import control as ctl
@@ -31,6 +31,9 @@ from supervisord.hub.waiters import Waiters
 from supervisord.spokes.claude_cli import ClaudeCommand
 from supervisord.spokes.tracing import Tracer
 from supervisord.store.base import Store
+
+if TYPE_CHECKING:
+    from supervisord.hub.fleet import FleetState
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,13 @@ class Hub:
     store_problem: str | None = None
     #: (transcript lines, raw bytes) of tasks seen since start, by task id (`hub.agents`)
     extents: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: set when the journal is a PostgreSQL database shared by a fleet (supervisord.hub.fleet)
+    fleet: FleetState | None = None
+
+    @property
+    def reply_budget(self) -> int:
+        """Half the message-size limit: what one reply may carry, with room for the envelope."""
+        return self.config.limits.max_message_bytes // 2
 
     def __post_init__(self) -> None:
         self.pool = Pool(policy_of(self.config))

@@ -69,7 +69,10 @@ def settle(h: Hub, task: Task, fate: Fate, event: core.Event | None = None) -> N
         h.spokes.events.publish(f"task/{task.id}/retry", task=task.id, attempts=task.attempts,
                                 error=task.error.kind if task.error else None)
     if fate.verdict is Verdict.QUEUED:
-        h.sched.enqueue(task, now)
+        if h.fleet is not None:  # written back to the shared queue by `record`: any host runs it next
+            h.sched.forget(task)
+        else:
+            h.sched.enqueue(task, now)
         if batches.over_budget(h, task):  # a retry of a batch that has spent its cap
             decide(h, task, core.BudgetSpent(f"batch {task.trace_id} has spent its --max-cost-usd: not retried"))
     elif fate.verdict is Verdict.FINAL:
@@ -125,7 +128,8 @@ def _final(h: Hub, task: Task) -> None:
         answer(h, waiter)
     if task.workflow is not None:  # its workflow hears of it at the turn (hub/flows.py)
         h.flows.ended.append(task)
-    batches.task_final(h, task)
+    for other, event in batches.task_final(h, task):  # its batch just spent its cost cap
+        decide(h, other, event)
 
 
 def breaker_changed(h: Hub, state: BreakerState, **fields: object) -> None:
@@ -160,11 +164,6 @@ def task_view(h: Hub, task_id: str) -> TaskView | None:
     return view(live) if live else h.store.get(task_id)
 
 
-def reply_budget(h: Hub) -> int:
-    """Half the message-size limit: what one reply may carry, with room for the envelope."""
-    return h.config.limits.max_message_bytes // 2
-
-
 def within_budget(views: list[TaskView], budget_bytes: int) -> tuple[list[TaskView], list[str]]:
     """The views that fit in one reply (at least one), and the ids of those that do not:
     thousands of tasks with megabytes of output each must not become one giant message."""
@@ -182,8 +181,13 @@ def within_budget(views: list[TaskView], budget_bytes: int) -> tuple[list[TaskVi
 def answer(h: Hub, waiter: Waiter) -> None:
     """Answer a `Wait` with the tasks that are final (after the commit that recorded them);
     those past the reply's byte budget come back as pending, and the client asks again."""
+    if h.fleet is not None:
+        from supervisord.hub import fleet
+
+        fleet.answer(h, waiter)
+        return
     done = [v for tid in waiter.ids if tid not in waiter.pending and (v := task_view(h, tid))]
-    views, later = within_budget(done, reply_budget(h))
+    views, later = within_budget(done, h.reply_budget)
     h.after_commit.append((waiter.envelope, ctl.Tasks(tasks=views, pending=sorted(waiter.pending) + later)))
 
 
@@ -193,6 +197,11 @@ def answer(h: Hub, waiter: Waiter) -> None:
 def pump(h: Hub) -> None:
     """The ready-pump: give each idle child the next runnable task."""
     if not h.life.accepting:
+        return
+    if h.fleet is not None:
+        from supervisord.hub import fleet
+
+        fleet.pump(h)
         return
     now = h.clock.now()
     for slot in h.pool.idle():
@@ -250,6 +259,11 @@ def result_room(h: Hub) -> int:
 
 def recover(h: Hub) -> None:
     """Carry on with what a previous daemon accepted and did not finish."""
+    if h.fleet is not None:
+        from supervisord.hub import fleet
+
+        fleet.recover(h)
+        return
     tasks = h.store.unfinished()
     live = [t.id for t in tasks if t.state in (TaskState.RUNNING, TaskState.BLOCKED)]
     leftovers = h.spokes.procs.leftovers(live) if live else set()

@@ -15,10 +15,14 @@ Imports the stdlib and `proto` only.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from proto.children import WorktreePlan
@@ -67,6 +71,22 @@ def git(*args: str, cwd: str | os.PathLike[str], check: bool = True) -> subproce
     raise GitError(f"git {' '.join(args)} (in {cwd}): {done.stderr.strip() or f'exit {done.returncode}'}")
 
 
+@contextlib.contextmanager
+def repo_lock(repo: str, worktrees_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the lock on `repo`'s worktree list (a `flock` on a file in `worktrees_dir`,
+    shared by every child and the daemon): two `git worktree add` on one repository at once
+    can read each other's half-made entries ("failed to read .git/worktrees/…/commondir").
+    Each holder runs a few git commands, each with its timeout, so the wait is bounded."""
+    Path(worktrees_dir).mkdir(parents=True, exist_ok=True)
+    name = ".lock-" + hashlib.sha1(str(Path(repo).resolve()).encode()).hexdigest()[:16]
+    fd = os.open(Path(worktrees_dir) / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _is_worktree_on(path: Path, branch: str) -> bool:
     if not (path / ".git").exists():
         return False
@@ -84,12 +104,23 @@ def prepare(plan: WorktreePlan, cwd: str | None) -> tuple[str, str]:
     from the branch if the branch exists, else a new branch at `plan.base` or HEAD); returns
     (the directory to run in: `cwd`'s place inside the worktree, the base commit)."""
     path = Path(plan.path)
+    with repo_lock(plan.repo, path.parent):
+        base = _prepare_locked(plan, path)
+    inside = path
+    if cwd:
+        rel = os.path.relpath(Path(cwd).resolve(), Path(plan.repo).resolve())
+        if not rel.startswith(".."):
+            inside = path / rel
+            inside.mkdir(parents=True, exist_ok=True)
+    return str(inside), base
+
+
+def _prepare_locked(plan: WorktreePlan, path: Path) -> str:
     ref = f"refs/heads/{plan.branch}"
     if not _is_worktree_on(path, plan.branch):
         if path.exists():
             shutil.rmtree(path)  # a stale directory git no longer knows as this branch's worktree
-        git("worktree", "prune", cwd=plan.repo)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        git("worktree", "prune", cwd=plan.repo)  # safe under the lock: no other add is half-way
         if _rev(plan.repo, ref):
             git("worktree", "add", str(path), plan.branch, cwd=plan.repo)
         else:
@@ -102,13 +133,7 @@ def prepare(plan: WorktreePlan, cwd: str | None) -> tuple[str, str]:
     if not base:  # a branch made outside supd: it starts where it is
         git("update-ref", BASE_REF_PREFIX + plan.branch, ref, cwd=plan.repo)
         base = _rev(plan.repo, ref) or ""
-    inside = path
-    if cwd:
-        rel = os.path.relpath(Path(cwd).resolve(), Path(plan.repo).resolve())
-        if not rel.startswith(".."):
-            inside = path / rel
-            inside.mkdir(parents=True, exist_ok=True)
-    return str(inside), base
+    return base
 
 
 def commit_leftovers(path: str, author: str, message: str) -> bool:
@@ -168,6 +193,11 @@ def merged_elsewhere(repo: str, branch: str) -> bool:
 def remove(repo: str, path: str, branch: str | None, *, force: bool) -> str:
     """Remove the worktree at `path` (if any) and, given `branch`, the branch and its base
     ref — unless the branch has commits not merged anywhere and not `force`. Says what it did."""
+    with repo_lock(repo, Path(path).parent):
+        return _remove_locked(repo, path, branch, force)
+
+
+def _remove_locked(repo: str, path: str, branch: str | None, force: bool) -> str:
     did = []
     if Path(path).exists():
         if git("worktree", "remove", "--force", path, cwd=repo, check=False).returncode != 0:

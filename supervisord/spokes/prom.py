@@ -70,6 +70,15 @@ class DaemonCollector(Collector):
         for state in sorted({*BREAKER_STATES, s["breaker"]}):
             breaker.add_metric([state], 1 if state == s["breaker"] else 0)
         yield breaker
+        if fleet := s.get("fleet"):  # a fleet: its totals beside this host's own numbers
+            tasks = GaugeMetricFamily("supd_fleet_tasks", "Tasks of the whole fleet, by state", labels=["state"])
+            for state, n in sorted(fleet["tasks"].items()):
+                tasks.add_metric([state], n)
+            yield tasks
+            yield GaugeMetricFamily("supd_fleet_hosts", "Hosts of the fleet that beat in the last minute",
+                                    value=fleet["hosts"])
+            yield GaugeMetricFamily("supd_fleet_journal_up", "1 while this host reaches the shared journal",
+                                    value=1 if fleet["journal"] == "ok" else 0)
 
 
 class PromServer:

@@ -59,7 +59,7 @@ def test_four_parallel_worktree_tasks_each_get_their_own_branch(supd_factory, cl
     assert (repo / "shared.txt").read_text() == "original\n"
     assert git(repo, "status", "--porcelain") == ""
     assert git(repo, "rev-parse", "HEAD").strip() == head
-    assert list((state_dir / "worktrees").iterdir()) == []
+    assert [p for p in (state_dir / "worktrees").iterdir() if p.is_dir()] == []
     assert git(repo, "worktree", "list").count("\n") == 1
     # supctl diff prints the branch's diff against its base
     diff = d.supctl("diff", ids[2])
@@ -99,7 +99,7 @@ def test_exec_worktree_in_a_subdirectory_with_base_and_keep_none(supd_factory, s
     assert t.result == f"{state_dir / 'worktrees' / tid / 'sub'}\noriginal\n"
     assert t.worktree.base == first and t.worktree.files_changed == 1
     assert git(repo, "branch", "--list", f"supd/{tid}") == "", "keep = none: the branch went too"
-    assert list((state_dir / "worktrees").iterdir()) == []
+    assert [p for p in (state_dir / "worktrees").iterdir() if p.is_dir()] == []
 
 
 def test_resume_continues_the_session_and_the_stand_in_gets_the_earlier_turns(supd_factory, claude_config,

@@ -1,5 +1,6 @@
-"""The SQLite store against real files in tmp_path (and a real tmpfs for a full disk):
-batches, fencing, group commits that fail and come back, reads, damage, migration, prune."""
+"""The stores against real files in tmp_path (and a real tmpfs for a full disk) and a real
+PostgreSQL server: batches, fencing, group commits that fail and come back, reads, damage,
+migration, prune. Tests that take `backend` run against both SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -48,8 +50,51 @@ def stored(path: Path, tid: str) -> tuple[str, int] | None:
     return (str(row[0]), int(row[1])) if row else None
 
 
+class Backend:
+    """One store backend as the tests see it: open a store, and read or change its rows the
+    way another process would (SQL with `?` placeholders)."""
+
+    def __init__(self, name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.name = name
+        self.path = tmp_path / "tasks.db"
+        self.url = request.getfixturevalue("pg_url") if name == "postgres" else ""
+
+    def open(self) -> Any:
+        if self.name == "postgres":
+            from supervisord.store.postgres import PgStore
+
+            return PgStore(self.url)
+        return SqliteStore(self.path)
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.name == "postgres":
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as db:
+                cur = db.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+                return cur.fetchall() if cur.description else []
+        with outside(self.path) as db:
+            return db.execute(sql, params).fetchall()
+
+    def stored(self, tid: str) -> tuple[str, int] | None:
+        rows = self.execute("SELECT state, epoch FROM tasks WHERE id=?", (tid,))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return Backend(request.param, tmp_path, request)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
+def store(backend: Backend) -> Iterator[Any]:
+    s = backend.open()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp_path / "tasks.db")
     yield s
     s.close()
@@ -58,21 +103,20 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 # ---- accept: a batch, durable, all or nothing ----------------------------------------------
 
 
-def test_an_accepted_batch_is_durable_at_once_and_updates_wait_for_the_commit(tmp_path: Path,
-                                                                              store: SqliteStore) -> None:
+def test_an_accepted_batch_is_durable_at_once_and_updates_wait_for_the_commit(backend: Backend, store: Any) -> None:
     a, b = task("a"), task("b", "exec")
     store.accept([a, b])
-    assert stored(tmp_path / "tasks.db", "b") == ("queued", 0)  # on disk before `Accepted` can be sent
+    assert backend.stored("b") == ("queued", 0)  # on disk before `Accepted` can be sent
     a.state, a.attempts, a.epoch = S.RUNNING, 1, 1
     store.claim(a)
     assert store.pending == 1
-    assert stored(tmp_path / "tasks.db", "a") == ("queued", 0)  # grouped: not yet
+    assert backend.stored("a") == ("queued", 0)  # grouped: not yet
     assert store.commit() == []
-    assert stored(tmp_path / "tasks.db", "a") == ("running", 1)
+    assert backend.stored("a") == ("running", 1)
     assert store.pending == 0 and store.commit() == []
 
 
-def test_a_batch_with_a_duplicate_id_stores_nothing_of_it(store: SqliteStore) -> None:
+def test_a_batch_with_a_duplicate_id_stores_nothing_of_it(store: Any) -> None:
     store.accept([task("a")])
     with pytest.raises(StoreError, match="UNIQUE"):
         store.accept([task("b"), task("a"), task("c")])
@@ -115,21 +159,19 @@ FENCING = [
 
 @pytest.mark.parametrize(("row_epoch", "write", "epoch", "refused"), FENCING)
 def test_a_write_for_an_attempt_that_is_not_current_is_refused_and_the_row_unchanged(
-        tmp_path: Path, store: SqliteStore, row_epoch: int, write: str, epoch: int, refused: bool) -> None:
-    path = tmp_path / "tasks.db"
+        backend: Backend, store: Any, row_epoch: int, write: str, epoch: int, refused: bool) -> None:
     t = task("t1")
     store.accept([t])
-    with outside(path) as db:
-        db.execute("UPDATE tasks SET epoch=?, state='blocked' WHERE id='t1'", (row_epoch,))
+    backend.execute("UPDATE tasks SET epoch=?, state='blocked' WHERE id='t1'", (row_epoch,))
     t.state, t.attempts, t.epoch = (S.RUNNING if write == "claim" else S.SUCCEEDED), 1, epoch
     store.claim(t) if write == "claim" else store.record(t)
     assert store.commit() == ([("t1", epoch)] if refused else [])
     expected = ("blocked", row_epoch) if refused else (t.state.value, epoch)
-    assert stored(path, "t1") == expected
+    assert backend.stored("t1") == expected
     assert store.pending == 0, "a refused write is reported once, not retried"
 
 
-def test_a_claim_and_the_attempts_end_in_one_group_are_one_write(tmp_path: Path, store: SqliteStore) -> None:
+def test_a_claim_and_the_attempts_end_in_one_group_are_one_write(backend: Backend, store: Any) -> None:
     sched = Scheduler()
     t = task("t1")
     store.accept([t])
@@ -140,7 +182,7 @@ def test_a_claim_and_the_attempts_end_in_one_group_are_one_write(tmp_path: Path,
     fate.decide(t, fate.Ended(t.epoch, S.SUCCEEDED, Outcome(exit_code=0, result="ok")), Context(1.0, WALL + 1, 0.0))
     store.record(t)
     assert store.commit() == []
-    assert stored(tmp_path / "tasks.db", "t1") == ("succeeded", 1)
+    assert backend.stored("t1") == ("succeeded", 1)
     sched.add(t2 := task("t2"), 0.0)
     store.accept([t2])
     for _ in range(3):  # three attempts, each claimed and ended (retry), one group
@@ -151,7 +193,7 @@ def test_a_claim_and_the_attempts_end_in_one_group_are_one_write(tmp_path: Path,
         t2.state = S.QUEUED
         store.record(t2)
     assert store.commit() == []
-    assert stored(tmp_path / "tasks.db", "t2") == ("queued", 3)
+    assert backend.stored("t2") == ("queued", 3)
 
 
 # ---- a group whose commit fails keeps every write ----------------------------------------
@@ -241,7 +283,8 @@ def test_a_group_past_max_mb_stays_pending_until_it_fits(tmp_path: Path) -> None
 
 
 def test_an_outside_lock_refuses_a_batch_fast_and_a_group_waits_for_it(tmp_path: Path,
-                                                                     store: SqliteStore) -> None:
+                                                                     sqlite_store: SqliteStore) -> None:
+    store = sqlite_store
     path = tmp_path / "tasks.db"
     t = task("t1")
     store.accept([t])
@@ -364,7 +407,8 @@ def test_a_file_from_the_first_supd_is_migrated_in_place(tmp_path: Path) -> None
 # ---- the file deleted or replaced under us -------------------------------------------------
 
 
-def test_a_deleted_journal_is_noticed_and_submits_are_refused(tmp_path: Path, store: SqliteStore) -> None:
+def test_a_deleted_journal_is_noticed_and_submits_are_refused(tmp_path: Path, sqlite_store: SqliteStore) -> None:
+    store = sqlite_store
     path = tmp_path / "tasks.db"
     store.accept([task("a")])
     assert store.check() is None
@@ -375,7 +419,8 @@ def test_a_deleted_journal_is_noticed_and_submits_are_refused(tmp_path: Path, st
         store.accept([task("b")])
 
 
-def test_a_replaced_journal_is_noticed_and_submits_are_refused(tmp_path: Path, store: SqliteStore) -> None:
+def test_a_replaced_journal_is_noticed_and_submits_are_refused(tmp_path: Path, sqlite_store: SqliteStore) -> None:
+    store = sqlite_store
     path = tmp_path / "tasks.db"
     store.accept([task("a")])
     (tmp_path / "other.db").write_bytes(path.read_bytes())
@@ -389,14 +434,14 @@ def test_a_replaced_journal_is_noticed_and_submits_are_refused(tmp_path: Path, s
 # ---- reads ---------------------------------------------------------------------------------
 
 
-def test_get_sees_pending_writes_first(tmp_path: Path, store: SqliteStore) -> None:
+def test_get_sees_pending_writes_first(backend: Backend, store: Any) -> None:
     t = task("a")
     store.accept([t])
     t.state, t.attempts, t.epoch, t.child = S.RUNNING, 1, 1, "w00.1"
     store.claim(t)
     got = store.get("a")
     assert got is not None and (got.state, got.child) == ("running", "w00.1")
-    assert stored(tmp_path / "tasks.db", "a") == ("queued", 0)
+    assert backend.stored("a") == ("queued", 0)
     assert store.get("nope") is None
     assert store.known(["a", "nope"]) == {"a"}
 
@@ -405,7 +450,7 @@ def _outcome(kib: int) -> Outcome:
     return Outcome(exit_code=0, result="r" * (kib << 10))
 
 
-def _listed(store: SqliteStore) -> None:
+def _listed(store: Any) -> None:
     """a..e, oldest first; a (failed) and d (failed) and b (running) have moved on."""
     tasks = {tid: task(tid, "exec") for tid in "abcde"}
     store.accept(list(tasks.values()))
@@ -433,20 +478,20 @@ LISTS = [
 
 
 @pytest.mark.parametrize(("state", "limit", "budget", "ids"), LISTS)
-def test_list_is_newest_first_within_limit_and_budget(store: SqliteStore, state: str | None, limit: int,
+def test_list_is_newest_first_within_limit_and_budget(store: Any, state: str | None, limit: int,
                                                       budget: int, ids: list[str]) -> None:
     _listed(store)
     assert [v.id for v in store.list(state, limit, budget)] == ids
 
 
-def test_list_decodes_only_the_rows_it_returns(tmp_path: Path, store: SqliteStore) -> None:
+def test_list_decodes_only_the_rows_it_returns(backend: Backend, store: Any) -> None:
     _listed(store)
-    with outside(tmp_path / "tasks.db") as db:  # b's outcome cannot be decoded: list must not touch it
-        db.execute("UPDATE tasks SET outcome=? WHERE id='b'", (b"\xc1" * (12 << 10),))
+    # b's outcome cannot be decoded: list must not touch it
+    backend.execute("UPDATE tasks SET outcome=? WHERE id='b'", (b"\xc1" * (12 << 10),))
     assert [v.id for v in store.list(None, 10, 14 << 10)] == ["e", "d", "c"]
 
 
-def test_list_shows_pending_tasks_by_their_state_in_memory(store: SqliteStore) -> None:
+def test_list_shows_pending_tasks_by_their_state_in_memory(store: Any) -> None:
     _listed(store)
     c = task("c", "exec")  # the hub's object for c (same id)
     c.state, c.attempts, c.epoch = S.RUNNING, 1, 1
@@ -460,9 +505,8 @@ def test_list_shows_pending_tasks_by_their_state_in_memory(store: SqliteStore) -
 # ---- cancel requests, prune ----------------------------------------------------------------
 
 
-def test_cancel_requests_survive_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "tasks.db"
-    s = SqliteStore(path)
+def test_cancel_requests_survive_a_reopen(backend: Backend) -> None:
+    s = backend.open()
     run, done = task("run"), task("done")
     s.accept([run, done, task("other")])
     run.state, run.attempts, run.epoch = S.RUNNING, 1, 1
@@ -477,14 +521,14 @@ def test_cancel_requests_survive_a_reopen(tmp_path: Path) -> None:
     s.record(run)
     s.commit()
     s.close()
-    s = SqliteStore(path)
+    s = backend.open()
     try:
         assert [(t.id, t.cancel_requested) for t in s.unfinished()] == [("run", True), ("other", False)]
     finally:
         s.close()
 
 
-def test_prune_deletes_final_tasks_finished_before_the_cutoff(store: SqliteStore) -> None:
+def test_prune_deletes_final_tasks_finished_before_the_cutoff(store: Any) -> None:
     #: id -> (state, finished_at)
     rows = {
         "old-ok": (S.SUCCEEDED, WALL - 100),
@@ -510,9 +554,8 @@ def test_prune_deletes_final_tasks_finished_before_the_cutoff(store: SqliteStore
 # ---- a whole life, through a reopen ---------------------------------------------------------
 
 
-def test_round_trip_through_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "tasks.db"
-    s = SqliteStore(path)
+def test_round_trip_through_a_reopen(backend: Backend) -> None:
+    s = backend.open()
     tasks = [task("a"), task("b", "exec"), task("c"), task("d")]
     s.accept(tasks)
     sched = Scheduler()
@@ -535,7 +578,7 @@ def test_round_trip_through_a_reopen(tmp_path: Path) -> None:
     s.record(tasks[2])
     s.close()  # close commits
 
-    s = SqliteStore(path)
+    s = backend.open()
     try:
         unfinished = s.unfinished()
         assert [(t.id, t.state, t.attempts, t.epoch, t.forgiven, t.child) for t in unfinished] == [

@@ -113,3 +113,20 @@ def test_prune_removes_transcripts_and_hands_over_worktrees(store: SqliteStore) 
     assert store.transcript("w", 0, 1 << 20) == ([], 0) and store.transcript_extent("p") == (0, 0)
     assert store.take_pruned_worktrees() == [("w", "/repo", "supd/w", None)]
     assert store.take_pruned_worktrees() == []
+
+
+def test_the_cap_holds_however_the_output_is_split_into_reads() -> None:
+    import random
+
+    rand = random.Random(7)
+    data = b"".join(b"x" * 20 + b"\n" for _ in range(500))
+    for _ in range(300):
+        t = Transcriber(cap=1000, attempt=1)
+        i = 0
+        while i < len(data):
+            n = rand.randint(1, 3000)
+            t.feed("stdout", data[i:i + n], 1.0)
+            i += n
+        got = t.take(2.0, final=True)
+        assert [x.text for x in got[:-1]] == ["x" * 20] * 50
+        assert got[-1].text == "transcript cap of 1000 bytes reached: 450 lines (9000 bytes) left out"

@@ -1,0 +1,541 @@
+"""The PostgreSQL store: one database shared by a fleet of supd hosts.
+
+Owns the schema in that database (`supd_schema.version`, migrated by supd itself under an
+advisory lock, so two daemons starting at once do not race), and everything a host asks of
+it. Implements `supervisord.store.base.Store` with the same promises as SQLite:
+
+- `accept` is its own transaction (durable on return: `synchronous_commit` is on), and
+  sends `NOTIFY supd_submit` so idle daemons claim at once instead of at the next poll.
+- `claim`/`record`/`request_cancel` are noted; `commit()` writes the group in one
+  transaction, each row fenced by its epoch (`WHERE id = … AND epoch = …`): a write about
+  an attempt that is no longer the task's is refused and returned. A final state sends
+  `NOTIFY supd_finished, <id>` (delivered at commit), which wakes remote waiters.
+
+And the fleet's own verbs (`Fleet` below), each one short transaction:
+
+- `claim_next(n, kinds, host, lease_s)`: `FOR UPDATE SKIP LOCKED` over queued tasks that
+  are due (priority, then age): each becomes an attempt (attempts + 1, epoch + 1) owned by
+  `host` with a lease until the database's `now() + lease_s`. Leases are on the database's
+  clock only, so hosts' clocks never meet.
+- `renew(host, lease_s)`: extends the leases of every attempt `host` still owns; the hub
+  compares the answer with what it runs (an attempt missing from it was rescued: its tree
+  is killed at once).
+- `rescue(limit)`: attempts whose lease ended (their host is dead or cut off) get their
+  fate from the core (`supervisord.core.lease.rescued`: a new epoch, re-queued, or failed
+  once the retry budget is spent), written as a compare-and-swap on the epoch of the row
+  locked by `FOR UPDATE SKIP LOCKED`: a rescue never overwrites a finished task.
+- `heartbeat`, `hosts`, `fleet_counts`, `cancel` (of a task not running here).
+
+The class is synchronous (psycopg 3): in the daemon it runs only on the journal thread
+(`supervisord.spokes.journal`), never on the event loop. Imports the stdlib, psycopg,
+msgspec, proto, `supervisord.core` and `supervisord.logs` only.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+import psycopg
+
+from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from supervisord.core import fate as core
+from supervisord.core import lease
+from supervisord.core.task import Task, view
+from supervisord.logs import log
+from supervisord.store.base import StoreError
+
+#: what a row costs in a `list` reply beyond its blobs
+ROW_OVERHEAD_BYTES = 1024
+#: the advisory lock key that serialises migrations across daemons ("supd" in ASCII)
+MIGRATION_LOCK = 0x73757064
+#: a connection that cannot be made within this is refused (seconds)
+CONNECT_TIMEOUT_S = 5
+#: a statement the server takes longer than this to run is cancelled (milliseconds)
+STATEMENT_TIMEOUT_MS = 10_000
+
+_UNFINISHED = ("queued", "blocked", "running")
+
+#: Step N takes a database from version N to N + 1; each runs in one transaction.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 0 -> 1: tasks (with their owner and lease), hosts.
+    (
+        """CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            seq BIGINT GENERATED ALWAYS AS IDENTITY,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            retries INTEGER NOT NULL DEFAULT 0,
+            epoch INTEGER NOT NULL DEFAULT 0,
+            forgiven INTEGER NOT NULL DEFAULT 0,
+            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+            spec BYTEA NOT NULL,
+            outcome BYTEA,
+            child TEXT,
+            trace_id TEXT,
+            span_id TEXT,
+            parent_span_id TEXT,
+            tracestate TEXT,
+            submitted_at DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION,
+            finished_at DOUBLE PRECISION,
+            host TEXT,
+            lease_until TIMESTAMPTZ,
+            run_after TIMESTAMPTZ NOT NULL DEFAULT '-infinity'
+        )""",
+        "CREATE INDEX tasks_queue ON tasks (kind, priority DESC, seq) WHERE state = 'queued'",
+        "CREATE INDEX tasks_leases ON tasks (lease_until) WHERE state IN ('running', 'blocked')",
+        "CREATE INDEX tasks_seq ON tasks (seq)",
+        "CREATE INDEX tasks_state ON tasks (state, seq)",
+        "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE state NOT IN ('queued', 'blocked', 'running')",
+        """CREATE TABLE hosts (
+            host TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            heartbeat_at TIMESTAMPTZ NOT NULL,
+            children INTEGER NOT NULL DEFAULT 0,
+            running INTEGER NOT NULL DEFAULT 0,
+            phase TEXT NOT NULL DEFAULT ''
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = (
+    "id, seq, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, host"
+)
+_INSERT = (
+    "INSERT INTO tasks (id, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# A cancel request, once journaled, stays (OR). A task that leaves its attempt (queued, final)
+# leaves its lease; a blocked one keeps it (its owner still waits for its tree). `host` stays:
+# the last host that ran it (shown in the task's JSON).
+_UPDATE = (
+    "UPDATE tasks SET state=%(state)s, attempts=%(attempts)s, epoch=%(epoch)s, forgiven=%(forgiven)s,"
+    " cancel_requested = cancel_requested OR %(cancel)s, outcome=%(outcome)s, child=%(child)s,"
+    " span_id=%(span_id)s, started_at=%(started_at)s, finished_at=%(finished_at)s,"
+    " lease_until = CASE WHEN %(state)s IN ('running', 'blocked') THEN lease_until END,"
+    " run_after = CASE WHEN %(state)s = 'queued' THEN now() + %(delay_s)s * interval '1 second'"
+    "   ELSE run_after END"
+    " WHERE id=%(id)s AND epoch=%(fence)s"
+)
+
+_enc = msgspec.msgpack.Encoder()
+_spec_dec = msgspec.msgpack.Decoder(TaskSpec)
+_outcome_dec = msgspec.msgpack.Decoder(Outcome)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def connect(url: str, *, application: str = "supd") -> psycopg.Connection[Any]:
+    """A connection with bounded waits (connect, statements, dead peers); `StoreError` naming
+    the server (never its password) when it cannot be made."""
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=application,
+                               options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", keepalives=1,
+                               keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                               tcp_user_timeout=10_000)
+    except psycopg.Error as e:
+        raise StoreError(f"cannot connect to the journal at {_redact(url)}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+class PgStore:
+    """The `Store` of a fleet, in the database at `url` (schema checked and migrated at open)."""
+
+    def __init__(self, url: str, *, host: str = "") -> None:
+        self.url = url
+        self.where = _redact(url)
+        self.host = host
+        self.write_errors = 0
+        self._pending: dict[str, tuple[Task, int]] = {}
+        self._cancels: dict[str, None] = {}
+        #: attempts this store claimed with `claim_next`: their `claim` is already written
+        self._claimed: dict[str, int] = {}
+        self._closed = False
+        self.db = connect(url)
+        try:
+            self._migrate()
+        except psycopg.Error as e:
+            self.db.close()
+            raise StoreError(f"{self.where}: cannot prepare the schema: {_first_line(e)}") from None
+        except StoreError:
+            self.db.close()
+            raise
+
+    def _migrate(self) -> None:
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            self.db.execute("CREATE TABLE IF NOT EXISTS supd_schema (version INTEGER NOT NULL)")
+            row = self.db.execute("SELECT version FROM supd_schema").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO supd_schema VALUES (0)")
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.where} has supd schema version {version}, written by a newer supd (this one knows up to "
+                    f"{SCHEMA_VERSION}): upgrade this host's supd")
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step]:
+                    self.db.execute(statement)
+                self.db.execute("UPDATE supd_schema SET version=%s", (step + 1,))
+        if version != SCHEMA_VERSION:
+            log("store_created" if version == 0 else "store_migrated", path=self.where, from_version=version,
+                version=SCHEMA_VERSION)
+
+    def _fail(self, what: str, e: psycopg.Error) -> StoreError:
+        return StoreError(f"{self.where}: {what}: {_first_line(e)}")
+
+    # ---- the batch: durable before `Accepted` ------------------------------------------
+
+    def accept(self, tasks: Sequence[Task], batch: Any = None) -> None:
+        if batch is not None:
+            raise StoreError("batch budgets and labels are not yet supported on a fleet (PostgreSQL) journal")
+        try:
+            with self.db.transaction():
+                with self.db.cursor() as cur:
+                    cur.executemany(_INSERT, [_row(t) for t in tasks])
+                self.db.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
+        except psycopg.errors.UniqueViolation as e:
+            raise self._fail("a task id is already taken (UNIQUE)", e) from None
+        except psycopg.OperationalError as e:
+            raise StoreError(f"the journal at {self.where} is unreachable ({_first_line(e)}): the batch was not "
+                             "stored") from None
+        except psycopg.Error as e:
+            raise self._fail("the batch was not stored", e) from None
+
+    # ---- the group: noted now, written by `commit` -------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + len(self._cancels)
+
+    def claim(self, task: Task) -> None:
+        if self._claimed.get(task.id) == task.epoch:  # `claim_next` wrote the claim: note the child
+            del self._claimed[task.id]
+            self._note(task, task.epoch)
+        else:
+            self._note(task, task.epoch - 1)
+
+    def record(self, task: Task) -> None:
+        self._note(task, task.epoch)
+
+    def _note(self, task: Task, fence: int) -> None:
+        held = self._pending.get(task.id)
+        self._pending[task.id] = (task, fence if held is None else held[1])
+
+    def request_cancel(self, task_id: str) -> None:
+        self._cancels[task_id] = None
+
+    def commit(self) -> list[tuple[str, int]]:
+        if not self._pending and not self._cancels:
+            return []
+        refused: list[tuple[str, int]] = []
+        try:
+            with self.db.transaction(), self.db.cursor() as cur:
+                # Like SQLite's synchronous=NORMAL for the group: no WAL flush wait. A crash of
+                # the database server may lose the last group; the attempts it described are
+                # rescued and run again (at least once). Batches and claims stay synchronous:
+                # a lost claim could hand one epoch to two hosts.
+                cur.execute("SET LOCAL synchronous_commit TO OFF")
+                for tid, (task, fence) in self._pending.items():
+                    cur.execute(_UPDATE, _update_args(task, fence))
+                    if cur.rowcount == 0:
+                        refused.append((tid, task.epoch))
+                    elif task.state.final:
+                        cur.execute("SELECT pg_notify('supd_finished', %s)", (tid,))
+                for tid in self._cancels:
+                    cur.execute("UPDATE tasks SET cancel_requested=TRUE WHERE id=%s AND state IN"
+                                " ('queued', 'blocked', 'running')", (tid,))
+        except psycopg.Error as e:
+            self.write_errors += 1
+            log("store_commit_failed", logging.ERROR, path=self.where, pending=self.pending,
+                write_errors=self.write_errors, error=_first_line(e))
+            return []
+        self._pending.clear()
+        self._cancels.clear()
+        return refused
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def unfinished(self) -> list[Task]:
+        """Every unfinished task of the fleet (for one host: `unfinished` of SQLite)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('queued', 'blocked', 'running')"
+                               " ORDER BY seq").fetchall()
+        out = []
+        for r in rows:
+            held = self._pending.get(r[0])
+            if held is None:
+                out.append(_task(r))
+            elif held[0].state.value in _UNFINISHED:
+                out.append(held[0])
+        return out
+
+    def get(self, task_id: str) -> TaskView | None:
+        held = self._pending.get(task_id)
+        if held is not None:
+            return view(held[0])
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=%s", (task_id,)).fetchone()
+        return _view(row) if row else None
+
+    def views(self, ids: Sequence[str]) -> dict[str, TaskView]:
+        """The stored tasks of `ids` that exist, by id (one query)."""
+        found = {tid: view(self._pending[tid][0]) for tid in ids if tid in self._pending}
+        rest = [tid for tid in ids if tid not in found]
+        if rest:
+            for row in self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ANY(%s)", (rest,)):
+                found[str(row[0])] = _view(row)
+        return found
+
+    def list(self, state: str | None, limit: int, budget_bytes: int,
+             batches: Sequence[str] | None = None) -> list[TaskView]:
+        # First the rows' sizes (no blob read), to choose; then decode only those chosen.
+        sql = "SELECT id, length(spec) + COALESCE(length(outcome), 0) FROM tasks"
+        params: builtins.list[object] = []
+        where = []
+        if state is not None:  # a noted task is listed by its state in memory, not its stored one
+            where.append("(state=%s OR id = ANY(%s))")
+            params += [state, list(self._pending)]
+        if batches is not None:  # a batch's id is its trace id
+            where.append("trace_id = ANY(%s)")
+            params.append(list(batches))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC"
+        if state is None or not self._pending:
+            sql += " LIMIT %s"
+            params.append(limit)
+        chosen: builtins.list[str] = []
+        size = 0
+        with self.db.cursor() as cur:
+            cur.execute(sql, params)
+            for tid, nbytes in cur:
+                held = self._pending.get(tid)
+                if held is not None and state is not None and held[0].state.value != state:
+                    continue
+                cost = (_approx_bytes(held[0]) if held else int(nbytes)) + ROW_OVERHEAD_BYTES
+                if chosen and size + cost > budget_bytes:
+                    break
+                chosen.append(str(tid))
+                size += cost
+                if len(chosen) >= limit:
+                    break
+        found = self.views(chosen)
+        return [found[tid] for tid in chosen if tid in found]
+
+    def known(self, ids: Sequence[str]) -> set[str]:
+        found = {tid for tid in ids if tid in self._pending}
+        rest = [tid for tid in ids if tid not in found]
+        if rest:
+            found.update(str(r[0]) for r in self.db.execute("SELECT id FROM tasks WHERE id = ANY(%s)", (rest,)))
+        return found
+
+    def counts(self) -> dict[str, int]:
+        return {str(s): int(n) for s, n in self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
+
+    # ---- housekeeping ---------------------------------------------------------------------
+
+    def prune(self, finished_before: float, limit: int = 500) -> int:
+        try:
+            cur = self.db.execute(
+                "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < %s AND state NOT IN"
+                " ('queued', 'blocked', 'running') AND NOT (id = ANY(%s)) ORDER BY finished_at LIMIT %s)",
+                (finished_before, list(self._pending), limit))
+        except psycopg.Error as e:
+            raise self._fail("prune failed", e) from None
+        return int(cur.rowcount)
+
+    def check(self) -> str | None:
+        if self.db.closed or self.db.broken:
+            return f"the journal at {self.where} is unreachable: submits are refused until it is back"
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.commit()
+        finally:
+            self.db.close()
+
+    # ---- the fleet --------------------------------------------------------------------------
+
+    def claim_next(self, n: int, kinds: Sequence[str], host: str, lease_s: float) -> builtins.list[Task]:
+        """Up to `n` due queued tasks of `kinds` (priority, then age), each now an attempt of
+        `host` with a lease. Returned as they were before the claim (QUEUED, the old epoch):
+        the hub starts them with `core.fate.start`, which makes the same move in memory."""
+        if n <= 0 or not kinds:
+            return []
+        rows = self.db.execute(
+            "WITH picked AS (SELECT id FROM tasks WHERE state='queued' AND kind = ANY(%s) AND run_after <= now()"
+            "  ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " UPDATE tasks t SET state='running', attempts=t.attempts + 1, epoch=t.epoch + 1, host=%s,"
+            "  lease_until = now() + %s * interval '1 second', started_at=%s, finished_at=NULL"
+            " FROM picked WHERE t.id = picked.id"
+            f" RETURNING {', '.join('t.' + c.strip() for c in _COLUMNS.split(','))}",
+            (list(kinds), n, host, lease_s, time.time())).fetchall()
+        out = []
+        for r in rows:
+            task = _task(r)
+            task.state, task.attempts, task.epoch = TaskState.QUEUED, task.attempts - 1, task.epoch - 1
+            self._claimed[task.id] = task.epoch + 1
+            out.append(task)
+        out.sort(key=lambda t: (-t.spec.priority, t.seq))
+        return out
+
+    def release(self, task: Task) -> bool:
+        """A claimed attempt that never started (no idle child after all): queued again, not counted."""
+        self._claimed.pop(task.id, None)
+        cur = self.db.execute("UPDATE tasks SET state='queued', attempts=attempts - 1, host=NULL, lease_until=NULL"
+                              " WHERE id=%s AND epoch=%s AND state='running'", (task.id, task.epoch + 1))
+        if cur.rowcount:
+            self.db.execute("SELECT pg_notify('supd_submit', '1')")
+        return bool(cur.rowcount)
+
+    def renew(self, host: str, lease_s: float) -> dict[str, tuple[int, bool]]:
+        """Extend every lease `host` holds; its attempts, by id: (epoch, cancel requested)."""
+        rows = self.db.execute(
+            "UPDATE tasks SET lease_until = now() + %s * interval '1 second'"
+            " WHERE host=%s AND state IN ('running', 'blocked') RETURNING id, epoch, cancel_requested",
+            (lease_s, host)).fetchall()
+        return {str(r[0]): (int(r[1]), bool(r[2])) for r in rows}
+
+    def rescue(self, limit: int = 100, *, host: str | None = None) -> builtins.list[Task]:
+        """Attempts whose lease ended (or, with `host`, every attempt of that host: it
+        restarted, so they are dead) get the core's rescue fate, written by compare-and-swap
+        on the epoch. The rescued tasks as written."""
+        cond = "host=%s" if host is not None else "lease_until < now()"
+        out: builtins.list[Task] = []
+        with self.db.transaction():
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('running', 'blocked') AND {cond}"
+                " ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED",
+                (host, limit) if host is not None else (limit,)).fetchall()
+            for r in rows:
+                task, owner = _task(r), r[-1]
+                fence = task.epoch
+                fate = lease.rescued(task, core.Context(now=0.0, wall=time.time(), rand=0.0))
+                cur = self.db.execute(_UPDATE, _update_args(task, fence))
+                if cur.rowcount == 0:  # pragma: no cover (the row is locked: cannot happen)
+                    continue
+                if task.state.final:
+                    self.db.execute("SELECT pg_notify('supd_finished', %s)", (task.id,))
+                else:
+                    self.db.execute("SELECT pg_notify('supd_submit', '1')")
+                log("task_rescued", task=task.id, owner=owner, epoch=task.epoch, state=task.state.value,
+                    reason=fate.reason, attempts=task.attempts)
+                out.append(task)
+        return out
+
+    def cancel(self, task_id: str) -> TaskView | None:
+        """Cancel a task this host does not run: a queued or blocked one now (final), a
+        running one by its flag (its owner sees it when it renews, or is told by NOTIFY)."""
+        with self.db.transaction():
+            row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=%s FOR UPDATE", (task_id,)).fetchone()
+            if row is None:
+                return None
+            task = _task(row)
+            if task.state.final:
+                return view(task)
+            if task.state is TaskState.RUNNING or (task.state is TaskState.BLOCKED and row[-1]):
+                self.db.execute("UPDATE tasks SET cancel_requested=TRUE WHERE id=%s", (task_id,))
+                self.db.execute("SELECT pg_notify('supd_cancel', %s)", (task_id,))
+                task.cancel_requested = True
+                return view(task)
+            fence = task.epoch
+            core.decide(task, core.CancelRequested(), core.Context(now=0.0, wall=time.time(), rand=0.0))
+            self.db.execute(_UPDATE, _update_args(task, fence))
+            self.db.execute("SELECT pg_notify('supd_finished', %s)", (task_id,))
+            return view(task)
+
+    def heartbeat(self, host: str, pid: int, started_at: float, children: int, running: int, phase: str) -> None:
+        self.db.execute(
+            "INSERT INTO hosts (host, pid, started_at, heartbeat_at, children, running, phase)"
+            " VALUES (%s, %s, %s, now(), %s, %s, %s) ON CONFLICT (host) DO UPDATE SET pid=EXCLUDED.pid,"
+            " started_at=EXCLUDED.started_at, heartbeat_at=now(), children=EXCLUDED.children,"
+            " running=EXCLUDED.running, phase=EXCLUDED.phase",
+            (host, pid, started_at, children, running, phase))
+
+    def hosts(self) -> builtins.list[dict[str, object]]:
+        rows = self.db.execute(
+            "SELECT h.host, h.pid, h.children, h.phase, EXTRACT(EPOCH FROM now() - h.heartbeat_at),"
+            " (SELECT COUNT(*) FROM tasks t WHERE t.host = h.host AND t.state = 'running')"
+            " FROM hosts h ORDER BY h.host").fetchall()
+        return [{"host": r[0], "pid": int(r[1]), "children": int(r[2]), "phase": r[3],
+                 "heartbeat_age_s": round(float(r[4]), 3), "running": int(r[5])} for r in rows]
+
+    def fleet_counts(self) -> dict[str, object]:
+        """Tasks per state over the fleet, and hosts that beat within the last minute."""
+        states = self.counts()
+        live = self.db.execute("SELECT COUNT(*) FROM hosts WHERE heartbeat_at > now() - interval '60 seconds'"
+                               ).fetchone()
+        return {"tasks": states, "hosts": int(live[0]) if live else 0}
+
+
+def _row(t: Task) -> tuple[object, ...]:
+    return (
+        t.id, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
+        _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
+        t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
+        t.epoch, t.forgiven, t.cancel_requested,
+    )
+
+
+def _update_args(t: Task, fence: int) -> dict[str, object]:
+    delay_s = 0.0
+    if t.state is TaskState.QUEUED and t.not_before:
+        delay_s = max(0.0, t.not_before - time.monotonic())  # `not_before` is on the hub's monotonic clock
+    return {
+        "state": t.state.value, "attempts": t.attempts, "epoch": t.epoch, "forgiven": t.forgiven,
+        "cancel": t.cancel_requested, "outcome": _enc.encode(t.outcome) if t.outcome else None, "child": t.child,
+        "span_id": t.span_id, "started_at": t.started_at, "finished_at": t.finished_at, "delay_s": delay_s,
+        "id": t.id, "fence": fence,
+    }
+
+
+def _approx_bytes(t: Task) -> int:
+    o, s = t.outcome or Outcome(), t.spec
+    return len(o.result or "") + len(o.stderr or "") + len(s.prompt or "") + len(s.input or "")
+
+
+def _task(r: Sequence[Any]) -> Task:
+    (tid, seq, _kind, state, _prio, attempts, retries, spec, outcome, child, trace_id, span_id,
+     parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,
+     _host) = r
+    return Task(
+        id=str(tid), spec=_spec_dec.decode(spec), submitted_at=float(submitted_at), seq=int(seq),
+        state=TaskState(state), attempts=int(attempts), retries=int(retries), epoch=int(epoch),
+        forgiven=int(forgiven), outcome=_outcome_dec.decode(outcome) if outcome else None, child=child,
+        trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, tracestate=tracestate,
+        started_at=started_at, finished_at=finished_at, cancel_requested=bool(cancel_requested), host=_host,
+    )
+
+
+def _view(r: Sequence[Any]) -> TaskView:
+    return view(_task(r))
+
