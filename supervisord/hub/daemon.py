@@ -121,7 +121,10 @@ def turn(h: Hub, t: Turn) -> None:
     _notice_stall(h, t, now)
     _timers(h, t, now)
     flows.turn(h)
-    tasks.pump(h)
+    if h.fleet is not None:
+        fleet.pump(h)  # claims from the shared queue
+    else:
+        tasks.pump(h)
     for task_id, epoch in h.store.commit():  # a write for an attempt no longer current
         log("store_fenced", logging.WARNING, task=task_id, epoch=epoch)
     for envelope, reply in h.after_commit:
@@ -241,8 +244,12 @@ class Daemon:
         if isinstance(store, FleetStore):
             j = store.journal
             h.fleet = fleet.FleetState(journal=j, host=j.host, lease_s=j.lease_s, renewed_at=clock.now())
+            h.answer_from_fleet = fleet.answer
             j.start(lambda event: loop.call_soon_threadsafe(self.inbox.put_nowait, event))
-        tasks.recover(h)
+        if h.fleet is not None:
+            fleet.recover(h)
+        else:
+            tasks.recover(h)
         flows.recover(h)
         store.commit()
         transport.start()

@@ -272,7 +272,7 @@ def list_(h: Hub, envelope: Envelope, req: ctl.List) -> ctl.Reply | None:
     if req.state is not None and req.state not in {s.value for s in TaskState}:
         states = ", ".join(s.value for s in TaskState)
         return ctl.Error(kind="bad_request", message=f"unknown state {req.state!r} (one of {states})")
-    budget = tasks.reply_budget(h)
+    budget = h.reply_budget
     _read(h, envelope, lambda s: s.list(req.state, req.limit, budget), lambda vs: ctl.Tasks(tasks=vs))
     return None
 
@@ -339,7 +339,7 @@ def answer(h: Hub, waiter: Waiter) -> None:
             h.spokes.control.reply(envelope, ctl.Error(kind="journal", message=error or "no answer"))
             return
         final = [views[tid] for tid in done if tid in views]
-        fitting, later = tasks.within_budget(final, tasks.reply_budget(h))
+        fitting, later = tasks.within_budget(final, h.reply_budget)
         h.spokes.control.reply(envelope, ctl.Tasks(tasks=fitting, pending=pending + later))
 
     h.store.commit()  # our own final records first (the journal thread keeps order)

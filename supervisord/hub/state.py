@@ -27,7 +27,7 @@ from supervisord.core.scheduler import Scheduler
 from supervisord.core.traceids import Ids
 from supervisord.hub.flowbook import FlowBook
 from supervisord.hub.orphans import Orphans
-from supervisord.hub.waiters import Waiters
+from supervisord.hub.waiters import Waiter, Waiters
 from supervisord.spokes.claude_cli import ClaudeCommand
 from supervisord.spokes.tracing import Tracer
 from supervisord.store.base import Store
@@ -209,6 +209,8 @@ class Hub:
     extents: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: set when the journal is a PostgreSQL database shared by a fleet (supervisord.hub.fleet)
     fleet: FleetState | None = None
+    #: in a fleet, how a waiter is answered (`fleet.answer`: views read from the shared journal)
+    answer_from_fleet: Callable[[Hub, Waiter], None] | None = None
 
     @property
     def reply_budget(self) -> int:

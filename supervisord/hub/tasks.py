@@ -181,10 +181,8 @@ def within_budget(views: list[TaskView], budget_bytes: int) -> tuple[list[TaskVi
 def answer(h: Hub, waiter: Waiter) -> None:
     """Answer a `Wait` with the tasks that are final (after the commit that recorded them);
     those past the reply's byte budget come back as pending, and the client asks again."""
-    if h.fleet is not None:
-        from supervisord.hub import fleet
-
-        fleet.answer(h, waiter)
+    if h.answer_from_fleet is not None:  # a fleet reads the views from the shared journal
+        h.answer_from_fleet(h, waiter)
         return
     done = [v for tid in waiter.ids if tid not in waiter.pending and (v := task_view(h, tid))]
     views, later = within_budget(done, h.reply_budget)
@@ -195,13 +193,9 @@ def answer(h: Hub, waiter: Waiter) -> None:
 
 
 def pump(h: Hub) -> None:
-    """The ready-pump: give each idle child the next runnable task."""
+    """The ready-pump: give each idle child the next runnable task (one host; a fleet's is
+    `fleet.pump`, which claims from the shared queue)."""
     if not h.life.accepting:
-        return
-    if h.fleet is not None:
-        from supervisord.hub import fleet
-
-        fleet.pump(h)
         return
     now = h.clock.now()
     for slot in h.pool.idle():
@@ -258,12 +252,8 @@ def result_room(h: Hub) -> int:
 
 
 def recover(h: Hub) -> None:
-    """Carry on with what a previous daemon accepted and did not finish."""
-    if h.fleet is not None:
-        from supervisord.hub import fleet
-
-        fleet.recover(h)
-        return
+    """Carry on with what a previous daemon accepted and did not finish (one host; a fleet's
+    is `fleet.recover`)."""
     tasks = h.store.unfinished()
     live = [t.id for t in tasks if t.state in (TaskState.RUNNING, TaskState.BLOCKED)]
     leftovers = h.spokes.procs.leftovers(live) if live else set()
