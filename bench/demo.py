@@ -4,14 +4,17 @@ Starts the project's stand-in Messages API (`bench/fakeapi.py`, with a per-reque
 so that parallelism matters), a supd with 4 children in a temp state dir, runs the same
 work as `supctl bench --kind claude --tasks 8 --parallel 4`, then one small workflow (a map
 of Claude reviews over three files, then a Claude summary of the reviews) whose tree it
-prints, prints a report, shuts the daemon down (drain) and exits 0 only if every task and
-the workflow succeeded. No network, no API key.
+prints, then four `--worktree` tasks that each rewrite the same file of a scratch repository
+(each on its own branch `supd/<id>`; it prints their diff stats and checks that the main
+checkout is untouched), prints a report, shuts the daemon down (drain) and exits 0 only if
+every task and the workflow succeeded. No network, no API key.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 import tomllib
@@ -21,6 +24,7 @@ import psutil
 from common import Daemon, short_tmpdir, toml_table
 
 from proto import control as ctl
+from proto.task import TaskSpec
 from supervisord.ctl import benchcmd, flowcmd
 from supervisord.ctl.client import Client, expect
 
@@ -62,6 +66,50 @@ def task_cpu_s(supd_pid: int) -> float:
     return total
 
 
+def _git(repo: str, *args: str) -> str:
+    return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=True).stdout
+
+
+def worktree_phase(c: Client, state_dir: str, n: int) -> bool:
+    """`n` Claude tasks at once, each in its own worktree of one scratch repository, each
+    rewriting the same file (the stand-in answers `[[bash:…]]` with a Bash tool call)."""
+    repo = os.path.join(state_dir, "demo-repo")
+    os.makedirs(repo)
+    _git(repo, "init", "-q", "-b", "main")
+    with open(os.path.join(repo, "NOTES.md"), "w") as f:
+        f.write("# notes\n")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=demo", "-c", "user.email=demo@localhost", "commit", "-qm", "start")
+    print(f"\nrunning {n} Claude tasks at once, each in its own git worktree of {repo}, all editing NOTES.md…")
+    specs = [TaskSpec(prompt=f"[[bash:printf '# notes\\nagent {i} was here\\n' > NOTES.md && touch agent{i}.txt]] "
+                             f"agent {i}: leave a note", allowed_tools=["Bash"], worktree=True, cwd=repo,
+                      timeout_s=120)
+             for i in range(n)]
+    ids = expect(c.request(ctl.Submit(tasks=specs)), ctl.Accepted).ids
+    done: dict[str, ctl.TaskView] = {}
+    deadline = time.monotonic() + 300
+    while len(done) < n and time.monotonic() < deadline:
+        reply = expect(c.request(ctl.Wait(ids=[i for i in ids if i not in done], timeout_s=5.0), timeout_s=15),
+                       ctl.Tasks)
+        done.update({t.id: t for t in reply.tasks})
+    ok = len(done) == n
+    for tid in ids:
+        t = done.get(tid)
+        w = t.worktree if t else None
+        if t is None or w is None:
+            print(f"  {tid}  not finished")
+            ok = False
+            continue
+        print(f"  {t.state:<9}  {w.branch}  {w.files_changed} files changed, +{w.insertions} -{w.deletions}"
+              f"  ({(w.base or '?')[:8]}..{(w.head or '?')[:8]})")
+        ok = ok and t.state == "succeeded" and w.files_changed == 2
+    clean = _git(repo, "status", "--porcelain") == ""
+    left = [e for e in os.scandir(os.path.join(state_dir, "worktrees")) if e.is_dir()]
+    print(f"  main checkout clean: {clean}; worktree directories left: {len(left)}; "
+          f"branches: {len(_git(repo, 'branch', '--list', 'supd/*').split())}")
+    return ok and clean and not left
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--latency", type=float, default=1.0, help="stand-in API latency per request, seconds (1.0)")
@@ -94,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             benchcmd.print_report(report)
             with Client(f"ipc://{daemon.state_dir / 'control.sock'}", timeout_s=30.0) as c:
                 flow = run_workflow(c)
+                worktrees_ok = worktree_phase(c, str(daemon.state_dir), a.children)
         finally:
             code = daemon.stop()
             print(f"\nsupd shut down (exit {code})")
@@ -124,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: supd exited {code}", file=sys.stderr)
     print(f"workflow         {flow['state']} ({len(flow['steps'])} steps, "  # type: ignore[arg-type]
           f"cost ${flow['cost_usd']:.4f})")
-    good = report["ok"] and code == 0 and flow["state"] == "succeeded"
+    print(f"worktrees        {'ok: each task on its own branch, the main checkout untouched' if worktrees_ok else 'FAILED'}")
+    good = report["ok"] and code == 0 and flow["state"] == "succeeded" and worktrees_ok
     print("demo: OK" if good else "demo: FAILED")
     return 0 if good else 1
 

@@ -32,6 +32,16 @@ Behaviours, per request: a directive in the last user text, or the `x-fake-behav
     [[ratelimit:STATUS:S]] adds the unified headers with that status to any reply.
 Hung and stalled requests are held until stop(), which returns at once (~0.05 s).
 
+Structured output (`claude --json-schema`): when the request offers the CLI's
+`StructuredOutput` tool, the answer is a call of it whose input is built from the tool's
+schema (strings are "ECHO: <prompt>", numbers 1, booleans true, an enum's first value,
+arrays one item when required); the request carrying its result is answered "DONE".
+Sessions (`claude --resume`): each request's conversation is recorded (`conversations()`,
+`GET /_conversations`: per request the [role, text] of every message, tool calls and results
+as `tool_use NAME` / `tool_result TEXT`), so a test sees the earlier turns a resumed session
+sends; and a reply to a conversation with earlier user turns says so: "ECHO: <prompt>
+(turn N, first: <first prompt>)".
+
 Measured with Claude Code 2.1.330 (bundled in claude-agent-sdk 0.2.187), 2 cores, as root:
 - Env: see claude_env(). Without CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC the CLI also sends
   `HEAD /api/hello` here (and tries other hosts); with it, exactly one POST /v1/messages per
@@ -97,6 +107,7 @@ log = logging.getLogger("fakeapi")
 
 BEHAVIOUR_HEADER = "x-fake-behaviour"
 TOOL_ID_PREFIX = "toolu_fake_"
+STRUCTURED_TOOL = "StructuredOutput"
 _DIRECTIVE_RE = re.compile(r"\[\[(status|hang|stall|drop|latency|bash|retry_after|ratelimit|once)(?::(.*?))?\]\]",
                            re.DOTALL)
 _REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
@@ -189,6 +200,60 @@ def _pending_tool_result(body: JSON) -> str | None:
             and str(block.get("tool_use_id", "")).startswith(TOOL_ID_PREFIX)
         ):
             return _REMINDER_RE.sub("", _content_text(block.get("content", ""))).strip()
+    return None
+
+
+def user_texts(body: JSON) -> list[str]:
+    """The user-written text of each user message that has some, in order."""
+    return [t for msg in body.get("messages") or []
+            if isinstance(msg, dict) and msg.get("role") == "user" and (t := last_user_text({"messages": [msg]}))]
+
+
+def conversation(body: JSON) -> list[list[str]]:
+    """[role, text] of every message of a request: texts (system reminders left out), and
+    tool calls and results as `tool_use NAME` / `tool_result TEXT`."""
+    out: list[list[str]] = []
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict):
+            continue
+        role = str(msg.get("role"))
+        content = msg.get("content", "")
+        for block in content if isinstance(content, list) else [content]:
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                out.append([role, f"tool_use {block.get('name')}"])
+            elif isinstance(block, dict) and block.get("type") == "tool_result":
+                text = _REMINDER_RE.sub("", _content_text(block.get("content", ""))).strip()
+                out.append([role, f"tool_result {text}"])
+            else:
+                text = _block_text(block).strip()
+                if text and not text.startswith("<system-reminder>"):
+                    out.append([role, text])
+    return out
+
+
+def _example(schema: Any, text: str) -> Any:
+    """A value that fits `schema` (the common keywords only)."""
+    if not isinstance(schema, dict):
+        return text
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        return {k: _example(v, text) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [_example(schema.get("items"), text) for _ in range(max(1, int(schema.get("minItems", 1))))]
+    return {"string": text, "integer": 1, "number": 1, "boolean": True, "null": None}.get(str(kind), text)
+
+
+def structured_tool(body: JSON) -> JSON | None:
+    """The CLI's StructuredOutput tool, when the request offers it."""
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("name") == STRUCTURED_TOOL:
+            return tool
     return None
 
 
@@ -334,6 +399,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_stats":
             self._send_json(200, self.server.api.stats())
             return
+        if path == "/_conversations":
+            self._send_json(200, {"conversations": self.server.api.conversations()})
+            return
         self._other(b"")
 
     def do_POST(self) -> None:
@@ -390,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
         if tool_output is not None and b.name == "bash":
             b.name, b.tool_output = "bash_done", tool_output
             b.tags = [t for t in b.tags if t != "bash"] + ["bash_done"]
-        api._note_request(prompt, b.tags or ["ok"])
+        api._note_request(prompt, b.tags or ["ok"], conversation(body))
         log.info("POST /v1/messages stream=%s behaviour=%s prompt=%r", body.get("stream"), b.tags, prompt[:80])
 
         if b.latency_s > 0 and api._stopping.wait(b.latency_s):
@@ -413,8 +481,21 @@ class _Handler(BaseHTTPRequestHandler):
 
         model = str(body.get("model") or "claude-sonnet-4-5")
         usage_in = _estimate_tokens({k: body.get(k) for k in ("system", "tools", "messages")})
-        if b.name == "bash":
-            content: list[JSON] = [
+        schema_tool = structured_tool(body)
+        if b.name == "ok" and schema_tool is not None:
+            b.name = "structured_done" if tool_output is not None else "structured"
+        turns = user_texts(body)
+        if b.name == "structured":
+            content: list[JSON] = [{
+                "type": "tool_use", "id": f"{TOOL_ID_PREFIX}{next(api._ids):06d}", "name": STRUCTURED_TOOL,
+                "input": _example((schema_tool or {}).get("input_schema"), f"ECHO: {prompt}"),
+            }]
+            stop_reason = "tool_use"
+        elif b.name == "structured_done":
+            content = [{"type": "text", "text": "DONE"}]
+            stop_reason = "end_turn"
+        elif b.name == "bash":
+            content = [
                 {
                     "type": "tool_use",
                     "id": f"{TOOL_ID_PREFIX}{next(api._ids):06d}",
@@ -425,6 +506,8 @@ class _Handler(BaseHTTPRequestHandler):
             stop_reason = "tool_use"
         else:
             text = f"DONE: {b.tool_output}" if b.name == "bash_done" else f"ECHO: {prompt}"
+            if b.name != "bash_done" and len(turns) > 1:
+                text += f" (turn {len(turns)}, first: {turns[0]})"
             content = [{"type": "text", "text": text}]
             stop_reason = "end_turn"
         usage_out = max(1, _estimate_tokens(content))
@@ -582,6 +665,7 @@ class FakeAPI:
         self._by_prompt: dict[str, int] = {}
         self._behaviours: dict[str, int] = {}
         self._other: dict[str, int] = {}
+        self._conversations: list[list[list[str]]] = []
         #: (time.time(), prompt, behaviours) of every /v1/messages request, in arrival order
         self._log: list[tuple[float, str, list[str]]] = []
 
@@ -641,16 +725,23 @@ class FakeAPI:
                 "log": [{"at": at, "prompt": p, "behaviours": tags} for at, p, tags in self._log],
             }
 
+    def conversations(self) -> list[list[list[str]]]:
+        """Per /v1/messages request, in arrival order: [role, text] of each of its messages."""
+        with self._lock:
+            return [list(c) for c in self._conversations]
+
     def reset(self) -> None:
         with self._lock:
+            self._conversations.clear()
             self._requests = 0
             self._by_prompt.clear()
             self._behaviours.clear()
             self._other.clear()
             self._log.clear()
 
-    def _note_request(self, prompt: str, tags: list[str]) -> None:
+    def _note_request(self, prompt: str, tags: list[str], messages: list[list[str]] | None = None) -> None:
         with self._lock:
+            self._conversations.append(messages or [])
             self._requests += 1
             self._log.append((time.time(), prompt, list(tags)))
             self._by_prompt[prompt] = self._by_prompt.get(prompt, 0) + 1

@@ -104,6 +104,7 @@ class StreamEvent(msgspec.Struct, kw_only=True):
     api_error: str | None = None
     terminal_reason: str | None = None
     errors: list[str] | None = None
+    structured_output: Any = None
     # rate_limit_event
     rate_limit_info: RateLimitInfo | None = None
 
@@ -287,6 +288,10 @@ def build_argv(command_prefix: list[str], spec: TaskSpec) -> list[str]:
         argv.append(f"--permission-mode={spec.permission_mode}")
     if spec.max_budget_usd is not None:
         argv.append(f"--max-budget-usd={_fmt_number(spec.max_budget_usd)}")
+    if spec.json_schema is not None:
+        argv.append(f"--json-schema={msgspec.json.encode(spec.json_schema).decode()}")
+    if spec.resume_session:
+        argv.append(f"--resume={spec.resume_session}")
     return argv
 
 

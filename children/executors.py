@@ -14,9 +14,9 @@ from typing import Protocol
 
 from children import claude
 from proto.children import Dispatch
-from proto.task import ErrorKind, Outcome, TaskError, TaskState
+from proto.task import ErrorKind, Line, Outcome, TaskError, TaskState
 
-__all__ = ["CappedBuffer", "Executor", "Launch", "Verdict", "make_executor", "plan_launch"]
+__all__ = ["CappedBuffer", "Executor", "Launch", "Transcriber", "Verdict", "make_executor", "plan_launch"]
 
 TASK_ENV = "SUPD_TASK_ID"
 #: Room above the output cap for one stream-json line: the `result` line carries the
@@ -37,7 +37,7 @@ class Launch:
     stdin: bytes | None
 
 
-def plan_launch(dispatch: Dispatch, base_env: dict[str, str]) -> Launch:
+def plan_launch(dispatch: Dispatch, base_env: dict[str, str], cwd: str | None = None) -> Launch:
     """argv by kind; env = the child's env + dispatch.env + spec.env + SUPD_TASK_ID; stdin
     is the spec's input for exec, the prompt for claude."""
     spec = dispatch.spec
@@ -49,7 +49,7 @@ def plan_launch(dispatch: Dispatch, base_env: dict[str, str]) -> Launch:
         argv = list(spec.argv or [])
         stdin = spec.input.encode() if spec.input is not None else None
     env = {**base_env, **dispatch.env, **spec.env, TASK_ENV: dispatch.task_id}
-    return Launch(argv=argv, env=env, cwd=spec.cwd, stdin=stdin)
+    return Launch(argv=argv, env=env, cwd=cwd or spec.cwd, stdin=stdin)
 
 
 @dataclass
@@ -77,6 +77,78 @@ class CappedBuffer:
     def last_line(self) -> str:
         lines = self.text().strip().splitlines()
         return lines[-1] if lines else ""
+
+
+class Transcriber:
+    """The task's output as transcript lines: stdout and stderr split into lines, each
+    stamped, at most `cap` bytes of text per attempt; the rest is counted and, at the end,
+    noted in one `supd` line. `take()` hands over what is pending (sent as `Output`).
+    With `json_stdout` (Claude tasks) only stdout lines that are JSON objects are kept: the
+    CLI's debug log (`ANTHROPIC_LOG=debug`, which the rate-limit gate reads) shares stdout
+    with the stream-json lines and is no part of the transcript."""
+
+    def __init__(self, cap: int, attempt: int, json_stdout: bool = False) -> None:
+        self.cap, self.attempt, self.json_stdout = cap, attempt, json_stdout
+        self.used = 0
+        self.pending: list[Line] = []
+        self.pending_bytes = 0
+        self.dropped_lines = self.dropped_bytes = 0
+        self.partial: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        #: streams inside a line that was dropped: the rest of it, up to its newline, goes too
+        self.skipping: set[str] = set()
+
+    def feed(self, stream: str, chunk: bytes, at: float) -> None:
+        if self.cap <= 0:
+            return
+        buf = self.partial[stream]
+        start = 0
+        while (nl := chunk.find(b"\n", start)) >= 0:
+            if stream in self.skipping:
+                self.skipping.discard(stream)
+                self.dropped_bytes += nl - start
+            else:
+                buf += chunk[start:nl]
+                self._add(stream, bytes(buf), at)
+                buf.clear()
+            start = nl + 1
+        rest = chunk[start:]
+        if stream in self.skipping:
+            self.dropped_bytes += len(rest)
+        elif len(buf) + len(rest) > self.cap - self.used:  # a line longer than the room left: dropped
+            self.dropped_bytes += len(buf) + len(rest)
+            self.dropped_lines += 1
+            self.skipping.add(stream)
+            buf.clear()
+        else:
+            buf += rest
+
+    def _add(self, stream: str, raw: bytes, at: float) -> None:
+        if self.json_stdout and stream == "stdout" and not raw.lstrip().startswith(b"{"):
+            return
+        if self.used + len(raw) > self.cap:
+            self.dropped_lines += 1
+            self.dropped_bytes += len(raw)
+            return
+        self.used += len(raw)
+        self.pending.append(Line(at, stream, self.attempt, raw.decode("utf-8", errors="replace").rstrip("\r")))
+        self.pending_bytes += len(raw)
+
+    def note(self, text: str, at: float) -> None:
+        """A line of supd's own (not counted against the cap)."""
+        self.pending.append(Line(at, "supd", self.attempt, text))
+
+    def take(self, at: float, final: bool = False) -> list[Line]:
+        if final:
+            self.skipping.clear()
+            for stream, buf in self.partial.items():
+                if buf:
+                    self._add(stream, bytes(buf), at)
+                    buf.clear()
+            if self.dropped_lines or self.dropped_bytes:
+                self.note(f"transcript cap of {self.cap} bytes reached: {self.dropped_lines} lines "
+                          f"({self.dropped_bytes} bytes) left out", at)
+        lines, self.pending, self.pending_bytes = self.pending, [], 0
+        return lines
 
 
 def _exit_fields(returncode: int | None) -> tuple[int | None, int | None]:
@@ -243,6 +315,7 @@ class ClaudeExecutor:
         outcome.num_turns = r.num_turns
         outcome.is_error = r.is_error
         outcome.api_error_status = r.api_error_status
+        outcome.structured_output = r.structured_output
 
 
 def make_executor(dispatch: Dispatch) -> ExecExecutor | ClaudeExecutor:

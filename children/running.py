@@ -31,11 +31,19 @@ import msgspec
 import psutil
 import zmq
 
-from children.executors import ClaudeExecutor, ExecExecutor, Launch, Verdict, make_executor, plan_launch
+from children.executors import (
+    ClaudeExecutor,
+    ExecExecutor,
+    Launch,
+    Transcriber,
+    Verdict,
+    make_executor,
+    plan_launch,
+)
 from children.log import log
-from proto.children import ChildMessage, Dispatch, Progress, Result, Started
+from proto.children import ChildMessage, Dispatch, Output, Progress, Result, Started
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord.spokes import cgroups, procs
+from supervisord.spokes import cgroups, git, procs
 
 __all__ = ["Cgroup", "RunningTask", "fit", "launch", "spawn_failure"]
 
@@ -46,6 +54,8 @@ READS_PER_WAKE = 16
 #: to give up on a process that will not die (uninterruptible sleep) and report anyway.
 RECHECK_S = 0.25
 GIVE_UP_S = 5.0
+#: transcript lines go up in one `Output` once this many bytes wait, or this long after the first
+OUTPUT_FLUSH_BYTES, OUTPUT_FLUSH_S = 64 << 10, 0.2
 
 Send = Callable[[ChildMessage], None]
 
@@ -97,6 +107,12 @@ class RunningTask:
         self.kill_at: float | None = None
         self.recheck_at: float | None = None
         self.give_up_at: float | None = None
+        self.transcript = Transcriber(dispatch.limits.transcript_cap_bytes, dispatch.attempt,
+                                      json_stdout=dispatch.spec.kind == "claude")
+        self.flush_at: float | None = None
+        #: the worktree the task runs in, and the commit its branch started from
+        self.worktree = dispatch.worktree
+        self.base = ""
 
     @staticmethod
     def _nonblocking(pipe: IO[bytes] | None) -> int | None:
@@ -121,7 +137,7 @@ class RunningTask:
 
     def next_deadline(self) -> float | None:
         pending = [t for t in (self.wall_at, self.stall_at, self.grace_at, self.kill_at,
-                               self.recheck_at, self.give_up_at) if t is not None]
+                               self.recheck_at, self.give_up_at, self.flush_at) if t is not None]
         return min(pending) if pending else None
 
     def on_ready(self, fd: int, now: float) -> None:
@@ -154,6 +170,11 @@ class RunningTask:
             self._feed(fd, chunk, now)
 
     def _feed(self, fd: int, chunk: bytes, now: float) -> None:
+        self.transcript.feed("stdout" if fd == self.out_fd else "stderr", chunk, time.time())
+        if self.transcript.pending_bytes >= OUTPUT_FLUSH_BYTES:
+            self.flush_output()
+        elif self.transcript.pending and self.flush_at is None:
+            self.flush_at = now + OUTPUT_FLUSH_S
         if fd == self.out_fd:
             active, progress = self.executor.feed_stdout(chunk)
             for event, summary in progress:
@@ -243,8 +264,17 @@ class RunningTask:
 
     # ---- timeouts, cancel and the kill escalation ------------------------------------
 
+    def flush_output(self, final: bool = False) -> None:
+        """Send the transcript lines that wait (all of them, and the cap's note, when `final`)."""
+        self.flush_at = None
+        lines = self.transcript.take(time.time(), final)
+        if lines:
+            self.send(Output(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, lines=lines))
+
     def on_time(self, now: float) -> None:
         """Act on every deadline that has passed."""
+        if self.flush_at is not None and now >= self.flush_at:
+            self.flush_output()
         if self.wall_at is not None and now >= self.wall_at:
             message = f"wall-clock timeout of {self.limits.timeout_s:g}s"
             self.stop(TaskState.TIMED_OUT, TaskError(kind=ErrorKind.TIMEOUT, message=message), now)
@@ -338,7 +368,14 @@ class RunningTask:
     # ---- the end ---------------------------------------------------------------------
 
     def result(self) -> Result:
+        """The attempt's Result; first its last transcript lines go, and its worktree's
+        leftovers are committed (the tree is dead: nothing writes there any more)."""
+        self.flush_output(final=True)
         state, outcome = self.executor.finish(self.returncode, self.verdict)
+        if self.worktree is not None:
+            outcome.worktree = git.finish(self.worktree, self.base)
+            log("task_worktree", task=self.task_id, branch=outcome.worktree.branch, head=outcome.worktree.head,
+                files=outcome.worktree.files_changed, error=outcome.worktree.error)
         log("task_finished", task=self.task_id, attempt=self.attempt, state=state.value,
             error=outcome.error.kind if outcome.error else None, returncode=self.returncode)
         return Result(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, state=state.value,
@@ -407,6 +444,22 @@ def spawn_failure(dispatch: Dispatch, exc: OSError, argv: list[str]) -> Result:
                   state=TaskState.FAILED.value, outcome=outcome, started_at=now, finished_at=now)
 
 
+def worktree_failure(dispatch: Dispatch, message: str) -> Result:
+    """The Result of a task whose worktree could not be made."""
+    log("task_worktree_failed", task=dispatch.task_id, error=message)
+    now = time.time()
+    outcome = Outcome(error=TaskError(kind=ErrorKind.WORKTREE, message=f"worktree: {message}"))
+    return Result(task_id=dispatch.task_id, attempt=dispatch.attempt, epoch=dispatch.epoch,
+                  state=TaskState.FAILED.value, outcome=outcome, started_at=now, finished_at=now)
+
+
+def _with_worktree(result: Result, dispatch: Dispatch, base: str) -> Result:
+    """A task that never started still leaves its worktree as `keep` says."""
+    if dispatch.worktree is not None:
+        result.outcome.worktree = git.finish(dispatch.worktree, base)
+    return result
+
+
 @functools.cache
 def _base_env() -> dict[str, str]:
     """The child's own environment, read once: it never changes after boot, and copying
@@ -444,21 +497,29 @@ def launch(dispatch: Dispatch, send: Send, now: float, cg: Cgroup | None = None)
     a spawn failure is a Result."""
     if dispatch.spec.kind == "claude" and not dispatch.claude_command:
         return spawn_failure(dispatch, OSError(0, "no Claude CLI command given"), ["claude"])
-    plan: Launch = plan_launch(dispatch, _base_env())
+    cwd, base = dispatch.spec.cwd, ""
+    if dispatch.worktree is not None:
+        try:
+            cwd, base = git.prepare(dispatch.worktree, dispatch.spec.cwd)
+        except (git.GitError, OSError) as exc:
+            return worktree_failure(dispatch, str(exc))
+        log("task_worktree_ready", task=dispatch.task_id, path=cwd, branch=dispatch.worktree.branch, base=base)
+    plan: Launch = plan_launch(dispatch, _base_env(), cwd)
     if not plan.argv:
-        return spawn_failure(dispatch, OSError(0, "empty argv"), plan.argv)
+        return _with_worktree(spawn_failure(dispatch, OSError(0, "empty argv"), plan.argv), dispatch, base)
     group = _enter_group(dispatch, cg)
     popen: subprocess.Popen[bytes] | procs.Spawned | None = None
     try:
         popen = procs.spawn(plan.argv, env=plan.env, cwd=plan.cwd, stdin_data=plan.stdin is not None,
                             new_session=True)
     except OSError as exc:  # FileNotFoundError, PermissionError, NotADirectoryError, ...
-        return spawn_failure(dispatch, exc, plan.argv)
+        return _with_worktree(spawn_failure(dispatch, exc, plan.argv), dispatch, base)
     except ValueError as exc:  # an env key with "=" or a NUL byte in argv/env
-        return spawn_failure(dispatch, OSError(0, str(exc)), plan.argv)
+        return _with_worktree(spawn_failure(dispatch, OSError(0, str(exc)), plan.argv), dispatch, base)
     finally:
         _leave_group(group, cg, popen is not None)
     task = RunningTask(dispatch, popen, plan.stdin, send, now, group)
+    task.base = base
     send(Started(task_id=task.task_id, attempt=task.attempt, epoch=task.epoch, pid=task.pid, pgid=task.pgid))
     log("task_started", task=task.task_id, attempt=task.attempt, kind=dispatch.spec.kind, task_pid=task.pid)
     return task

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proto.task import Outcome, TaskSpec
+from proto.task import Line, Outcome, TaskSpec
 
 #: A child exits with this when it cannot boot (bad arguments, an import error, no
 #: daemon to talk to): the daemon marks its slot FATAL at once instead of feeding a
@@ -67,6 +67,17 @@ class Progress(msgspec.Struct, tag=True, kw_only=True):
     summary: str = ""
 
 
+class Output(msgspec.Struct, tag=True, kw_only=True):
+    """Transcript lines of a running task, as they arrived (batched). Never dropped under
+    back-pressure: the child caps what it sends per attempt (`Limits.transcript_cap_bytes`)
+    and says, in one last `supd` line, how much it left out."""
+
+    task_id: str
+    attempt: int
+    epoch: int = 0
+    lines: list[Line]
+
+
 class Result(msgspec.Struct, tag=True, kw_only=True):
     """The end of one attempt. `state` is a final `TaskState` value."""
 
@@ -80,7 +91,7 @@ class Result(msgspec.Struct, tag=True, kw_only=True):
     finished_at: float
 
 
-ChildMessage = Hello | Heartbeat | Started | Progress | Result
+ChildMessage = Hello | Heartbeat | Started | Progress | Output | Result
 
 
 # ---- daemon -> child -------------------------------------------------------------
@@ -98,6 +109,24 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True):
     #: cuts result/stderr (and sets `truncated`) to fit. The daemon sends its
     #: `max_message_bytes` minus headroom.
     max_result_bytes: int = 0
+    #: transcript bytes this attempt may still send (0: none)
+    transcript_cap_bytes: int = 0
+
+
+class WorktreePlan(msgspec.Struct, kw_only=True, frozen=True):
+    """Run the task in a git worktree: `path` (under the state dir) on `branch`, created
+    from `base` (None: HEAD) of the repository at `repo` if the branch is new, else from
+    the branch; reused if `path` already is that worktree. At the end, leftovers are
+    committed as `author` with `message`, and `keep` says what stays: the branch
+    ("branch"), the directory too ("worktree"), or nothing ("none")."""
+
+    repo: str
+    path: str
+    branch: str
+    base: str | None = None
+    keep: str = "branch"
+    message: str = ""
+    author: str = "supd <supd@localhost>"
 
 
 class Dispatch(msgspec.Struct, tag=True, kw_only=True):
@@ -112,6 +141,7 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
     limits: Limits
     env: dict[str, str] = {}
     claude_command: list[str] = []
+    worktree: WorktreePlan | None = None
 
 
 class Cancel(msgspec.Struct, tag=True, kw_only=True):

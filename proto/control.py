@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from proto.task import TaskSpec, TaskView
+from proto.task import Line, TaskSpec, TaskView
 
 # ---- bounds (the decoder refuses a request past them with an `Error` naming the field) ----
 
@@ -117,6 +117,8 @@ class Prune(msgspec.Struct, tag=True, kw_only=True):
     configured `journal.retain_s`); answered with `Ok` saying how many went."""
 
     older_than_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_AGE_S)] | None = None
+    #: also delete worktree branches with commits not merged into any other branch
+    force: bool = False
 
 
 class RestartSlot(msgspec.Struct, tag=True, kw_only=True):
@@ -170,8 +172,23 @@ class FlowWait(msgspec.Struct, tag=True, kw_only=True):
     timeout_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_S)] = 5.0
 
 
+class Retry(msgspec.Struct, tag=True, kw_only=True):
+    """Submit a failed, timed-out or cancelled task again, from its stored spec: a new
+    task (its `retry_of` names the old one), answered with `Accepted`."""
+
+    id: TaskId
+
+
+class Logs(msgspec.Struct, tag=True, kw_only=True):
+    """A task's transcript from line `after` on, as much as one reply carries
+    (answered with `Transcript`; ask again from its `next`)."""
+
+    id: TaskId
+    after: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown | Prune
-           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait | Batch | Hosts)
+           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait | Batch | Hosts | Retry | Logs)
 
 
 # ---- replies ---------------------------------------------------------------------
@@ -222,4 +239,16 @@ class Flows(msgspec.Struct, tag=True, kw_only=True):
     pending: list[str] = []
 
 
-Reply = Accepted | Tasks | Info | Ok | Error | FlowAccepted | Flows
+class Transcript(msgspec.Struct, tag=True, kw_only=True):
+    """Lines `first` .. `next - 1` of a task's transcript, and the task's state now (a
+    follower stops once it is final and `next` is the end)."""
+
+    id: str
+    lines: list[Line]
+    first: int
+    next: int
+    state: str
+    final: bool
+
+
+Reply = Accepted | Tasks | Info | Ok | Error | FlowAccepted | Flows | Transcript

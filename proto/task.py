@@ -6,7 +6,7 @@ Imports msgspec and the stdlib only.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -34,6 +34,10 @@ BudgetUSD = Annotated[float, msgspec.Meta(gt=0, le=MAX_BUDGET_USD)]
 PathStr = Annotated[str, msgspec.Meta(max_length=MAX_PATH_CHARS)]
 NameStr = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]
 Tools = Annotated[list[NameStr], msgspec.Meta(max_length=MAX_TOOLS)]
+#: a task id given as a reference (`resume`, `retry_of`)
+RefId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+#: a git ref for `base` (a branch, tag or commit)
+GitRef = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 #: an exclusive key (`--key`): letters, digits and `_.:/@+-`, at most 128 characters
 KEY_PATTERN = r"^[A-Za-z0-9_.:/@+-]{1,128}$"
 KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=KEY_PATTERN)]
@@ -84,6 +88,49 @@ class TaskSpec(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     append_system_prompt: str | None = None
     permission_mode: NameStr | None = None
     max_budget_usd: BudgetUSD | None = None
+    #: a JSON Schema (an object) the CLI validates its answer against (`--json-schema`);
+    #: the answer comes back as the task's `structured_output`
+    json_schema: dict[str, Any] | None = None
+    # Agent work.
+    #: run in a fresh git worktree of `cwd`'s repository, on the branch `supd/<task id>`
+    worktree: bool = False
+    #: the worktree starts at this ref (default: the repository's HEAD at the first attempt)
+    base: GitRef | None = None
+    #: continue this earlier Claude task's session (in its directory or worktree)
+    resume: RefId | None = None
+    # Filled in by supd at submit (a client may not set them): the session to resume, the
+    # worktree's branch when it is not this task's own (a resumed worktree task), the main
+    # checkout's root, and the task this one is a `retry` of.
+    resume_session: NameStr | None = None
+    worktree_branch: NameStr | None = None
+    repo: PathStr | None = None
+    retry_of: RefId | None = None
+
+
+class Line(msgspec.Struct, array_like=True, frozen=True):
+    """One line of a task's transcript: wall time, stream (`stdout`, `stderr`, or `supd`
+    for supd's own notes), the attempt that wrote it, and the text (no newline)."""
+
+    at: float
+    stream: str
+    attempt: int
+    text: str
+
+
+class WorktreeInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a worktree task left: its branch, the commit it started from (`base`) and the
+    branch's last commit (`head`), with the diff's size; `path` while the directory is kept."""
+
+    repo: str
+    branch: str
+    base: str | None = None
+    head: str | None = None
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    path: str | None = None
+    #: what went wrong with git, when something did (the task's own outcome is unaffected)
+    error: str | None = None
 
 
 class Usage(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -139,6 +186,8 @@ class ErrorKind:
     BUDGET = "budget"
     #: Claude: exited without a result line, or an unclassified error result
     CLAUDE = "claude"
+    #: the task's git worktree could not be made (not a repository, a bad --base)
+    WORKTREE = "worktree"
 
     RETRYABLE = frozenset({WORKER_LOST, WORKER_BUSY, STALL, OVERLOADED, RATE_LIMITED, API_ERROR, NETWORK})
     #: failures that say the Claude backend is unhealthy (feed the circuit breaker)
@@ -161,6 +210,9 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     num_turns: int | None = None
     is_error: bool | None = None
     api_error_status: int | None = None
+    #: the parsed answer of a task with `json_schema`
+    structured_output: Any = None
+    worktree: WorktreeInfo | None = None
     #: when the API said to come back (wall clock, epoch seconds): a `rate_limit_event`'s
     #: `resetsAt`, or a 429's `retry-after` as the CLI's debug log shows it
     resets_at: float | None = None
@@ -195,6 +247,13 @@ class TaskView(msgspec.Struct, kw_only=True):
     num_turns: int | None = None
     prompt: str | None = None
     argv: list[str] | None = None
+    structured_output: Any = None
+    worktree: WorktreeInfo | None = None
+    #: the task whose Claude session this one continues (`submit --resume`)
+    resumed_from: str | None = None
+    #: the task this one submits again (`supctl retry`)
+    retry_of: str | None = None
+    cwd: str | None = None
     #: the host that runs (or last ran) it, in a fleet; null on a single host
     host: str | None = None
     #: the workflow this task is a step of, and its job there (`NAME`, `NAME[i]`,

@@ -45,6 +45,7 @@ class TaskDefaults(_Section, frozen=True):
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
     output_cap_bytes: int = 1 << 20
+    transcript_cap_bytes: int = 4 << 20
 
 
 class RestartConfig(_Section, frozen=True):
@@ -120,6 +121,8 @@ class JournalConfig(_Section, frozen=True):
     lease_s: float = 30.0
 
 
+class WorktreesConfig(_Section, frozen=True):
+    keep: str = "branch"
 class HooksConfig(_Section, frozen=True):
     #: argv run with the batch summary as JSON on stdin when a batch ends ([] = none)
     on_batch_done: list[str] = []
@@ -146,6 +149,7 @@ class Config(_Section, frozen=True):
     metrics: MetricsConfig = MetricsConfig()
     journal: JournalConfig = JournalConfig()
     security: SecurityConfig = SecurityConfig()
+    worktrees: WorktreesConfig = WorktreesConfig()
     web: WebConfig = WebConfig()
     hooks: HooksConfig = HooksConfig()
     gate: GateConfig = GateConfig()
@@ -176,6 +180,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "tasks.retry_base_s": (0, 3600),
     "tasks.retry_max_s": (0, DAY_S),
     "tasks.output_cap_bytes": (1, 1 << 30),
+    "tasks.transcript_cap_bytes": (0, 1 << 30),
     "restart.backoff_base_s": (0, 3600),
     "restart.backoff_max_s": (0, DAY_S),
     "restart.stable_after_s": (0, DAY_S),
@@ -206,6 +211,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "daemon.log_level": ("debug", "info", "warning", "error"),
     "tracing.exporter": ("none", "console", "otlp-http", "otlp-grpc"),
     "journal.synchronous": ("off", "normal", "full", "extra"),
+    "worktrees.keep": ("branch", "worktree", "none"),
     "gate.retry_after": ("log", "off"),
 }
 #: Text keys (and lists or tables of text): the most characters one value (or item) may

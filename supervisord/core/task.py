@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState, TaskView
+from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState, TaskView, WorktreeInfo
 
 #: The only legal transitions; `Task.move` checks every change against this table.
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
@@ -97,5 +97,8 @@ def view(t: Task) -> TaskView:
         priority=t.spec.priority, stderr=o.stderr, truncated=o.truncated, usage=o.usage,
         cost_usd=o.cost_usd, session_id=o.session_id, num_turns=o.num_turns,
         prompt=t.spec.prompt, argv=t.spec.argv, workflow=t.workflow, step=t.step, key=t.spec.key,
-        batch=t.trace_id, host=t.host,
+        batch=t.trace_id, host=t.host, structured_output=o.structured_output,
+        worktree=o.worktree or (WorktreeInfo(repo=t.spec.repo, branch=t.spec.worktree_branch or f"supd/{t.id}")
+                                if t.spec.worktree and t.spec.repo else None),
+        resumed_from=t.spec.resume, retry_of=t.spec.retry_of, cwd=t.spec.cwd,
     )

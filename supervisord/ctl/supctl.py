@@ -158,6 +158,16 @@ def describe(t: TaskView) -> str:
         lines.append(f"  usage:  in={t.usage.input_tokens} out={t.usage.output_tokens}{cost}  turns={t.num_turns}"
                      f"  session={t.session_id}")
     lines.append(f"  trace:  {t.trace_id}  span={t.span_id}  parent={t.parent_span_id}")
+    if t.worktree:
+        w = t.worktree
+        stat = (f"  {w.files_changed} files, +{w.insertions} -{w.deletions}  base={(w.base or '?')[:12]}"
+                f" head={(w.head or '?')[:12]}") if w.head else ""
+        lines.append(f"  branch: {w.branch} in {w.repo}{stat}" + (f"  (kept at {w.path})" if w.path else "")
+                     + (f"  git: {w.error}" if w.error else ""))
+    if t.resumed_from or t.retry_of:
+        lines.append("  from:   " + (f"resumes {t.resumed_from}" if t.resumed_from else f"retry of {t.retry_of}"))
+    if t.structured_output is not None:
+        lines.append(f"  structured: {msgspec.json.encode(t.structured_output).decode()}")
     if t.stderr and t.state != "succeeded":
         tail = t.stderr.rstrip("\n").splitlines()[-STDERR_LINES:]
         lines.append(f"  stderr (last {len(tail)} lines):\n" + "\n".join(tail))
@@ -191,9 +201,15 @@ def spec_from_args(a: argparse.Namespace) -> TaskSpec:
     text_input = a.input
     if a.input_file:
         text_input = sys.stdin.read() if a.input_file == "-" else Path(a.input_file).read_text()
+    cwd = a.cwd
+    if (a.worktree or a.base) and cwd is None:
+        cwd = os.getcwd()  # the repository the worktree is made from: where supctl runs
+    if cwd is not None and a.worktree:
+        cwd = os.path.abspath(cwd)
     common: dict[str, Any] = {
         "kind": a.kind, "input": text_input, "timeout_s": a.timeout, "stall_timeout_s": a.stall_timeout,
-        "retries": a.retries, "priority": a.priority, "cwd": a.cwd, "env": env, "key": a.key,
+        "retries": a.retries, "priority": a.priority, "cwd": cwd, "env": env, "key": a.key,
+        "worktree": a.worktree, "base": resolve_base(cwd, a.base) if a.worktree else a.base,
     }
     if a.kind == "exec":
         if not words:
@@ -201,11 +217,46 @@ def spec_from_args(a: argparse.Namespace) -> TaskSpec:
         return TaskSpec(argv=words, retry_on_exit=a.retry_on_exit, **common)
     if not words:
         raise UsageError("claude task: give a PROMPT")
+    if a.resume and (a.worktree or a.base or a.cwd):
+        raise UsageError("--resume runs in the resumed task's directory or worktree: drop --worktree/--base/--cwd")
     return TaskSpec(
         prompt=" ".join(words), model=a.model, max_turns=a.max_turns,
         allowed_tools=a.allowed_tools.split(",") if a.allowed_tools else None,
-        append_system_prompt=a.append_system_prompt, permission_mode=a.permission_mode, **common,
+        append_system_prompt=a.append_system_prompt, permission_mode=a.permission_mode,
+        json_schema=read_schema(a.json_schema) if a.json_schema else None, resume=a.resume, **common,
     )
+
+
+def resolve_base(cwd: str | None, ref: str | None) -> str | None:
+    """`--base REF` (or HEAD) as a commit id, now: the worktree starts where the repository
+    was at submit, whatever happens to it before the task runs. A ref git does not know is
+    a usage error; without git here, the ref goes as given (the daemon resolves it)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", cwd or ".", "rev-parse", "-q", "--verify", f"{ref or 'HEAD'}^{{commit}}"],
+                              capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ref
+    if done.returncode != 0:
+        if "not a git repository" in done.stderr.lower():
+            raise UsageError(f"--worktree: {cwd} is not inside a git repository")
+        raise UsageError(f"--base {ref or 'HEAD'}: not a commit in the repository at {cwd}")
+    return done.stdout.strip()
+
+
+def read_schema(path: str) -> dict[str, Any]:
+    """`--json-schema FILE`: a JSON object (the schema the CLI validates its answer against)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        schema = msgspec.json.decode(text)
+    except OSError as e:
+        raise UsageError(f"--json-schema {path}: {e.strerror}") from None
+    except msgspec.DecodeError as e:
+        raise UsageError(f"--json-schema {path}: not JSON: {e}") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--json-schema {path}: a JSON Schema is an object, got {type(schema).__name__}")
+    return schema
 
 
 def specs_from_file(path: str) -> list[TaskSpec]:
@@ -416,6 +467,11 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-tools", help="comma-separated, e.g. Bash,Read")
     p.add_argument("--append-system-prompt")
     p.add_argument("--permission-mode")
+    p.add_argument("--worktree", action="store_true",
+                   help="run in a fresh git worktree of the repository at --cwd (or here), on branch supd/<id>")
+    p.add_argument("--base", metavar="REF", help="with --worktree: start the branch at REF (default HEAD)")
+    p.add_argument("--resume", metavar="ID", help="continue task ID's Claude session (in its directory or worktree)")
+    p.add_argument("--json-schema", metavar="FILE", help="JSON Schema for a structured answer (structured_output)")
     p.add_argument("--key", metavar="NAME", help="exclusive key: at most [keys] NAME (default 1) such tasks run at once")
 
 
@@ -468,8 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("reload", "re-read the config file and apply it", cmd_simple(lambda a: ctl.Reload()))
     cmd("shutdown", "drain running tasks and stop the daemon", cmd_simple(lambda a: ctl.Shutdown()))
     pr = cmd("prune", "delete finished tasks older than a duration (default: journal.retain_s) from the journal",
-             cmd_simple(lambda a: ctl.Prune(older_than_s=a.older_than)))
+             cmd_simple(lambda a: ctl.Prune(older_than_s=a.older_than, force=a.force)))
     pr.add_argument("--older-than", type=parse_duration, metavar="DURATION", help="e.g. 90s, 30m, 12h, 7d")
+    pr.add_argument("--force", action="store_true",
+                    help="also delete worktree branches with commits not merged anywhere")
     rs = cmd("restart-slot", "give a child slot (e.g. w03) another chance after it went FATAL",
              cmd_simple(lambda a: ctl.RestartSlot(slot=a.slot)))
     rs.add_argument("slot", metavar="NAME")
@@ -478,10 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
-    """watch, bench, flow, batch and web live in their own modules and register their commands here."""
-    from supervisord.ctl import batchcmd, benchcmd, flowcmd, watch, webcmd
+    """watch, bench, flow, batch, web and the agent commands (logs, diff, retry) live in their
+    own modules and register their commands here."""
+    from supervisord.ctl import agentcmds, batchcmd, benchcmd, flowcmd, watch, webcmd
 
-    for module in (watch, benchcmd, flowcmd, batchcmd, webcmd):
+    for module in (watch, benchcmd, flowcmd, batchcmd, webcmd, agentcmds):
         module.register(cmd)
 
 

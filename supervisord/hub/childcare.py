@@ -22,7 +22,7 @@ from proto import children as cp
 from proto.task import TaskState
 from supervisord.core import fate as core
 from supervisord.core.pool import ChildState, Due, Slot
-from supervisord.hub import tasks
+from supervisord.hub import agents, tasks
 from supervisord.hub.state import Hub, Pending
 from supervisord.logs import log
 
@@ -104,6 +104,9 @@ def on_message(h: Hub, identity: str, message: cp.ChildMessage) -> None:
                 h.processes[task_id] = (pgid, pid)
             log("task_process", logging.DEBUG, task=task_id, child=identity, pid=pid, pgid=pgid)
             h.spokes.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
+        case cp.Output():
+            h.pool.seen(slot, now)
+            agents.on_output(h, message)
         case cp.Progress(task_id=task_id, event=kind, summary=summary):
             h.pool.seen(slot, now)
             h.spokes.events.publish(f"task/{task_id}/progress", task=task_id, event=kind, summary=summary)

@@ -14,13 +14,13 @@ import traceback
 from collections.abc import Callable
 
 from proto import control as ctl
-from proto.task import TaskState
+from proto.task import TaskSpec, TaskState
 from supervisord import config as config_mod
 from supervisord.core import fate as core
 from supervisord.core import taskenv, traceids, validate
 from supervisord.core.pool import policy_of
 from supervisord.core.task import Task
-from supervisord.hub import batches, childcare, flows, lifecycle, ratelimit, tasks
+from supervisord.hub import agents, batches, childcare, flows, lifecycle, ratelimit, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
@@ -58,10 +58,19 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
     problem = validate.batch_problem(req.tasks, h.config.limits)
     if problem:
         return ctl.Error(kind="bad_request", message=problem)
+    specs = agents.prepare(h, req.tasks)
+    if isinstance(specs, str):
+        return ctl.Error(kind="bad_request", message=specs)
+    return accept(h, envelope, specs, req.traceparent, req.tracestate, req.label, req.max_cost_usd)
+
+
+def accept(h: Hub, envelope: Envelope, specs: list[TaskSpec], traceparent: str | None, tracestate: str | None,
+           label: str | None = None, max_cost_usd: float | None = None) -> ctl.Reply | None:
+    """Accept checked specs as one batch (after the store's commit, `Accepted`)."""
     if not h.life.accepting:
         return ctl.Error(kind="shutting_down", message="the daemon is shutting down and takes no new tasks")
     start_ns = h.clock.wall_ns()
-    parent = traceids.parse_traceparent(req.traceparent)
+    parent = traceids.parse_traceparent(traceparent)
     trace_id = parent.trace_id if parent else h.ids.trace_id(start_ns)
     master = h.ids.span_id()
     wall = h.clock.wall()
@@ -69,12 +78,12 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
     batch = [
         Task(id=h.ids.task_id(start_ns), spec=spec, submitted_at=wall,
              retries=spec.retries if spec.retries is not None else default_retries,
-             trace_id=trace_id, parent_span_id=master, tracestate=req.tracestate)
-        for spec in req.tasks
+             trace_id=trace_id, parent_span_id=master, tracestate=tracestate)
+        for spec in specs
     ]
     if problem := h.sched.room_problem(batch):
         return ctl.Error(kind="queue_full", message=problem)
-    record = batches.accepted(h, trace_id, len(batch), req.label, req.max_cost_usd)
+    record = batches.accepted(h, trace_id, len(batch), label, max_cost_usd)
     try:
         h.store.accept(batch, record)
     except StoreError as e:
@@ -86,12 +95,20 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
         h.metrics.received[task.spec.kind] += 1
     batches.opened(h, record)
     log("batch_accepted", tasks=len(batch), trace=trace_id, master_span=master)
-    h.spokes.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, req.tracestate, batch,
+    h.spokes.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, tracestate, batch,
                                    start_ns)
     for task in batch:
         h.spokes.events.publish(f"task/{task.id}/queued", task=task.id, kind=task.spec.kind, trace_id=trace_id)
     h.after_commit.append((envelope, ctl.Accepted(ids=[t.id for t in batch], trace_id=trace_id, batch=trace_id)))
     return None
+
+
+def retry(h: Hub, envelope: Envelope, req: ctl.Retry) -> ctl.Reply | None:
+    """Submit a failed, timed-out or cancelled task again from its stored spec (a new task)."""
+    spec = agents.retry_spec(h, req.id)
+    if isinstance(spec, ctl.Error):
+        return spec
+    return accept(h, envelope, [spec], None, None)
 
 
 def wait(h: Hub, envelope: Envelope, req: ctl.Wait) -> ctl.Reply | None:
@@ -293,6 +310,7 @@ def prune(h: Hub, envelope: Envelope, req: ctl.Prune) -> ctl.Reply:
     before, n = h.clock.wall() - older_than_s, 0
     for _ in range(PRUNE_NOW_CHUNKS):
         got = h.store.prune(before, PRUNE_CHUNK)
+        agents.after_prune(h, req.force)
         n += got
         if got < PRUNE_CHUNK:
             break
@@ -319,6 +337,7 @@ _HANDLERS: dict[type, Callable[..., ctl.Reply | None]] = {
     ctl.Submit: submit, ctl.Wait: wait, ctl.Get: get, ctl.List: list_, ctl.Cancel: cancel,
     ctl.Status: status, ctl.Stats: stats, ctl.Health: health, ctl.Scale: scale,
     ctl.Reload: reload, ctl.Shutdown: shutdown, ctl.Prune: prune, ctl.RestartSlot: restart_slot,
+    ctl.Retry: retry, ctl.Logs: agents.logs,
     ctl.Hosts: lambda h, envelope, req: ctl.Info(data={"host": None, "hosts": []}),  # one host: no fleet
     ctl.FlowRun: flows.run, ctl.FlowStatus: flows.status_, ctl.FlowList: flows.list_, ctl.FlowCancel: flows.cancel,
     ctl.FlowWait: flows.wait,

@@ -42,12 +42,13 @@ from supervisord.events import (
     TreesChecked,
     WritesFenced,
 )
-from supervisord.hub import batches, childcare, commands, fleet, flows, lifecycle, ratelimit, tasks
+from supervisord.hub import agents, batches, childcare, commands, fleet, flows, lifecycle, ratelimit, tasks
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
 from supervisord.spokes import claude_cli, curve
 from supervisord.spokes.control import ControlServer
 from supervisord.spokes.eventbus import EventBus
+from supervisord.spokes.gitjanitor import Janitor
 from supervisord.spokes.processes import ProcessSpoke
 from supervisord.spokes.systemd import Notifier
 from supervisord.spokes.tracing import make_tracer
@@ -175,8 +176,10 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
         t.next_prune = now + PRUNE_EVERY_S
         h.prune_before = max(h.prune_before or 0.0, h.clock.wall() - h.config.journal.retain_s)
     # a chunk per turn: a big prune never stalls the loop
-    if h.prune_before is not None and h.store.prune(h.prune_before, commands.PRUNE_CHUNK) < commands.PRUNE_CHUNK:
-        h.prune_before = None
+    if h.prune_before is not None:
+        if h.store.prune(h.prune_before, commands.PRUNE_CHUNK) < commands.PRUNE_CHUNK:
+            h.prune_before = None
+        agents.after_prune(h, force=False)
     lifecycle.drain_step(h, now)
     if h.fleet is not None:
         t.fleet_due = fleet.tick(h, now)
@@ -225,8 +228,9 @@ class Daemon:
         clock = Clock(now=time.monotonic, wall=time.time, wall_ns=time.time_ns, rand=random.random)
         notifier = Notifier.from_env(self.environ)
         tracer = make_tracer(self.config.tracing)
+        janitor = Janitor()
         spokes = Spokes(children=transport, control=control, events=bus, procs=procs, notifier=notifier,
-                        tracer=tracer, wake_at=timer.wake_at)
+                        tracer=tracer, wake_at=timer.wake_at, git=janitor)
         web = None
         self.hub = h = Hub(
             config=self.config, paths=self.paths, clock=clock, ids=Ids(random.getrandbits), store=store,
@@ -291,6 +295,7 @@ class Daemon:
             if prom is not None:
                 prom.stop()
             tracer.shutdown()
+            janitor.close()
             ctx.term()
             store.close()
             notifier.close()

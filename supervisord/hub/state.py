@@ -127,6 +127,12 @@ class Notify(Protocol):
     def reloading(self) -> None: ...
 
 
+class GitJobs(Protocol):
+    """Git housekeeping off the loop (`supervisord.spokes.gitjanitor`)."""
+
+    def run(self, what: str, fn: Callable[..., str], *args: Any, **kwargs: Any) -> None: ...
+
+
 @dataclass(slots=True)
 class Spokes:
     children: ChildLink
@@ -137,6 +143,7 @@ class Spokes:
     tracer: Tracer
     #: ask to be woken (a `TimerFired`) at this monotonic time
     wake_at: Callable[[float], None]
+    git: GitJobs | None = None
 
 
 @dataclass(slots=True)
@@ -198,6 +205,8 @@ class Hub:
     prune_before: float | None = None
     #: the store's last complaint about its file (deleted, replaced), for health and status
     store_problem: str | None = None
+    #: (transcript lines, raw bytes) of tasks seen since start, by task id (`hub.agents`)
+    extents: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: set when the journal is a PostgreSQL database shared by a fleet (supervisord.hub.fleet)
     fleet: FleetState | None = None
     #: in a fleet, how a waiter is answered (`fleet.answer`: views read from the shared journal)

@@ -21,7 +21,7 @@ from supervisord.core.breaker import BreakerState
 from supervisord.core.fate import Fate, Verdict
 from supervisord.core.pool import Slot
 from supervisord.core.task import Task, view
-from supervisord.hub import batches, ratelimit
+from supervisord.hub import agents, batches, ratelimit
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
@@ -109,6 +109,7 @@ def _attempt_over(h: Hub, task: Task, event: core.Event | None) -> None:
 
 def _final(h: Hub, task: Task) -> None:
     h.sched.forget(task)
+    agents.on_final(h, task)
     error = task.error
     o = task.outcome
     usage = o.usage if o else None
@@ -227,11 +228,13 @@ def dispatch(h: Hub, slot: Slot, task: Task, now: float) -> None:
                            read_retry_after=h.config.gate.retry_after == "log")
     if spec.kind == "claude":
         env.update(h.spokes.tracer.claude_env())
+    worktree, transcript_room = agents.dispatch_extras(h, task, env)
+    limits = msgspec.structs.replace(limits, transcript_cap_bytes=transcript_room)
     h.spokes.tracer.attempt_started(task, slot.identity, h.clock.wall_ns())
     h.store.claim(task)
     sent = h.spokes.children.send(slot.identity, cp.Dispatch(
         task_id=task.id, attempt=task.attempts, epoch=task.epoch, spec=spec, limits=limits, env=env,
-        claude_command=h.claude.argv if spec.kind == "claude" else [],
+        claude_command=h.claude.argv if spec.kind == "claude" else [], worktree=worktree,
     ))
     h.spokes.events.publish(f"task/{task.id}/started", task=task.id, child=slot.identity, attempt=task.attempts,
                             trace_id=task.trace_id, span_id=task.span_id)
@@ -267,3 +270,4 @@ def recover(h: Hub) -> None:
     batches.recover(h)
     if tasks:
         log("journal_recovered", tasks=len(tasks))
+    agents.sweep(h)

@@ -23,7 +23,7 @@ import builtins
 from collections.abc import Sequence
 from typing import Protocol
 
-from proto.task import TaskView
+from proto.task import Line, TaskView
 from supervisord.core.batches import Batch
 from supervisord.core.task import Task
 from supervisord.core.workflow import Workflow
@@ -77,6 +77,32 @@ class Store(Protocol):
         """A cancel request, durable at the next commit (`unfinished()` returns the flag)."""
         ...
 
+    def append_output(self, task_id: str, first: int, lines: list[Line], raw_bytes: int) -> None:
+        """Transcript lines `first`.. of a task, written (compressed) by the next `commit`."""
+        ...
+
+    def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[list[Line], int]:
+        """Transcript lines from `after` on (pending ones too), about `budget_bytes` of them;
+        and the number of the line after the last one returned."""
+        ...
+
+    def transcript_extent(self, task_id: str) -> tuple[int, int]:
+        """(lines, raw bytes) of a task's transcript so far."""
+        ...
+
+    def task(self, task_id: str) -> Task | None:
+        """One task's whole record, spec included (for `retry` and `--resume`)."""
+        ...
+
+    def worktree_tasks(self) -> dict[str, tuple[str, str]]:
+        """task id -> (repo, branch) of every stored worktree task."""
+        ...
+
+    def take_pruned_worktrees(self) -> list[tuple[str, str, str, str | None]]:
+        """(task id, repo, branch, path) of worktree tasks pruned since the last call (their
+        worktrees and branches are the hub's to remove)."""
+        ...
+
     def commit(self) -> list[tuple[str, int]]:
         """Write every claim/record/cancel since the last commit in one transaction; returns
         the (task_id, epoch) writes refused by fencing. Never raises: on failure the group
@@ -103,8 +129,8 @@ class Store(Protocol):
 
     def prune(self, finished_before: float, limit: int = 500) -> int:
         """Delete final tasks that finished (wall clock) before `finished_before`, the oldest
-        first and at most `limit` (so a call stays short); how many. Call again while it
-        returns `limit`."""
+        first and at most `limit` (so a call stays short), with their transcripts; how many.
+        Call again while it returns `limit`."""
         ...
 
     def check(self) -> str | None:

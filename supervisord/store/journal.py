@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 
-from proto.task import TaskView
+from proto.task import Line, TaskView
 from supervisord.core import lease
 from supervisord.core.task import Task
 from supervisord.events import JournalAnswered, JournalChanged, JournalNotified, LeasesRenewed, WritesFenced
@@ -51,6 +51,7 @@ RESCUE_BATCH = 200
 
 Post = Callable[[object], None]
 #: what a fleet says of the verbs it does not carry yet
+AGENTS_NOT_YET = "retry and --resume are not yet supported on a fleet (PostgreSQL) journal: use a single-host supd"
 NOT_YET = "workflows are not yet supported on a fleet (PostgreSQL) journal: run them on a single-host supd"
 
 
@@ -349,6 +350,26 @@ class FleetStore:
 
     def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
         return {}
+
+    # ---- agent work: not yet fleet-wide (no transcripts kept; retry and --resume refused) ----
+
+    def append_output(self, task_id: str, first: int, lines: builtins.list[Line], raw_bytes: int) -> None:
+        pass  # a fleet keeps no transcripts yet
+
+    def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[builtins.list[Line], int]:
+        return [], after
+
+    def transcript_extent(self, task_id: str) -> tuple[int, int]:
+        return 0, 0
+
+    def task(self, task_id: str) -> Task | None:
+        raise StoreError(AGENTS_NOT_YET)
+
+    def worktree_tasks(self) -> dict[str, tuple[str, str]]:
+        return {}
+
+    def take_pruned_worktrees(self) -> builtins.list[tuple[str, str, str, str | None]]:
+        return []
 
     def prune(self, finished_before: float, limit: int = 500) -> int:
         self.journal.ask(lambda s: s.prune(finished_before, limit), lambda r, e: None)

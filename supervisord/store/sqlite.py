@@ -39,13 +39,14 @@ import logging
 import os
 import sqlite3
 import threading
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from proto.task import Line, Outcome, TaskSpec, TaskState, TaskView
 from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
@@ -134,6 +135,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_open ON batches (done_at)",
         "CREATE INDEX tasks_trace ON tasks (trace_id, seq)",
     ),
+    # 4 -> 5: transcripts (chunks of lines, zlib-compressed msgpack, in arrival order) and
+    # the git worktree branches of tasks (so that prune can remove them).
+    (
+        """CREATE TABLE transcripts (
+            task_id TEXT NOT NULL,
+            first INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            raw_bytes INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (task_id, first)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE worktrees (task_id TEXT PRIMARY KEY, repo TEXT NOT NULL, branch TEXT NOT NULL, path TEXT)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -161,6 +175,10 @@ _UPDATE = (
 _enc = msgspec.msgpack.Encoder()
 _spec_dec = msgspec.msgpack.Decoder(TaskSpec)
 _outcome_dec = msgspec.msgpack.Decoder(Outcome)
+_lines_dec = msgspec.msgpack.Decoder(list[Line])
+#: zlib level for transcript chunks (6: ~5x on stream-json, ~1 ms per 64 KiB)
+TRANSCRIPT_ZLIB_LEVEL = 6
+_SAVE_WORKTREE = "INSERT OR REPLACE INTO worktrees (task_id, repo, branch, path) VALUES (?, ?, ?, ?)"
 _flow_dec = msgspec.msgpack.Decoder(Workflow)
 
 #: what to do, by SQLite's primary result code
@@ -192,6 +210,10 @@ class SqliteStore:
         self._insert_seq: dict[str, int] = {}
         #: noted batch tallies, latest per id
         self._batches: dict[str, Batch] = {}
+        #: transcript chunks not yet committed: (task_id, first line, lines, raw bytes)
+        self._chunks: list[tuple[str, int, list[Line], int]] = []
+        #: (task_id, repo, branch, path) of worktree tasks pruned since the last `take_pruned_worktrees`
+        self._pruned_worktrees: list[tuple[str, str, str, str | None]] = []
         self._closed = False
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -277,6 +299,7 @@ class SqliteStore:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(_INSERT, rows)
+            self.db.executemany(_SAVE_WORKTREE, [_worktree_row(t) for t in tasks if t.spec.worktree and t.spec.repo])
             if wf is not None:
                 self.db.execute(_SAVE_FLOW, _flow_args(wf))
             if batch is not None:
@@ -298,7 +321,7 @@ class SqliteStore:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._cancels) + len(self._flows) + len(self._batches)
+        return len(self._pending) + len(self._cancels) + len(self._flows) + len(self._batches) + len(self._chunks)
 
     def record_batch(self, batch: Batch) -> None:
         self._batches[batch.id] = batch
@@ -319,6 +342,58 @@ class SqliteStore:
     def request_cancel(self, task_id: str) -> None:
         self._cancels[task_id] = None
 
+    def append_output(self, task_id: str, first: int, lines: list[Line], raw_bytes: int) -> None:
+        self._chunks.append((task_id, first, lines, raw_bytes))
+
+    # ---- transcripts ---------------------------------------------------------------------
+
+    def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[list[Line], int]:
+        """Lines `after`.. of the task's transcript, stopping past `budget_bytes` of text
+        (at least one chunk); returns them and the number of the next line."""
+        out: list[Line] = []
+        size = 0
+        nxt = after
+        rows = self.db.execute("SELECT first, count, data FROM transcripts WHERE task_id=? AND first + count > ?"
+                               " ORDER BY first", (task_id, after)).fetchall()
+        chunks = [(int(f), _lines_dec.decode(zlib.decompress(d))) for f, _c, d in rows]
+        chunks += [(f, ls) for tid, f, ls, _ in self._chunks if tid == task_id and f + len(ls) > after]
+        for first, lines in sorted(chunks, key=lambda c: c[0]):
+            if first + len(lines) <= nxt:
+                continue
+            if out and size > budget_bytes:
+                break
+            take = lines[max(0, nxt - first):]
+            out += take
+            size += sum(len(x.text) + 32 for x in take)
+            nxt = first + len(lines)
+        return out, nxt
+
+    def transcript_extent(self, task_id: str) -> tuple[int, int]:
+        """(lines, raw bytes) of the task's transcript so far."""
+        n, b = self.db.execute("SELECT COALESCE(MAX(first + count), 0), COALESCE(SUM(raw_bytes), 0) FROM transcripts"
+                               " WHERE task_id=?", (task_id,)).fetchone()
+        for tid, first, lines, raw in self._chunks:
+            if tid == task_id:
+                n, b = max(int(n), first + len(lines)), int(b) + raw
+        return int(n), int(b)
+
+    def task(self, task_id: str) -> Task | None:
+        """One task's whole record (its spec too): pending state if any, else the stored one."""
+        held = self._pending.get(task_id)
+        if held is not None:
+            return held[0]
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+        return _task(row) if row else None
+
+    def worktree_tasks(self) -> dict[str, tuple[str, str]]:
+        """task id -> (repo, branch) of every stored worktree task."""
+        return {str(t): (str(r), str(b)) for t, r, b in self.db.execute("SELECT task_id, repo, branch FROM worktrees")}
+
+    def take_pruned_worktrees(self) -> list[tuple[str, str, str, str | None]]:
+        """(task id, repo, branch, path) of the worktree tasks pruned since the last call."""
+        taken, self._pruned_worktrees = self._pruned_worktrees, []
+        return taken
+
     def save_workflow(self, wf: Workflow, tasks: Sequence[Task] = ()) -> None:
         """Note the record and its new tasks: the next commit writes them in the same
         transaction as every other write of the group (each new task as it is then)."""
@@ -331,7 +406,7 @@ class SqliteStore:
     def commit(self) -> list[tuple[str, int]]:
         if error := self._checkpointer.take_error():
             log("store_checkpoint_failed", logging.WARNING, path=self.path, error=error)
-        if not self._pending and not self._cancels and not self._flows and not self._batches:
+        if not self._pending and not self._cancels and not self._flows and not self._batches and not self._chunks:
             return []
         refused: list[tuple[str, int]] = []
         try:
@@ -342,6 +417,8 @@ class SqliteStore:
             for tid, (task, fence) in self._pending.items():
                 if fence == _INSERT_FENCE:
                     self.db.execute(_INSERT, _row(task, self._insert_seq[tid]))
+                    if task.spec.worktree and task.spec.repo:
+                        self.db.execute(_SAVE_WORKTREE, _worktree_row(task))
                 elif self.db.execute(_UPDATE, _update_args(task, fence)).rowcount == 0:
                     refused.append((tid, task.epoch))
             for wf in self._flows.values():
@@ -352,6 +429,10 @@ class SqliteStore:
             for b in self._batches.values():
                 self.db.execute("UPDATE batches SET size=?, tally=?, done_at=? WHERE id=?",
                                 (b.size, _tally(b), b.done_at, b.id))
+            self.db.executemany(
+                "INSERT OR REPLACE INTO transcripts (task_id, first, count, raw_bytes, data) VALUES (?, ?, ?, ?, ?)",
+                [(tid, first, len(lines), raw, zlib.compress(_enc.encode(lines), TRANSCRIPT_ZLIB_LEVEL))
+                 for tid, first, lines, raw in self._chunks])
             self.db.execute("COMMIT")
         except Exception as e:  # noqa: BLE001 (whatever it was, nothing is lost: the group stays for the next commit)
             self._rollback()
@@ -365,6 +446,7 @@ class SqliteStore:
         self._flows.clear()
         self._insert_seq.clear()
         self._batches.clear()
+        self._chunks.clear()
         self._checkpointer.wake.set()
         return refused
 
@@ -511,14 +593,19 @@ class SqliteStore:
         # SQLite must read one by one (10k rows of 100 KiB: ~0.5 s); a call stays short
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            cur = self.db.execute(
+            ids = [str(r[0]) for r in self.db.execute(
                 f"DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE finished_at < ?"
                 f" AND state NOT IN {_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
                 # a workflow that is not over still needs its finished tasks (a restart looks them up)
                 f" AND (workflow IS NULL OR workflow NOT IN (SELECT id FROM workflows WHERE state IN"
                 f" {_FLOW_UNFINISHED_SQL}))"
-                " ORDER BY finished_at LIMIT ?)",  # a noted write keeps its row
-                (finished_before, json.dumps(list(self._pending)), limit))
+                " ORDER BY finished_at LIMIT ?) RETURNING id",  # a noted write keeps its row
+                (finished_before, json.dumps(list(self._pending)), limit)).fetchall()]
+            gone = json.dumps(ids)
+            self.db.execute("DELETE FROM transcripts WHERE task_id IN (SELECT value FROM json_each(?))", (gone,))
+            worktrees = [(str(t), str(r), str(b), p) for t, r, b, p in self.db.execute(
+                "DELETE FROM worktrees WHERE task_id IN (SELECT value FROM json_each(?))"
+                " RETURNING task_id, repo, branch, path", (gone,)).fetchall()]
             self.db.execute(
                 f"DELETE FROM workflows WHERE rowid IN (SELECT rowid FROM workflows WHERE finished_at < ?"
                 f" AND state NOT IN {_FLOW_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
@@ -530,8 +617,9 @@ class SqliteStore:
         except sqlite3.Error as e:
             self._rollback()
             raise StoreError(self._describe(e)) from None
+        self._pruned_worktrees += worktrees
         self._checkpointer.wake.set()
-        return int(cur.rowcount)
+        return len(ids)
 
     def check(self) -> str | None:
         try:
@@ -644,6 +732,10 @@ def _row(t: Task, seq: int) -> tuple[object, ...]:
 
 def _flow_args(wf: Workflow) -> tuple[object, ...]:
     return (wf.id, wf.spec.name, wf.state.value, wf.trace_id, wf.started_at, wf.finished_at, _enc.encode(wf))
+
+
+def _worktree_row(t: Task) -> tuple[object, ...]:
+    return (t.id, t.spec.repo, t.spec.worktree_branch or f"supd/{t.id}", None)
 
 
 def _update_args(t: Task, fence: int) -> tuple[object, ...]:

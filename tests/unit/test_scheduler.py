@@ -188,7 +188,7 @@ RETRYABLE = [ErrorKind.WORKER_LOST, ErrorKind.WORKER_BUSY, ErrorKind.STALL, Erro
              ErrorKind.API_ERROR, ErrorKind.NETWORK]
 NOT_RETRYABLE = [ErrorKind.AUTH, ErrorKind.INVALID_REQUEST, ErrorKind.MAX_TURNS, ErrorKind.EXIT,
                  ErrorKind.BUDGET, ErrorKind.SPAWN, ErrorKind.TIMEOUT, ErrorKind.CANCELLED,
-                 ErrorKind.SHUTDOWN, ErrorKind.CLAUDE]
+                 ErrorKind.SHUTDOWN, ErrorKind.CLAUDE, ErrorKind.WORKTREE]
 
 
 @pytest.mark.parametrize(
@@ -359,7 +359,7 @@ def test_room_comes_back_when_a_task_is_taken_or_forgotten() -> None:
 INFRA = sorted(ErrorKind.INFRASTRUCTURE)
 NOT_INFRA = [ErrorKind.AUTH, ErrorKind.INVALID_REQUEST, ErrorKind.MAX_TURNS, ErrorKind.EXIT, ErrorKind.BUDGET,
              ErrorKind.CLAUDE, ErrorKind.WORKER_LOST, ErrorKind.WORKER_BUSY, ErrorKind.TIMEOUT, ErrorKind.CANCELLED,
-             ErrorKind.SHUTDOWN, ErrorKind.SPAWN]
+             ErrorKind.SHUTDOWN, ErrorKind.SPAWN, ErrorKind.WORKTREE]
 
 
 def test_the_kind_lists_are_complete() -> None:

@@ -399,7 +399,7 @@ def test_a_file_from_the_first_supd_is_migrated_in_place(tmp_path: Path) -> None
     finally:
         s.close()
     with outside(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4  # every step ran
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5  # every step ran
     assert stored(path, "old-run") == ("running", 1)
     SqliteStore(path).close()  # and a migrated file opens again as it is
 

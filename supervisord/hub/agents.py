@@ -1,0 +1,253 @@
+"""Agent work in the hub: worktree tasks, resumed sessions, retries and transcripts.
+
+Functions of a `Hub` (their only state is `Hub.extents`, the transcript size of each task
+seen since start). What they own:
+
+- at submit, `prepare`: a `--worktree` task's `cwd` must be inside a git repository (a few
+  `stat` calls, no git); a `--resume` task takes its predecessor's session, directory and
+  worktree branch (so the CLI finds the session: it keeps them per directory);
+- at dispatch, `dispatch_extras`: the worktree plan the child carries out (git runs in the
+  child, around the task: it is a blocking process runner already, the daemon's loop must
+  never wait on git, and the commit of a task's leftovers must come after its whole tree
+  is dead, which only the child knows), the transcript room left, and the CLI's home
+  (`CLAUDE_CONFIG_DIR`, under the state dir unless `[claude] env` names one);
+- transcripts: `on_output` numbers a child's lines and hands them to the store's group
+  commit; `logs` answers `supctl logs`;
+- `retry_spec`: a failed task's stored spec, to submit again;
+- housekeeping through the git spoke's thread: worktrees of tasks that ended without their
+  child finishing them (`on_final`), of final tasks at a restart (`sweep`), and the
+  worktrees and branches of pruned tasks (`after_prune`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from proto import children as cp
+from proto import control as ctl
+from proto.task import TaskSpec, TaskState
+from supervisord.core.task import Task
+from supervisord.hub.state import Hub
+from supervisord.logs import log
+from supervisord.spokes import git
+from supervisord.store.base import StoreError
+
+#: spec fields only supd sets (a client that sends them is refused, naming the field)
+INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of")
+BRANCH_PREFIX = "supd/"
+
+
+def worktrees_dir(h: Hub) -> Path:
+    return h.paths.state_dir / "worktrees"
+
+
+def claude_home(h: Hub) -> Path:
+    return h.paths.state_dir / "claude"
+
+
+def branch_of(task_id: str, spec: TaskSpec) -> str:
+    return spec.worktree_branch or f"{BRANCH_PREFIX}{task_id}"
+
+
+def path_of(h: Hub, branch: str) -> Path:
+    return worktrees_dir(h) / branch.removeprefix(BRANCH_PREFIX).replace("/", "_")
+
+
+# ---- submit --------------------------------------------------------------------------------
+
+
+def prepare(h: Hub, specs: list[TaskSpec]) -> list[TaskSpec] | str:
+    """The specs with what supd fills in, or the first problem (naming the task and field)."""
+    out = []
+    for i, spec in enumerate(specs):
+        got = _prepare_one(h, spec)
+        if isinstance(got, str):
+            return got if len(specs) == 1 else f"task {i + 1}: {got}"
+        out.append(got)
+    return out
+
+
+def _prepare_one(h: Hub, spec: TaskSpec) -> TaskSpec | str:
+    for name in INTERNAL_FIELDS:
+        if getattr(spec, name) is not None:
+            return f"{name}: set by supd, not by a client"
+    if spec.base is not None and not spec.worktree and spec.resume is None:
+        return "base: only for worktree tasks (give worktree = true)"
+    if spec.json_schema is not None:
+        if spec.kind != "claude":
+            return "json_schema: only for claude tasks"
+        if len(msgspec.json.encode(spec.json_schema)) > h.config.limits.max_prompt_bytes:
+            return f"json_schema: exceeds limits.max_prompt_bytes={h.config.limits.max_prompt_bytes}"
+    if spec.resume is not None:
+        return _resumed(h, spec)
+    if spec.worktree:
+        if not spec.cwd:
+            return "worktree: give cwd, a directory inside a git repository"
+        root = git.repo_root(spec.cwd)
+        if root is None:
+            return f"worktree: cwd {spec.cwd} is not inside a git repository"
+        return msgspec.structs.replace(spec, repo=str(root))
+    return spec
+
+
+def _resumed(h: Hub, spec: TaskSpec) -> TaskSpec | str:
+    assert spec.resume is not None
+    if spec.kind != "claude":
+        return "resume: only claude tasks have a session to resume"
+    try:
+        old = h.sched.tasks.get(spec.resume) or h.store.task(spec.resume)
+    except StoreError as e:
+        return f"resume: {e}"
+    if old is None:
+        return f"resume: no task with id {spec.resume!r}"
+    if not old.state.final:
+        return f"resume: task {old.id} is {old.state.value}; resume it once it has finished"
+    session = old.outcome.session_id if old.outcome else None
+    if old.spec.kind != "claude" or not session:
+        return f"resume: task {old.id} has no Claude session to resume"
+    return msgspec.structs.replace(
+        spec, resume_session=session, cwd=old.spec.cwd, worktree=old.spec.worktree, repo=old.spec.repo,
+        worktree_branch=branch_of(old.id, old.spec) if old.spec.worktree else None,
+        base=None)
+
+
+def retry_spec(h: Hub, task_id: str) -> TaskSpec | ctl.Error:
+    """The spec to submit again for `supctl retry ID`."""
+    try:
+        old = h.sched.tasks.get(task_id) or h.store.task(task_id)
+    except StoreError as e:
+        return ctl.Error(kind="bad_request", message=str(e))
+    if old is None:
+        return ctl.Error(kind="not_found", message=f"no task with id {task_id!r}")
+    if not old.state.final or old.state is TaskState.SUCCEEDED:
+        return ctl.Error(kind="bad_request", message=(
+            f"task {old.id} is {old.state.value}: only a failed, timed-out or cancelled task can be retried"))
+    spec = msgspec.structs.replace(old.spec, retry_of=old.id)
+    wt = old.outcome.worktree if old.outcome else None
+    if spec.worktree and spec.worktree_branch is None:  # a fresh branch, from where the first one started
+        spec = msgspec.structs.replace(spec, base=(wt.base if wt and wt.base else spec.base))
+    return spec
+
+
+# ---- dispatch ------------------------------------------------------------------------------
+
+
+def dispatch_extras(h: Hub, task: Task, env: dict[str, str]) -> tuple[cp.WorktreePlan | None, int]:
+    """Add the CLI's home to `env`; the worktree plan and the transcript room of this attempt.
+    Notes the attempt's start in the transcript."""
+    spec = task.spec
+    if spec.kind == "claude" and "CLAUDE_CONFIG_DIR" not in h.config.claude.env:
+        env["CLAUDE_CONFIG_DIR"] = str(claude_home(h))
+    plan = None
+    if spec.worktree and spec.repo:
+        branch = branch_of(task.id, spec)
+        what = (spec.prompt or " ".join(spec.argv or [])).strip().splitlines()
+        plan = cp.WorktreePlan(repo=spec.repo, path=str(path_of(h, branch)), branch=branch, base=spec.base,
+                               keep=h.config.worktrees.keep, message=f"{task.id}: {what[0] if what else ''}"[:500])
+    _lines, used = _extent(h, task.id)
+    room = max(0, h.config.tasks.transcript_cap_bytes - used)
+    if h.config.tasks.transcript_cap_bytes:
+        note = f"attempt {task.attempts} started on child {task.child}" + (f" in {plan.path}" if plan else "")
+        _append(h, task.id, [cp.Line(h.clock.wall(), "supd", task.attempts, note)], 0)
+    return plan, room
+
+
+# ---- transcripts ---------------------------------------------------------------------------
+
+
+def _extent(h: Hub, task_id: str) -> tuple[int, int]:
+    got = h.extents.get(task_id)
+    if got is None:
+        got = h.extents[task_id] = h.store.transcript_extent(task_id)
+    return got
+
+
+def _append(h: Hub, task_id: str, lines: list[cp.Line], raw_bytes: int) -> int:
+    first, used = _extent(h, task_id)
+    h.store.append_output(task_id, first, lines, raw_bytes)
+    h.extents[task_id] = (first + len(lines), used + raw_bytes)
+    return first + len(lines)
+
+
+def on_output(h: Hub, msg: cp.Output) -> None:
+    """Transcript lines from a child: kept if they are the current attempt's."""
+    task = h.sched.tasks.get(msg.task_id)
+    if task is None or task.state is not TaskState.RUNNING or (msg.epoch and msg.epoch != task.epoch):
+        log("stale_output", logging.DEBUG, task=msg.task_id, epoch=msg.epoch, lines=len(msg.lines))
+        return
+    raw = sum(len(line.text.encode()) for line in msg.lines if line.stream != "supd")
+    nxt = _append(h, task.id, msg.lines, raw)
+    h.spokes.events.publish(f"task/{task.id}/output", task=task.id, lines=len(msg.lines), next=nxt)
+
+
+def logs(h: Hub, envelope: tuple[bytes, ...], req: ctl.Logs) -> ctl.Reply:
+    """A task's transcript from line --after on (as much as one reply carries)."""
+    live = h.sched.tasks.get(req.id)
+    state = live.state.value if live else (v.state if (v := h.store.get(req.id)) else None)
+    if state is None:
+        return ctl.Error(kind="not_found", message=f"no task with id {req.id!r}")
+    lines, nxt = h.store.transcript(req.id, req.after, h.config.limits.max_message_bytes // 4)
+    return ctl.Transcript(id=req.id, lines=lines, first=req.after, next=max(nxt, req.after), state=state,
+                          final=TaskState(state).final)
+
+
+def on_final(h: Hub, task: Task) -> None:
+    """A task is final: forget its transcript size; a worktree its child did not finish (the
+    child was lost) is committed and removed off the loop."""
+    h.extents.pop(task.id, None)
+    if not task.spec.worktree or not task.spec.repo or (task.outcome and task.outcome.worktree):
+        return
+    if h.config.worktrees.keep == "worktree":
+        return
+    path = path_of(h, branch_of(task.id, task.spec))
+    _job(h, f"finish worktree of {task.id}", _leftover, task.spec.repo, str(path), f"{task.id}: left by a lost attempt")
+
+
+# ---- housekeeping (git, on the git spoke's thread) --------------------------------------------
+
+
+def _job(h: Hub, what: str, fn: Callable[..., str], *args: object, **kwargs: object) -> None:
+    if h.spokes.git is None:
+        log("git_job_skipped", logging.WARNING, job=what, reason="no git spoke")
+        return
+    h.spokes.git.run(what, fn, *args, **kwargs)
+
+
+def _leftover(repo: str, path: str, message: str) -> str:
+    if not Path(path, ".git").exists():
+        return "no worktree"
+    committed = git.commit_leftovers(path, "supd <supd@localhost>", message)
+    return ("committed leftovers; " if committed else "") + git.remove(repo, path, None, force=True)
+
+
+def _sweep_one(path: str, message: str) -> str:
+    repo = git.common_repo(path)
+    if repo is None:
+        return "not a git worktree: left alone"
+    return _leftover(repo, path, message)
+
+
+def sweep(h: Hub) -> None:
+    """At start: worktree directories no unfinished task will use again are committed and
+    removed (unless `[worktrees] keep = "worktree"`); the CLI's home is made."""
+    claude_home(h).mkdir(mode=0o700, parents=True, exist_ok=True)
+    root = worktrees_dir(h)
+    if not root.is_dir() or h.config.worktrees.keep == "worktree":
+        return
+    in_use = {path_of(h, branch_of(t.id, t.spec)) for t in h.sched.tasks.values() if t.spec.worktree}
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and d not in in_use:
+            _job(h, f"sweep {d}", _sweep_one, str(d), f"supd/{d.name}: left by a stopped supd")
+
+
+def after_prune(h: Hub, force: bool) -> None:
+    """Remove the worktrees and branches of pruned tasks (a branch with unmerged commits is
+    kept unless `force`)."""
+    for task_id, repo, branch, _path in h.store.take_pruned_worktrees():
+        if branch != f"{BRANCH_PREFIX}{task_id}":
+            continue  # a resumed task's branch is its predecessor's: pruned with that one
+        _job(h, f"prune {branch}", git.remove, repo, str(path_of(h, branch)), branch, force=force)
