@@ -2,10 +2,10 @@
 
 Owns the mapping from a page to the control requests that feed it (the same verbs
 `supctl` sends, through `ask`) and the shaping of their answers into JSON: tasks (`List`
-with its batch and label filters, `Get`, `Cancel`), batches (`Batch`, the summary `supctl
-batch` prints, for each batch the recent tasks name), workflows (`FlowList`,
-`FlowStatus`, `FlowCancel`), the rate-limit gate and held keys (in `Status`). Pages
-whose objects this daemon does not have yet — stored transcripts, worktree diffs, retry,
+with its batch and label filters, `Get`, `Cancel`, `Retry`, and `Logs` for a stored
+transcript), batches (`Batch`, the summary `supctl batch` prints, for each batch the
+recent tasks name), workflows (`FlowList`, `FlowStatus`, `FlowCancel`), the rate-limit
+gate and held keys (in `Status`). Pages whose objects this daemon does not have yet — the
 hosts of a fleet — answer `{"available": false, "reason": …}` here, and only here: when
 those requests land in `proto/control.py`, this is the file that learns to ask for them.
 Must not import other spokes but this one's parts.
@@ -31,6 +31,8 @@ NOT_HERE = "not available on this daemon"
 MAX_ROWS = 500
 #: Characters of a result or prompt a list row carries (the task page has all of it).
 ROW_TEXT = 200
+#: A task page's stored transcript: its last lines, from at most this many `Logs` replies.
+STORED_LINES, STORED_ASKS, LINE_CHARS = 2000, 8, 4000
 #: Batches the batches page asks the daemon to sum up (one `Batch` request each).
 MAX_BATCHES = 50
 #: The longest exclusive key (`proto.task.KEY_PATTERN`).
@@ -78,6 +80,18 @@ def _text(request: web.Request, name: str, most: int) -> str | None:
     if text is not None and len(text) > most:
         raise BadInput(f"{name}: longer than {most} characters")
     return text
+
+
+def _diff(t: TaskView) -> dict[str, Any]:
+    """What a worktree task's branch holds against the commit it started from: its size and
+    the command that prints it (the diff itself is git's, run by `supctl diff`)."""
+    wt = t.worktree
+    if wt is None:
+        return {"available": False, "reason": "not a worktree task (submit it with --worktree)"}
+    out: dict[str, Any] = {"available": True, **msgspec.to_builtins(wt), "command": f"supctl diff {t.id}"}
+    if not wt.base or not wt.head:
+        out["pending"] = f"its branch {wt.branch} is committed when the task ends"
+    return out
 
 
 def _task_id(request: web.Request) -> str:
@@ -143,22 +157,49 @@ class Views:
         return {"tasks": rows, "limit": limit}
 
     async def task(self, request: web.Request) -> dict[str, Any]:
+        """One task: its fields, its stored transcript (`Logs`, as `supctl logs` reads it;
+        the page keeps streaming the live lines after it), the recent live lines, and what
+        its worktree left (branch, base and head commits, the diff's size)."""
         tid = _task_id(request)
         reply = await self.ask(ctl.Get(id=tid))
         if not isinstance(reply, ctl.Tasks) or not reply.tasks:
             return _error(reply)
-        lines = list(self.feed.transcripts.get(tid, ()))
-        return {"ok": True, "task": msgspec.to_builtins(reply.tasks[0]), "transcript": lines,
-                "stored_transcript": unavailable("a stored transcript", "the agent-work issue"),
-                "diff": unavailable("a worktree diff", "the agent-work issue")}
+        task = reply.tasks[0]
+        out: dict[str, Any] = {"ok": True, "task": msgspec.to_builtins(task), "diff": _diff(task)}
+        if request.query.get("transcript") != "0":  # a refresh of the fields alone says 0
+            out["transcript"] = list(self.feed.transcripts.get(tid, ()))
+            out["stored_transcript"] = await self._stored(tid)
+        return out
+
+    async def _stored(self, tid: str) -> dict[str, Any]:
+        """The stored transcript, its last `STORED_LINES` lines at most (asked for in as many
+        `Logs` replies as it takes, at most `STORED_ASKS`)."""
+        lines: list[dict[str, Any]] = []
+        after, more = 0, False
+        for _ in range(STORED_ASKS):
+            reply = await self.ask(ctl.Logs(id=tid, after=after))
+            if not isinstance(reply, ctl.Transcript):
+                return {"available": False, "reason": _error(reply)["error"]}
+            lines.extend({"at": ln.at, "stream": ln.stream, "attempt": ln.attempt, "text": ln.text[:LINE_CHARS]}
+                         for ln in reply.lines)
+            if reply.next <= after:
+                break
+            after = reply.next
+        else:
+            more = True
+        return {"available": True, "lines": lines[-STORED_LINES:], "next": after,
+                "clipped": more or len(lines) > STORED_LINES}
 
     async def cancel(self, request: web.Request) -> dict[str, Any]:
         reply = await self.ask(ctl.Cancel(id=_task_id(request)))
         return {"ok": True, "message": reply.message} if isinstance(reply, ctl.Ok) else _error(reply)
 
     async def retry(self, request: web.Request) -> dict[str, Any]:
-        _task_id(request)
-        return {"ok": False, **unavailable("retry", "the agent-work issue (`supctl retry`)")}
+        """`supctl retry`: the task submitted again from its stored spec, as a new task."""
+        reply = await self.ask(ctl.Retry(id=_task_id(request)))
+        if not isinstance(reply, ctl.Accepted):
+            return _error(reply)
+        return {"ok": True, "ids": reply.ids, "message": f"retried as {', '.join(reply.ids)}"}
 
     # ---- batches: the `Batch` verb's summaries, the batches named by the recent tasks --------
 

@@ -264,15 +264,48 @@ function fields(t) {
     .map(([k, v]) => `<dt>${esc(k)}</dt><dd data-field="${esc(k)}">${html.has(k) ? v : esc(v)}</dd>`).join("")}</dl>`;
 }
 
+// A stored transcript line (`supctl logs`): a Claude task's stream-json lines read as text.
+function claudeText(o) {
+  if (o.type === "system") return `[system/${o.subtype}]${o.subtype === "init" ? ` model=${o.model}` : ""}`;
+  if (o.type === "assistant" || o.type === "user") {
+    const c = (o.message || {}).content;
+    if (typeof c === "string") return `${o.type}: ${c}`;
+    return (c || []).map((b) => b.type === "text" ? `${o.type}: ${b.text}` : b.type === "tool_use" ? `tool call ${b.name}: ${JSON.stringify(b.input || {})}`
+      : b.type === "tool_result" ? `tool result${b.is_error ? " (error)" : ""}: ${typeof b.content === "string" ? b.content : JSON.stringify(b.content)}`.slice(0, 600) : `[${b.type}]`).join("\n");
+  }
+  if (o.type === "result") return `[result ${o.subtype}${o.is_error ? " error" : ""}] turns=${o.num_turns}: ${o.result || ""}`;
+  return `[${o.type}]`;
+}
+function storedLine(l, kind) {
+  let text = l.stream === "supd" ? `-- ${l.text}` : `${l.stream}: ${l.text}`;
+  if (kind === "claude" && l.stream === "stdout" && l.text.startsWith("{")) {
+    try { text = claudeText(JSON.parse(l.text)); } catch (e) { /* not JSON: the raw line */ }
+  }
+  return `<div class="line stored"><span class="ev">${esc(when(l.at))} #${esc(l.attempt)}</span> ${esc(text)}</div>`;
+}
+
+function diffBox(d, id) {
+  if (!d || d.available === false) return `<p class="na">${esc(d ? d.reason : "")}</p>`;
+  const size = d.head ? `${d.files_changed} file${d.files_changed === 1 ? "" : "s"} changed, +${d.insertions} −${d.deletions}` : esc(d.pending || "");
+  return `<dl class="fields" id="worktree"><dt>repository</dt><dd>${esc(d.repo)}</dd><dt>branch</dt><dd data-field="branch">${esc(d.branch)}</dd>
+    <dt>base</dt><dd>${esc(d.base || "")}</dd><dt>head</dt><dd>${esc(d.head || "")}</dd><dt>diff</dt><dd data-field="diffstat">${esc(size)}</dd>
+    ${d.error ? `<dt>git</dt><dd>${esc(d.error)}</dd>` : ""}<dt>the diff</dt><dd><code>${esc(d.command)}</code></dd></dl>`;
+}
+
 function line(l) { return `<div class="line"><span class="ev">${esc(when(l.ts))} ${esc(l.event)}</span> ${esc(l.summary)}</div>`; }
 
 async function taskPage(id) {
   const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Task <span class="mono">${esc(id)}</span></h2><div id="actions"></div><div id="tl"></div>
-    <div id="body"></div><h2>Transcript (live)</h2><div class="transcript" id="transcript"></div><div id="stored"></div>
+    <div id="body"></div><h2>Transcript <span class="na" id="transcript-note"></span></h2><div class="transcript" id="transcript"></div>
     <h2>Result</h2><div id="result"></div><h2>Diff</h2><div id="diff"></div>`;
   $("#actions").innerHTML = `<button id="cancel" class="danger" disabled>Cancel</button>
-    <button id="retry" disabled title="retry: not available on this daemon">Retry</button> <span id="said"></span>`;
+    <button id="retry" disabled title="submit it again, as a new task (supctl retry)">Retry</button> <span id="said"></span>`;
+  $("#retry").onclick = async () => {
+    $("#retry").disabled = true;
+    const r = await api(`/api/task/${encodeURIComponent(id)}/retry`, { method: "POST" });
+    $("#said").innerHTML = r.ok ? `retried as ${r.ids.map((t) => `<a id="retried" href="#/task/${esc(t)}">${short(t)}</a>`).join(" ")}` : esc(r.error);
+  };
   $("#cancel").onclick = async () => {
     $("#cancel").disabled = true;
     const r = await api(`/api/task/${encodeURIComponent(id)}/cancel`, { method: "POST" });
@@ -284,6 +317,8 @@ async function taskPage(id) {
     if (d.ok === false) { $("#body").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
     task = d.task;
     $("#cancel").disabled = FINAL.has(task.state);
+    $("#retry").disabled = !FINAL.has(task.state) || task.state === "succeeded" || !!$("#retried");
+    $("#diff").innerHTML = diffBox(d.diff, id);
     $("#tl").innerHTML = timeline(task, attempts);
     $("#body").innerHTML = fields(task);
     $("#result").innerHTML = task.result || task.stderr ? `<pre class="result" id="result-text">${esc(task.result || "")}${task.stderr ? "\n--- stderr ---\n" + esc(task.stderr) : ""}</pre>` : `<p class="na">no output yet</p>`;
@@ -292,11 +327,13 @@ async function taskPage(id) {
   if (my !== gen) return;
   paint(d);
   if (d.ok !== false) {
-    $("#transcript").innerHTML = (d.transcript || []).map(line).join("") || "";
-    $("#stored").innerHTML = na(d.stored_transcript);
-    $("#diff").innerHTML = na(d.diff);
+    const st = d.stored_transcript || {};
+    const stored = st.available ? (st.lines || []) : [];
+    // the stored lines (every attempt's, as `supctl logs` prints them), then the live stream goes on
+    $("#transcript").innerHTML = stored.length ? stored.map((l) => storedLine(l, d.task.kind)).join("") : (d.transcript || []).map(line).join("");
+    $("#transcript-note").textContent = st.available ? `(stored${st.clipped ? ", its last lines" : ""}; live lines follow)` : `(live; ${st.reason || ""})`;
   }
-  const refetch = throttled(async () => paint(await api(`/api/task/${encodeURIComponent(id)}`)));
+  const refetch = throttled(async () => paint(await api(`/api/task/${encodeURIComponent(id)}?transcript=0`)));
   if (my !== gen) return;
   listen("task=" + encodeURIComponent(id), {
     event: (e) => {
