@@ -308,3 +308,32 @@ def test_the_database_restarted_daemons_carry_on(fleet: Fleet, postgres: Postgre
     assert {v.state for v in done.values()} == {"succeeded"}
     assert all((runs / f"p{i}").read_text() == "run\n" for i in range(4))
     assert a.proc is not None and a.proc.poll() is None and b.proc is not None and b.proc.poll() is None
+
+
+def timed_task(log: Path, name: str, sleep_s: float, key: str) -> TaskSpec:
+    """An exec task with an exclusive key that logs when it starts and ends (wall clock)."""
+    code = (f"import time\nf = open({str(log)!r}, 'a')\nf.write(f'{{time.time()}} start {name}\\n'); f.flush()\n"
+            f"time.sleep({sleep_s})\nf.write(f'{{time.time()}} end {name}\\n')\nprint('ok')")
+    return TaskSpec(kind="exec", argv=[sys.executable, "-c", code], key=key)
+
+
+def test_an_exclusive_key_holds_across_hosts_no_two_attempts_overlap(fleet: Fleet, tmp_path: Path) -> None:
+    a, b = fleet.start("a"), fleet.start("b")
+    log = tmp_path / "key.log"
+    ids = a.submit(*[timed_task(log, f"t{i}", 0.2, "repo") for i in range(8)])
+    ids += b.submit(*[timed_task(log, f"u{i}", 0.2, "repo") for i in range(4)])
+    done = wait_final(a, ids)
+    assert {v.state for v in done.values()} == {"succeeded"}
+    assert {v.host for v in done.values()} == {"a", "b"}, "both hosts ran some"
+    spans: dict[str, list[float]] = {}
+    for line in log.read_text().splitlines():
+        at, _, name = line.split()
+        spans.setdefault(name, []).append(float(at))
+    ordered = sorted(spans.values())
+    assert len(ordered) == 12 and all(len(s) == 2 for s in ordered), "each ran once"
+    for (_, end), (start, _) in zip(ordered, ordered[1:]):
+        assert start >= end, "key repo (limit 1): no two attempts overlap in time, on any host"
+    deadline = time.monotonic() + 10  # the fleet's totals are refreshed every 2 s
+    while (keys := a.info(ctl.Status())["fleet"]["keys"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert keys == {}, "every key released"
