@@ -208,6 +208,9 @@ def pump(h: Hub) -> None:
     n, host, lease_s, limits = len(idle), f.host, f.lease_s, dict(h.sched.keys.limits)
     f.claiming = True
     f.claim_asked_at = now
+    # The writes of this turn first (the thread keeps order): an end that freed a key or
+    # spent a batch's budget is in the journal before the claim reads it.
+    h.store.commit()
     f.journal.ask(lambda s: (s.claim_next(n, kinds, host, lease_s, limits), s.claim_contended),
                   lambda r, e: _claimed(h, r, e, n))
 
