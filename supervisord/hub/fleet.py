@@ -345,8 +345,18 @@ def list_(h: Hub, envelope: Envelope, req: ctl.List) -> ctl.Reply | None:
     if req.state is not None and req.state not in {s.value for s in TaskState}:
         states = ", ".join(s.value for s in TaskState)
         return ctl.Error(kind="bad_request", message=f"unknown state {req.state!r} (one of {states})")
-    budget = h.reply_budget
-    _read(h, envelope, lambda s: s.list(req.state, req.limit, budget), lambda vs: ctl.Tasks(tasks=vs))
+    budget, batch_id, label = h.reply_budget, req.batch, req.label
+
+    def job(s: Any) -> list[TaskView]:
+        wanted = None
+        if batch_id is not None or label is not None:  # a batch's tasks, or those of a label's batches
+            wanted = [batch_id] if batch_id is not None else []
+            if label is not None:
+                labelled = s.batch_ids(label)
+                wanted = labelled if batch_id is None else [b for b in wanted if b in labelled]
+        return s.list(req.state, req.limit, budget, batches=wanted)  # type: ignore[no-any-return]
+
+    _read(h, envelope, job, lambda vs: ctl.Tasks(tasks=vs))
     return None
 
 

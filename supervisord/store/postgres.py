@@ -528,6 +528,11 @@ class PgStore:
     def get_batch(self, batch_id: str) -> Batch | None:
         return pgrules.get_batch(self.db, batch_id)
 
+    def batch_ids(self, label: str, limit: int = 10_000) -> builtins.list[str]:
+        rows = self.db.execute("SELECT id FROM batches WHERE label=%s ORDER BY submitted_at DESC LIMIT %s",
+                               (label, limit)).fetchall()
+        return [str(r[0]) for r in rows]
+
     def take_batch_news(self) -> tuple[builtins.list[str], builtins.list[Batch]]:
         """Batches whose cap, or whose last task, the commits since the last call reached."""
         spent, done = self.spent, self.done

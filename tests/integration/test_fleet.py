@@ -378,3 +378,5 @@ def test_a_batch_budget_holds_across_hosts(fleet: Fleet, fakeapi: Any, claude_co
     summary = b.info(ctl.Batch(id=reply.batch))["batch"]
     assert summary["budget_spent"] and summary["state"] == "done" and summary["label"] == f"cap-{run}"
     assert (summary["succeeded"], summary["cancelled"]) == (len(succeeded), 6 - len(succeeded))
+    listed = a.request(ctl.List(label=f"cap-{run}"))
+    assert isinstance(listed, ctl.Tasks) and sorted(v.id for v in listed.tasks) == sorted(reply.ids)
