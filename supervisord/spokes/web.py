@@ -2,12 +2,12 @@
 
 Owns the HTTP listener, its access token and the token file, the static pages, and the
 JSON/SSE routes. It reads the hub's state only by asking, like any control client: a
-request (`Status`, `List`, `Get`, `Cancel`, …) goes on the inbox as a `RequestReceived`
-whose envelope starts with `WEB_MARK`, and the hub's answer comes back through
-`reply` (the hub's control link routes envelopes with that mark here). So the buttons
-call the very verbs supctl calls, and nothing here touches the hub's structures. What
-each page shows is put together in `webviews` (one module for the views' data access);
-the live stream is `webfeed`'s.
+request (`Status`, `List`, `Get`, `Cancel`, `Batch`, `FlowStatus`, `FlowCancel`, …) goes on
+the inbox as a `RequestReceived` whose envelope starts with `WEB_MARK`, and the hub's
+answer comes back through `reply` (the hub's control link routes envelopes with that mark
+here). So the buttons call the very verbs supctl calls, and nothing here touches the
+hub's structures. What each page shows is put together in `webviews` (one module for the
+views' data access); the live stream is `webfeed`'s.
 
 Access: every request needs the token — `?token=…` once (answered with a cookie and a
 redirect that drops it from the address bar), the cookie, or `Authorization: Bearer …`;
@@ -142,8 +142,10 @@ class WebServer:
         r.add_post("/api/task/{id}/cancel", _json(views.cancel))
         r.add_post("/api/task/{id}/retry", _json(views.retry))
         r.add_get("/api/batches", _json(views.batches))
+        r.add_get("/api/batch/{id}", _json(views.batch))
         r.add_get("/api/workflows", _json(views.workflows))
         r.add_get("/api/workflow/{id}", _json(views.workflow))
+        r.add_post("/api/workflow/{id}/cancel", _json(views.workflow_cancel))
         r.add_get("/api/hosts", _json(views.hosts))
         r.add_get("/api/events", self.feed.stream)
         return app

@@ -1,12 +1,14 @@
 """What each dashboard page shows, and where it comes from: the views' one data-access module.
 
 Owns the mapping from a page to the control requests that feed it (the same verbs
-`supctl` sends, through `ask`) and the shaping of their answers into JSON. Pages whose
-objects this daemon does not have yet — workflows, labels and keys, stored transcripts,
-retry, hosts of a fleet — answer `{"available": false, "reason": …}` here, and only
-here: when those requests land in `proto/control.py`, this is the file that learns to
-ask for them. Batches are what the daemon has today: one `submit` is one trace, so the
-recent tasks grouped by trace id. Must not import other spokes but this one's parts.
+`supctl` sends, through `ask`) and the shaping of their answers into JSON: tasks (`List`
+with its batch and label filters, `Get`, `Cancel`), batches (`Batch`, the summary `supctl
+batch` prints, for each batch the recent tasks name), workflows (`FlowList`,
+`FlowStatus`, `FlowCancel`), the rate-limit gate and held keys (in `Status`). Pages
+whose objects this daemon does not have yet — stored transcripts, worktree diffs, retry,
+hosts of a fleet — answer `{"available": false, "reason": …}` here, and only here: when
+those requests land in `proto/control.py`, this is the file that learns to ask for them.
+Must not import other spokes but this one's parts.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ NOT_HERE = "not available on this daemon"
 MAX_ROWS = 500
 #: Characters of a result or prompt a list row carries (the task page has all of it).
 ROW_TEXT = 200
+#: Batches the batches page asks the daemon to sum up (one `Batch` request each).
+MAX_BATCHES = 50
+#: The longest exclusive key (`proto.task.KEY_PATTERN`).
+KEY_CHARS = 128
+#: The states `FlowList` knows.
+FLOW_STATES = ("running", "succeeded", "failed", "cancelled")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -64,6 +72,14 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
+def _text(request: web.Request, name: str, most: int) -> str | None:
+    """An optional text filter: empty is none; longer than `most` characters is a 400."""
+    text = request.query.get(name) or None
+    if text is not None and len(text) > most:
+        raise BadInput(f"{name}: longer than {most} characters")
+    return text
+
+
 def _task_id(request: web.Request) -> str:
     tid = request.match_info["id"]
     if not _ID.match(tid):
@@ -86,20 +102,23 @@ class Views:
         reply = await self.ask(request)
         return reply.data if isinstance(reply, ctl.Info) else _error(reply)
 
-    async def _list(self, state: str | None, limit: int) -> list[TaskView]:
-        reply = await self.ask(ctl.List(state=state, limit=limit))
+    async def _list(self, state: str | None, limit: int, batch: str | None = None,
+                    label: str | None = None) -> list[TaskView]:
+        reply = await self.ask(ctl.List(state=state, limit=limit, batch=batch, label=label))
         if isinstance(reply, ctl.Error):
             raise BadInput(reply.message)
         return reply.tasks if isinstance(reply, ctl.Tasks) else []
 
     async def snapshot(self) -> dict[str, Any]:
-        """Status, health, stats and the last hour: what the overview's numbers and charts need."""
+        """Status, health, stats and the last hour: what the overview's numbers and charts need
+        (the rate-limit gate and the held keys are in the status)."""
         now = self.wall()
-        return {"status": await self._info(ctl.Status()), "health": await self._info(ctl.Health()),
+        status = await self._info(ctl.Status())
+        return {"status": status, "health": await self._info(ctl.Health()),
                 "stats": await self._info(ctl.Stats()), "series": self.feed.series.window(now),
                 "hour": self.feed.series.hour(now), "now": now,
                 "web": {"clients": len(self.feed.clients), "dropped_clients": self.feed.dropped},
-                "gate": unavailable("the rate-limit gate", "the agent-work issue")}
+                "gate": status.get("gate"), "keys": status.get("keys") or {}}
 
     async def overview(self, request: web.Request) -> dict[str, Any]:
         data = await self.snapshot()
@@ -107,22 +126,21 @@ class Views:
         return data
 
     async def tasks(self, request: web.Request) -> dict[str, Any]:
-        """Filters: state (the daemon filters), kind and batch (filtered here, over `limit`)."""
+        """Filters: state, batch and label (the daemon filters), kind and key (filtered here,
+        over the `limit` newest the daemon answers)."""
         state = request.query.get("state") or None
         if state is not None and state not in {s.value for s in TaskState}:
             raise BadInput(f"state: unknown state {state[:40]!r} (one of {', '.join(s.value for s in TaskState)})")
         kind = request.query.get("kind") or None
         if kind is not None and kind not in ("claude", "exec"):
             raise BadInput(f"kind: {kind[:40]!r} is not claude or exec")
-        batch = request.query.get("batch") or None
+        batch = _text(request, "batch", ctl.MAX_ID_CHARS)
+        label = _text(request, "label", ctl.MAX_LABEL_CHARS)
+        key = _text(request, "key", KEY_CHARS)
         limit = _int(request, "limit", 100, 1, MAX_ROWS)
-        found = await self._list(state, limit)
-        rows = [row(t) for t in found if (kind is None or t.kind == kind) and (batch is None or t.trace_id == batch)]
-        out: dict[str, Any] = {"tasks": rows, "limit": limit}
-        for name in ("label", "key"):
-            if request.query.get(name):
-                out[name] = unavailable(f"filtering by {name}", "the agent-work issue")
-        return out
+        found = await self._list(state, limit, batch=batch, label=label)
+        rows = [row(t) for t in found if (kind is None or t.kind == kind) and (key is None or t.key == key)]
+        return {"tasks": rows, "limit": limit}
 
     async def task(self, request: web.Request) -> dict[str, Any]:
         tid = _task_id(request)
@@ -142,31 +160,63 @@ class Views:
         _task_id(request)
         return {"ok": False, **unavailable("retry", "the agent-work issue (`supctl retry`)")}
 
+    # ---- batches: the `Batch` verb's summaries, the batches named by the recent tasks --------
+
     async def batches(self, request: web.Request) -> dict[str, Any]:
-        """Recent submits: one trace id each, with their tasks' states counted."""
+        """The newest batches (of the `limit` newest tasks, or of one label's batches), each
+        with the daemon's summary (`Batch`, as `supctl batch` shows it)."""
+        label = _text(request, "label", ctl.MAX_LABEL_CHARS)
         limit = _int(request, "limit", 500, 1, MAX_ROWS)
-        groups: dict[str, dict[str, Any]] = {}
-        for t in await self._list(None, limit):
-            key = t.trace_id or "-"
-            g = groups.setdefault(key, {"trace_id": key, "tasks": 0, "states": {}, "kinds": {},
-                                        "submitted_at": t.submitted_at, "cost_usd": 0.0})
-            g["tasks"] += 1
-            g["states"][t.state] = g["states"].get(t.state, 0) + 1
-            g["kinds"][t.kind] = g["kinds"].get(t.kind, 0) + 1
-            g["submitted_at"] = min(g["submitted_at"], t.submitted_at)
-            g["cost_usd"] += t.cost_usd or 0.0
-        return {"batches": sorted(groups.values(), key=lambda g: -g["submitted_at"]), "of_recent_tasks": limit,
-                "named_batches": unavailable("named batches and labels", "the agent-work issue")}
+        ids: list[str] = []
+        for t in await self._list(None, limit, label=label):
+            b = t.batch or t.trace_id
+            if b and b not in ids and t.workflow is None:
+                ids.append(b)
+        out: list[dict[str, Any]] = []
+        for b in ids[:MAX_BATCHES]:
+            reply = await self.ask(ctl.Batch(id=b, limit=1))
+            if isinstance(reply, ctl.Info) and isinstance(reply.data.get("batch"), dict):
+                out.append(reply.data["batch"])
+        out.sort(key=lambda s: -float(s.get("submitted_at") or 0.0))
+        return {"batches": out, "of_recent_tasks": limit, "label": label, "more": len(ids) > MAX_BATCHES}
+
+    async def batch(self, request: web.Request) -> dict[str, Any]:
+        """One batch: its summary and its tasks (the `Batch` verb)."""
+        reply = await self.ask(ctl.Batch(id=_task_id(request), limit=MAX_ROWS))
+        if not isinstance(reply, ctl.Info):
+            return _error(reply)
+        return {"ok": True, **reply.data}
+
+    # ---- workflows: FlowList, FlowStatus, FlowCancel -----------------------------------------
 
     async def workflows(self, request: web.Request) -> dict[str, Any]:
-        return unavailable("workflows", "the workflow issue (`supctl flow`)")
+        state = request.query.get("state") or None
+        if state is not None and state not in FLOW_STATES:
+            raise BadInput(f"state: unknown workflow state {state[:40]!r} (one of {', '.join(FLOW_STATES)})")
+        limit = _int(request, "limit", 100, 1, ctl.MAX_FLOW_IDS)
+        reply = await self.ask(ctl.FlowList(state=state, limit=limit))
+        if not isinstance(reply, ctl.Flows):
+            return _error(reply)
+        return {"ok": True, "workflows": reply.flows, "limit": limit}
 
     async def workflow(self, request: web.Request) -> dict[str, Any]:
-        _task_id(request)
-        return unavailable("workflows", "the workflow issue (`supctl flow`)")
+        """One workflow as `supctl flow status --json` shows it: steps with their `after`
+        (the page draws the DAG), states, tasks, results, and the undo in the order it ran."""
+        reply = await self.ask(ctl.FlowStatus(id=_task_id(request)))
+        if not isinstance(reply, ctl.Flows) or not reply.flows:
+            return _error(reply)
+        return {"ok": True, "workflow": reply.flows[0]}
+
+    async def workflow_cancel(self, request: web.Request) -> dict[str, Any]:
+        reply = await self.ask(ctl.FlowCancel(id=_task_id(request)))
+        return {"ok": True, "message": reply.message} if isinstance(reply, ctl.Ok) else _error(reply)
 
     async def hosts(self, request: web.Request) -> dict[str, Any]:
+        """This daemon (`Status`) and the fleet sharing its journal (`Hosts`, as `supctl hosts`):
+        `fleet.host` is None on a single host."""
         status = await self._info(ctl.Status())
         this = {"pid": status.get("pid"), "phase": status.get("phase"), "state_dir": status.get("state_dir"),
                 "pool": status.get("pool"), "tasks": status.get("tasks")}
-        return {"this": this, "fleet": unavailable("a fleet of hosts", "the fleet issue (PostgreSQL store)")}
+        fleet = await self._info(ctl.Hosts())
+        return {"this": this, "fleet": {"host": fleet.get("host"), "hosts": fleet.get("hosts") or [],
+                                        "error": fleet.get("error")}}

@@ -108,13 +108,31 @@ function overviewNumbers(d) {
     ${card("running", esc(tasks.running ?? "?"), "running")}
     ${card("children ready / size", `${esc((pool.idle ?? 0) + (pool.busy ?? 0))} / ${esc(pool.size ?? "?")}`, "children")}
     ${card("breaker", pill(b), "breaker")}
-    ${card("rate-limit gate", `<span class="na">${esc(d.gate ? "n/a" : "")}</span>`, "gate")}
+    ${card("rate-limit gate", gateText(d.gate), "gate")}
     ${card("finished, last hour", esc(hour.finished ?? 0), "finished_hour")}
     ${card("p50 / p95, last hour", `${esc(secs(hour.p50_s) || "–")} / ${esc(secs(hour.p95_s) || "–")}`, "latency")}
     ${card("succeeded / failed (since start)", `${esc(stats.tasks_succeeded ?? 0)} / ${esc(stats.tasks_failed ?? 0)}`, "totals")}
     ${card("tokens", esc((stats.input_tokens ?? 0) + (stats.output_tokens ?? 0)), "tokens")}
     ${card("cost", esc(money(stats.cost_usd ?? 0)), "cost")}
   </div>`;
+}
+
+// The rate-limit gate: open, or closed until the time its 429 said (Claude tasks wait; exec ones run).
+function gateText(g) {
+  if (!g || !g.state) return `<span class="na">?</span>`;
+  const pillG = `<span class="pill g-${esc(g.state)}" data-state="${esc(g.state)}">${esc(g.state)}</span>`;
+  return g.state === "closed" ? `${pillG} <span class="sub" data-gate-reset>until ${esc(when(g.resets_at))}</span>` : pillG;
+}
+
+// Exclusive keys held or waited for: their limit, their holders, how many tasks wait.
+function keysTable(keys) {
+  const names = Object.keys(keys || {});
+  if (!names.length) return `<p class="na" id="keys">no key is held or waited for</p>`;
+  const rows = names.map((k) => { const v = keys[k];
+    return `<tr data-key="${esc(k)}"><td class="mono"><a href="#/tasks?key=${encodeURIComponent(k)}">${esc(k)}</a></td>
+      <td>${esc((v.held_by || []).length)} / ${esc(v.limit)}</td>
+      <td class="mono">${(v.held_by || []).map((t) => `<a href="#/task/${esc(t)}">${short(t)}</a>`).join(" ")}</td><td>${esc(v.waiting)}</td></tr>`; }).join("");
+  return `<table id="keys"><tr><th>key</th><th>held / limit</th><th>held by</th><th>tasks waiting</th></tr>${rows}</table>`;
 }
 
 function overviewCharts(d) {
@@ -160,11 +178,12 @@ function patchRow(table, e, refetch) {
 async function overview() {
   const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Overview</h2><div id="numbers"></div><h2>Last hour</h2><div id="charts"></div>
-    <h2>Children</h2><div id="kids"></div><h2>Recent tasks</h2><table id="recent">${TASK_HEAD}</table>`;
+    <h2>Children</h2><div id="kids"></div><h2>Exclusive keys</h2><div id="keybox"></div><h2>Recent tasks</h2><table id="recent">${TASK_HEAD}</table>`;
   const paint = (d) => {
     $("#numbers").innerHTML = overviewNumbers(d);
     $("#charts").innerHTML = overviewCharts(d);
     $("#kids").innerHTML = childrenTable(d.status || {});
+    $("#keybox").innerHTML = keysTable(d.keys);
   };
   const d = await api("/api/overview");
   if (my !== gen) return;
@@ -186,9 +205,9 @@ async function tasksPage() {
   main.innerHTML = `<h2>Tasks</h2><form class="filters" id="filters">
     <label>state<select name="state"><option value="">any</option>${opt(["queued", "blocked", "running", "succeeded", "failed", "timed_out", "cancelled"], q.get("state"))}</select></label>
     <label>kind<select name="kind"><option value="">any</option>${opt(["claude", "exec"], q.get("kind"))}</select></label>
-    <label>batch (trace id)<input name="batch" size="34" value="${esc(q.get("batch") || "")}"></label>
-    <label>label<input name="label" size="10" value="${esc(q.get("label") || "")}"></label>
-    <label>key<input name="key" size="10" value="${esc(q.get("key") || "")}"></label>
+    <label>batch<input name="batch" size="34" value="${esc(q.get("batch") || "")}"></label>
+    <label>label<input name="label" size="14" value="${esc(q.get("label") || "")}"></label>
+    <label>key<input name="key" size="14" value="${esc(q.get("key") || "")}"></label>
     <button>filter</button></form><div id="filter-na"></div><table id="tasks">${TASK_HEAD}</table>`;
   $("#filters").onsubmit = (ev) => {
     ev.preventDefault();
@@ -201,11 +220,11 @@ async function tasksPage() {
     if (my !== gen) return;
     if (d.ok === false) { $("#filter-na").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
     $("#tasks").innerHTML = TASK_HEAD + taskRows(d.tasks || []);
-    $("#filter-na").innerHTML = ["label", "key"].filter((k) => d[k]).map((k) => na(d[k])).join("");
+    $("#filter-na").innerHTML = "";
   };
   await load();
   const refetch = throttled(load);
-  const filtered = q.get("state") || q.get("kind") || q.get("batch");
+  const filtered = ["state", "kind", "batch", "label", "key"].some((k) => q.get(k));
   if (my !== gen) return;
   listen("", { event: (e) => (filtered ? ((e.topic || "").startsWith("task/") && !e.topic.endsWith("/progress") && refetch()) : patchRow($("#tasks"), e, refetch)) });
 }
@@ -236,9 +255,13 @@ function fields(t) {
     ["submitted", when(t.submitted_at)], ["started", when(t.started_at)], ["finished", when(t.finished_at)],
     ["duration", secs(t.duration_s)], ["priority", t.priority], ["session", t.session_id], ["turns", t.num_turns],
     ["tokens", t.usage ? `${t.usage.input_tokens} in / ${t.usage.output_tokens} out` : ""], ["cost", money(t.cost_usd)],
+    ["batch", t.batch && `<a href="#/batch/${esc(t.batch)}">${esc(t.batch)}</a>`],
+    ["key", t.key && `<a href="#/tasks?key=${encodeURIComponent(t.key)}">${esc(t.key)}</a>`],
+    ["workflow", t.workflow && `<a href="#/workflow/${esc(t.workflow)}">${esc(t.workflow)}</a>`], ["step", t.step],
     ["prompt", t.prompt], ["argv", t.argv ? t.argv.join(" ") : ""]];
+  const html = new Set(["state", "batch", "key", "workflow"]);  // built above with their values escaped
   return `<dl class="fields" id="fields">${rows.filter(([, v]) => v !== null && v !== undefined && v !== "")
-    .map(([k, v]) => `<dt>${esc(k)}</dt><dd data-field="${esc(k)}">${k === "state" ? v : esc(v)}</dd>`).join("")}</dl>`;
+    .map(([k, v]) => `<dt>${esc(k)}</dt><dd data-field="${esc(k)}">${html.has(k) ? v : esc(v)}</dd>`).join("")}</dl>`;
 }
 
 function line(l) { return `<div class="line"><span class="ev">${esc(when(l.ts))} ${esc(l.event)}</span> ${esc(l.summary)}</div>`; }
@@ -293,26 +316,76 @@ async function taskPage(id) {
 
 // ---- batches, workflows, hosts --------------------------------------------------------------
 
+const tokens = (b) => (b.input_tokens || 0) + (b.output_tokens || 0);
+const BATCH_HEAD = `<tr><th>batch</th><th>label</th><th>state</th><th>summary</th><th>wall</th><th>tokens</th><th>cost</th><th>submitted</th></tr>`;
+
+// One batch's summary line, as `supctl batch` says it: n succeeded / failed / running, …
+function batchSummary(b) {
+  const parts = [`${b.succeeded} succeeded`, `${b.failed} failed`];
+  if (b.cancelled) parts.push(`${b.cancelled} cancelled`);
+  parts.push(`${b.running} running`);
+  if (b.queued) parts.push(`${b.queued} queued`);
+  return `${parts.join(", ")} of ${b.tasks}${b.budget_spent ? " (cost cap reached)" : ""}`;
+}
+
+function batchRow(b) {
+  return `<tr data-batch="${esc(b.id)}"><td class="mono"><a href="#/batch/${esc(b.id)}">${esc(b.id)}</a></td>
+    <td>${b.label ? `<a href="#/batches?label=${encodeURIComponent(b.label)}">${esc(b.label)}</a>` : ""}</td>
+    <td>${pill(b.state)}</td><td class="summary">${esc(batchSummary(b))}</td><td data-wall="${esc(b.wall_s)}">${esc(secs(b.wall_s))}</td>
+    <td>${esc(tokens(b))}</td><td>${esc(money(b.cost_usd))}${b.max_cost_usd ? ` / ${esc(money(b.max_cost_usd))}` : ""}</td>
+    <td>${esc(when(b.submitted_at))}</td></tr>`;
+}
+
+// Batch (and workflow) pages refetch on the events that can change them, at most once a second.
+const changes = (e) => /^(task|batch|flow)\//.test(e.topic || "") && !/\/(progress|process)$/.test(e.topic || "");
+
 async function batchesPage() {
   const my = gen;  // a later route makes this page stale: it must not take over the stream
-  main.innerHTML = `<h2>Batches</h2><p class="na">One submit is one batch: its tasks share a trace id.</p><table id="batches"></table><div id="named"></div>`;
+  const q = query();
+  main.innerHTML = `<h2>Batches</h2><form class="filters" id="filters">
+    <label>label<input name="label" size="20" value="${esc(q.get("label") || "")}"></label><button>filter</button></form>
+    <p class="na">Each submit is a batch (its id is its trace id); the newest of the recent tasks', with the daemon's summary.</p>
+    <div id="said"></div><table id="batches">${BATCH_HEAD}</table>`;
+  $("#filters").onsubmit = (ev) => {
+    ev.preventDefault();
+    const label = new FormData(ev.target).get("label");
+    location.hash = "#/batches" + (label ? "?label=" + encodeURIComponent(label) : "");
+  };
   const load = async () => {
-    const d = await api("/api/batches");
+    const d = await api("/api/batches?" + q.toString());
     if (my !== gen) return;
-    $("#batches").innerHTML = `<tr><th>trace id</th><th>submitted</th><th>tasks</th><th>states</th><th>kinds</th><th>cost</th></tr>` +
-      (d.batches || []).map((b) => `<tr data-batch="${esc(b.trace_id)}"><td class="mono"><a href="#/tasks?batch=${esc(b.trace_id)}">${esc(b.trace_id)}</a></td>
-      <td>${esc(when(b.submitted_at))}</td><td>${esc(b.tasks)}</td><td>${Object.entries(b.states).map(([s, n]) => `${pill(s)} ${n}`).join(" ")}</td>
-      <td>${esc(Object.entries(b.kinds).map(([k, n]) => `${k} ${n}`).join(", "))}</td><td>${esc(money(b.cost_usd))}</td></tr>`).join("");
-    $("#named").innerHTML = na(d.named_batches);
+    if (d.ok === false) { $("#said").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
+    $("#batches").innerHTML = BATCH_HEAD + (d.batches || []).map(batchRow).join("");
   };
   await load();
   const refetch = throttled(load);
   if (my !== gen) return;
-  listen("", { event: (e) => (e.topic || "").startsWith("task/") && refetch() });
+  listen("", { event: (e) => changes(e) && refetch() });
+}
+
+async function batchPage(id) {
+  const my = gen;  // a later route makes this page stale: it must not take over the stream
+  main.innerHTML = `<h2>Batch <span class="mono">${esc(id)}</span></h2><div id="summary"></div>
+    <p><a href="#/tasks?batch=${encodeURIComponent(id)}">its tasks on the tasks page</a></p><table id="batch-tasks"></table>`;
+  const load = async () => {
+    const d = await api(`/api/batch/${encodeURIComponent(id)}`);
+    if (my !== gen) return;
+    if (d.ok === false) { $("#summary").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
+    const b = d.batch;
+    $("#summary").innerHTML = `<table id="batch-summary">${BATCH_HEAD}${batchRow(b)}</table>`;
+    $("#batch-tasks").innerHTML = `<tr><th>id</th><th>kind</th><th>state</th><th>key</th><th>duration</th><th>error</th><th>cost</th><th>what</th></tr>` +
+      (d.tasks || []).map((t) => `<tr data-task="${esc(t.id)}"><td class="mono"><a href="#/task/${esc(t.id)}">${short(t.id)}</a></td>
+        <td>${esc(t.kind)}</td><td class="state">${pill(t.state)}</td><td class="mono">${esc(t.key || "")}</td><td>${esc(secs(t.duration_s))}</td>
+        <td>${esc(t.error || "")}</td><td>${esc(money(t.cost_usd))}</td><td class="mono">${esc(t.prompt || "")}</td></tr>`).join("");
+  };
+  await load();
+  const refetch = throttled(load);
+  if (my !== gen) return;
+  listen("", { event: (e) => changes(e) && refetch() });
 }
 
 // The DAG of a workflow: steps in layers by their longest path from a root, edges as lines.
-// steps: [{id, state, after: [ids]}], drawn once workflows exist on the daemon.
+// steps: [{id, state, after: [ids]}] (a workflow's steps by name, from `flow status`).
 function drawDag(steps) {
   const byId = new Map(steps.map((s) => [s.id, s]));
   const depth = new Map();
@@ -327,10 +400,11 @@ function drawDag(steps) {
   steps.forEach((s) => d(s));
   const layers = [];
   steps.forEach((s) => (layers[depth.get(s.id)] = layers[depth.get(s.id)] || []).push(s));
-  const pos = new Map(), BW = 120, BH = 30, GX = 60, GY = 18;
+  const pos = new Map(), BW = 150, BH = 30, GX = 50, GY = 18;
   layers.forEach((layer, i) => layer.forEach((s, j) => pos.set(s.id, { x: 10 + i * (BW + GX), y: 10 + j * (BH + GY) })));
   const W = 20 + layers.length * (BW + GX), H = 20 + Math.max(1, ...layers.map((l) => l.length)) * (BH + GY);
-  const color = { succeeded: "#c8e6c9", failed: "#ffcdd2", running: "#bbdefb", cancelled: "#e1bee7", timed_out: "#ffcdd2" };
+  const color = { succeeded: "#c8e6c9", failed: "#ffcdd2", running: "#bbdefb", cancelled: "#e1bee7", timed_out: "#ffcdd2",
+    compensating: "#ffe0b2", compensated: "#fff9c4", undone: "#d7ccc8", undo_failed: "#ffab91", queued: "#e3f2fd", skipped: "#f5f5f5" };
   let svg = "";
   for (const s of steps) for (const a of s.after || []) {
     const p = pos.get(a), q = pos.get(s.id);
@@ -344,13 +418,82 @@ function drawDag(steps) {
   return `<svg class="dag" viewBox="0 0 ${W} ${H}" width="${W}">${svg}</svg>`;
 }
 
+const FLOW_HEAD = `<tr><th>workflow</th><th>name</th><th>state</th><th>steps succeeded</th><th>started</th><th>finished</th><th>cost</th><th>error</th></tr>`;
+
 async function workflowsPage() {
   const my = gen;  // a later route makes this page stale: it must not take over the stream
-  main.innerHTML = `<h2>Workflows</h2><div id="flows"></div>`;
-  const d = await api("/api/workflows");
+  main.innerHTML = `<h2>Workflows</h2><div id="said"></div><table id="flows">${FLOW_HEAD}</table>`;
+  const load = async () => {
+    const d = await api("/api/workflows");
+    if (my !== gen) return;
+    if (d.ok === false) { $("#said").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
+    $("#flows").innerHTML = FLOW_HEAD + (d.workflows || []).map((w) => `<tr data-flow="${esc(w.id)}">
+      <td class="mono"><a href="#/workflow/${esc(w.id)}">${esc(w.id)}</a></td><td>${esc(w.name)}</td><td class="state">${pill(w.state)}</td>
+      <td>${esc(w.steps_succeeded)} / ${esc(w.steps)}</td><td>${esc(when(w.started_at))}</td><td>${esc(when(w.finished_at))}</td>
+      <td>${esc(money(w.cost_usd))}</td><td>${esc(w.error ? w.error.kind : "")}</td></tr>`).join("");
+    if (!(d.workflows || []).length) $("#said").innerHTML = `<p class="na">no workflow yet: <code>supctl flow run FILE</code> starts one</p>`;
+  };
+  await load();
+  const refetch = throttled(load);
   if (my !== gen) return;
-  if (d.available === false) { $("#flows").innerHTML = na(d); return; }
-  $("#flows").innerHTML = (d.workflows || []).map((w) => `<h3>${esc(w.id)} ${pill(w.state)}</h3>${drawDag(w.steps || [])}`).join("");
+  listen("", { event: (e) => changes(e) && refetch() });
+}
+
+function stepsTable(w) {
+  const rows = (w.steps || []).map((s) => `<tr data-step-row="${esc(s.name)}"><td class="mono">${esc(s.name)}</td><td class="state">${pill(s.state)}</td>
+    <td class="mono">${esc((s.after || []).join(", "))}</td>
+    <td class="mono">${(s.task_ids || []).map((t) => `<a href="#/task/${esc(t)}">${short(t)}</a>`).join(" ")}</td>
+    <td>${esc(when(s.started_at))}</td><td>${esc(when(s.finished_at))}</td>
+    <td>${esc(s.error ? `${s.error.kind}: ${s.error.message}` : "")}</td>
+    <td class="mono">${esc(s.result == null ? "" : String(s.result).slice(0, 120))}</td></tr>`).join("");
+  return `<table id="steps"><tr><th>step</th><th>state</th><th>after</th><th>tasks</th><th>started</th><th>finished</th><th>error</th><th>result</th></tr>${rows}</table>`;
+}
+
+function undoList(w) {
+  const undo = w.undo || [];
+  if (!undo.length) return `<p class="na" id="undo">no undo ran${w.state === "failed" || w.state === "cancelled" ? " (no succeeded step has one)" : ""}</p>`;
+  return `<ol id="undo">${undo.map((u) => `<li data-undo="${esc(u.step)}"><span class="mono">${esc(u.step)}</span> ${pill(u.state)}
+    ${u.task_id ? `<a class="mono" href="#/task/${esc(u.task_id)}">${short(u.task_id)}</a>` : ""} (${esc(u.attempts)} attempt${u.attempts === 1 ? "" : "s"})</li>`).join("")}</ol>`;
+}
+
+async function workflowPage(id) {
+  const my = gen;  // a later route makes this page stale: it must not take over the stream
+  main.innerHTML = `<h2>Workflow <span class="mono">${esc(id)}</span> <span id="flow-state"></span></h2>
+    <div id="actions"><button id="flow-cancel" class="danger" disabled>Cancel workflow</button> <span id="said"></span></div>
+    <div id="flow-fields"></div><h2>Steps</h2><div id="dag" class="dagbox"></div><div id="steps-box"></div>
+    <h2>Undo (in the order it ran)</h2><div id="undo-box"></div>`;
+  $("#flow-cancel").onclick = async () => {
+    $("#flow-cancel").disabled = true;
+    const r = await api(`/api/workflow/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    $("#said").textContent = r.ok ? r.message : r.error;
+  };
+  const load = async () => {
+    const d = await api(`/api/workflow/${encodeURIComponent(id)}`);
+    if (my !== gen) return;
+    if (d.ok === false) { $("#flow-fields").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
+    const w = d.workflow;
+    $("#flow-state").innerHTML = pill(w.state);
+    $("#flow-cancel").disabled = w.state !== "running";
+    $("#flow-fields").innerHTML = `<dl class="fields" id="fields"><dt>name</dt><dd>${esc(w.name)}</dd><dt>trace id</dt><dd>${esc(w.trace_id)}</dd>
+      <dt>started</dt><dd>${esc(when(w.started_at))}</dd><dt>finished</dt><dd>${esc(when(w.finished_at))}</dd><dt>cost</dt><dd>${esc(money(w.cost_usd))}</dd>
+      ${w.error ? `<dt>error</dt><dd>${esc(w.error.kind)}: ${esc(w.error.message)}</dd>` : ""}</dl>`;
+    $("#dag").innerHTML = drawDag((w.steps || []).map((s) => ({ id: s.name, state: s.state, after: s.after || [] })));
+    $("#steps-box").innerHTML = stepsTable(w);
+    $("#undo-box").innerHTML = undoList(w);
+  };
+  await load();
+  const refetch = throttled(load);
+  if (my !== gen) return;
+  listen("", { event: (e) => changes(e) && refetch() });
+}
+
+// The daemons sharing this one's journal (`supctl hosts`); this one is starred.
+function fleetTable(f) {
+  if (f.error) return `<p class="na">${esc(f.error)}</p>`;
+  if (!f.host) return `<p class="na" id="fleet">one host (no shared journal): no fleet</p>`;
+  return `<table id="fleet"><tr><th>host</th><th>pid</th><th>phase</th><th>heartbeat</th><th>children</th><th>running</th></tr>
+    ${(f.hosts || []).map((r) => `<tr data-host="${esc(r.host)}"><td class="mono">${r.host === f.host ? "* " : ""}${esc(r.host)}</td><td class="mono">${esc(r.pid)}</td>
+    <td>${esc(r.phase)}</td><td>${esc(Number(r.heartbeat_age_s).toFixed(1))} s ago</td><td>${esc(r.children)}</td><td>${esc(r.running)}</td></tr>`).join("")}</table>`;
 }
 
 async function hostsPage() {
@@ -361,7 +504,8 @@ async function hostsPage() {
   const t = d.this || {};
   $("#hosts").innerHTML = `<table id="this-host"><tr><th>this daemon</th><th>phase</th><th>state dir</th><th>children</th><th>queued</th><th>running</th></tr>
     <tr><td class="mono">pid ${esc(t.pid)}</td><td>${esc(t.phase)}</td><td class="mono">${esc(t.state_dir)}</td>
-    <td>${esc((t.pool || {}).size)}</td><td>${esc((t.tasks || {}).queued)}</td><td>${esc((t.tasks || {}).running)}</td></tr></table>${na(d.fleet)}`;
+    <td>${esc((t.pool || {}).size)}</td><td>${esc((t.tasks || {}).queued)}</td><td>${esc((t.tasks || {}).running)}</td></tr></table>
+    <h2>Fleet</h2>${fleetTable(d.fleet || {})}`;
 }
 
 // ---- routes ---------------------------------------------------------------------------------
@@ -370,12 +514,16 @@ let gen = 0;
 async function route() {
   const my = ++gen;
   const path = location.hash.replace(/^#/, "").split("?")[0] || "/";
-  const page = path.startsWith("/task/") ? "tasks" : path.slice(1) || "overview";
+  const page = path.startsWith("/task/") ? "tasks" : path.startsWith("/batch/") ? "batches"
+    : path.startsWith("/workflow/") ? "workflows" : path.slice(1) || "overview";
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("on", a.dataset.page === page));
-  document.body.dataset.page = path.startsWith("/task/") ? "task" : page;
+  document.body.dataset.page = path.startsWith("/task/") ? "task" : path.startsWith("/batch/") ? "batch"
+    : path.startsWith("/workflow/") ? "workflow" : page;
   delete document.body.dataset.ready;
   try {
     if (path.startsWith("/task/")) await taskPage(decodeURIComponent(path.slice(6)));
+    else if (path.startsWith("/batch/")) await batchPage(decodeURIComponent(path.slice(7)));
+    else if (path.startsWith("/workflow/")) await workflowPage(decodeURIComponent(path.slice(10)));
     else if (path === "/tasks") await tasksPage();
     else if (path === "/batches") await batchesPage();
     else if (path === "/workflows") await workflowsPage();
