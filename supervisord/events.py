@@ -97,6 +97,19 @@ class LeasesRenewed:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetNews:
+    """What the fleet's shared rules did: batches whose cost cap a commit here reached (`spent`),
+    batches whose last task it recorded (`done`, `supervisord.core.batches.Batch`: their hook
+    runs here), and, from a periodic pass (`periodic`), the fleet's gate (seconds until it
+    opens, the task that closed it; None: open)."""
+
+    spent: list[str]
+    done: list[Any]
+    gate: tuple[float, str | None] | None
+    periodic: bool
+
+
+@dataclass(frozen=True, slots=True)
 class WritesFenced:
     """A group commit refused these (task id, epoch) writes: the attempts are no longer ours."""
 
@@ -114,4 +127,4 @@ class HookFinished:
 
 
 Event = (ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired | TreesChecked | HookFinished
-         | JournalAnswered | JournalNotified | JournalChanged | LeasesRenewed | WritesFenced)
+         | JournalAnswered | JournalNotified | JournalChanged | LeasesRenewed | WritesFenced | FleetNews)

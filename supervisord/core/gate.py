@@ -55,6 +55,16 @@ class Gate:
         self.until, self.until_wall, self.task_id = now + wait_s, wall + wait_s, task_id
         return self.state
 
+    def shared(self, task_id: str | None, wait_s: float, now: float, wall: float) -> GateState | None:
+        """Another host of a fleet closed the fleet's gate for `wait_s` more: the same here
+        (capped at `max_s`); the new state if this closed (or moved) it."""
+        wait_s = min(self.max_s, wait_s)
+        if wait_s <= 0 or (self.state is GateState.CLOSED and now + wait_s <= self.until + 0.5):
+            return None  # past, or already closed as long (half a second: the round trip's blur)
+        self.state = GateState.CLOSED  # OPEN -> CLOSED (or CLOSED for longer)
+        self.until, self.until_wall, self.task_id = now + wait_s, wall + wait_s, task_id
+        return self.state
+
     def tick(self, now: float) -> GateState | None:
         """The gate opens at its reset time; OPEN when it just did."""
         if self.state is GateState.CLOSED and now >= self.until:

@@ -69,6 +69,11 @@ def over_budget(h: Hub, task: Task) -> bool:
     return batch is not None and batch.budget_spent
 
 
+def done(h: Hub, batch: Batch) -> None:
+    """Every task of `batch` is final (in a fleet: recorded so by this host): log, publish, run the hook."""
+    _done(h, batch)
+
+
 def _done(h: Hub, batch: Batch) -> None:
     h.batches.pop(batch.id, None)
     summary = batch.summary(h.clock.wall())

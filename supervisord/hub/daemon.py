@@ -31,6 +31,7 @@ from supervisord.events import (
     ChildExited,
     ChildSaid,
     Event,
+    FleetNews,
     HookFinished,
     JournalAnswered,
     JournalChanged,
@@ -100,7 +101,7 @@ def handle(h: Hub, event: Event) -> None:
                 pass
             case JournalAnswered(then, result, error):
                 then(result, error)
-            case JournalNotified() | JournalChanged() | LeasesRenewed() | WritesFenced():
+            case JournalNotified() | JournalChanged() | LeasesRenewed() | WritesFenced() | FleetNews():
                 fleet.on_event(h, event)
     except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
         log("event_failed", logging.ERROR, event=type(event).__name__, error=repr(e),

@@ -34,9 +34,11 @@ from proto import control as ctl
 from proto.task import TaskState, TaskView
 from supervisord.core import fate as core
 from supervisord.core import lease, traceids, validate
+from supervisord.core.batches import Batch
+from supervisord.core.gate import GateState
 from supervisord.core.task import Task, view
-from supervisord.events import JournalChanged, JournalNotified, LeasesRenewed, WritesFenced
-from supervisord.hub import tasks
+from supervisord.events import FleetNews, JournalChanged, JournalNotified, LeasesRenewed, WritesFenced
+from supervisord.hub import batches, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
@@ -48,6 +50,8 @@ Envelope = tuple[bytes, ...]
 POLL_S = 1.0
 #: ids of tasks recently reported final by another host (a waiter registered late sees them)
 RECENT_FINISHED = 10_000
+#: a claim that skipped a key another host was claiming for tries again this soon (seconds)
+CONTENDED_RETRY_S = 0.02
 
 
 @dataclass(slots=True)
@@ -66,6 +70,17 @@ class FleetState:
     #: when the claim in flight was asked (monotonic), and the last claims' round trips (ms)
     claim_asked_at: float = 0.0
     claim_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    #: attempts here that hold a fleet-wide key: task id -> the attempt's epoch
+    key_epochs: dict[str, int] = field(default_factory=dict)
+    #: the latest gate closing (monotonic `until`) this host wrote to, or read from, the journal
+    gate_shared_until: float = 0.0
+
+    def release_key(self, task_id: str) -> None:
+        """The attempt's tree is dead: its fleet-wide key is free (fenced on its epoch)."""
+        epoch = self.key_epochs.pop(task_id, None)
+        if epoch is not None:
+            self.journal.note("release", (task_id, epoch))
+            self.journal.note("commit", None)
 
 
 # ---- events from the journal thread -----------------------------------------------------------
@@ -94,6 +109,8 @@ def on_event(h: Hub, event: Any) -> None:
         case JournalNotified(channel, payload):
             if channel == "supd_submit":
                 f.next_poll = 0.0
+            elif channel == "supd_gate":
+                f.journal.ask(lambda s: s.gate(), lambda g, e: _gate_read(h, g) if not e else None)
             elif channel == "supd_finished":
                 _remote_final(h, payload)
             elif channel == "supd_cancel" and (task := h.sched.tasks.get(payload)) is not None:
@@ -102,6 +119,50 @@ def on_event(h: Hub, event: Any) -> None:
             h.store_problem = problem
             if problem is None:
                 f.next_poll = 0.0
+        case FleetNews(spent, done, gate, periodic):
+            for batch_id in spent:
+                _budget_spent(h, batch_id)
+            for batch in done:
+                batches.done(h, batch)
+            if periodic:
+                _gate_read(h, gate)
+
+
+def _budget_spent(h: Hub, batch_id: str) -> None:
+    """A commit here reached the batch's cost cap: the journal ended its queued Claude tasks;
+    the core decides for the ones this host holds (running ones finish)."""
+    log("batch_budget_spent", batch=batch_id)
+    h.spokes.events.publish(f"batch/{batch_id}/budget", batch=batch_id)
+    for other in [t for t in h.sched.tasks.values() if t.trace_id == batch_id]:
+        tasks.decide(h, other, core.BudgetSpent(f"batch {batch_id} has spent its --max-cost-usd: not started"))
+
+
+def _gate_read(h: Hub, gate: tuple[float, str | None] | None) -> None:
+    """The fleet's gate as the journal has it: closed here too, until the same time."""
+    f = h.fleet
+    assert f is not None
+    if gate is None:
+        return  # open in the journal: ours opens by itself at its own reset
+    wait_s, task_id = gate
+    now = h.clock.now()
+    if h.gate.shared(task_id, wait_s, now, h.clock.wall()) is GateState.CLOSED:
+        f.gate_shared_until = h.gate.until
+        log("gate", state="closed", task=task_id, resets_at=round(h.gate.until_wall, 3), wait_s=round(wait_s, 3),
+            by="fleet")
+        h.spokes.events.publish("gate/closed", state="closed", task=task_id, resets_at=h.gate.until_wall,
+                                wait_s=wait_s)
+
+
+def _share_gate(h: Hub, now: float) -> None:
+    """A Claude attempt here closed (or moved) the gate: the fleet's row says so too."""
+    f = h.fleet
+    assert f is not None
+    g = h.gate
+    if g.state is GateState.CLOSED and g.until > f.gate_shared_until + 1e-3 and g.until > now:
+        f.gate_shared_until = g.until
+        wait_s, task_id = g.until - now, g.task_id or ""
+        f.journal.ask(lambda s: s.close_gate(wait_s, task_id),
+                      lambda r, e: log("gate_share_failed", logging.WARNING, error=e) if e else None)
 
 
 def _lose(h: Hub, task: Task, why: str) -> None:
@@ -143,22 +204,27 @@ def pump(h: Hub) -> None:
     idle = h.pool.idle()
     if not idle or now < f.next_poll:
         return
-    kinds = ["exec"] + (["claude"] if h.breaker.allows(now) else [])
-    n, host, lease_s = len(idle), f.host, f.lease_s
+    kinds = ["exec"] + (["claude"] if h.breaker.allows(now) and h.gate.allows(now) else [])
+    n, host, lease_s, limits = len(idle), f.host, f.lease_s, dict(h.sched.keys.limits)
     f.claiming = True
     f.claim_asked_at = now
-    f.journal.ask(lambda s: s.claim_next(n, kinds, host, lease_s), lambda r, e: _claimed(h, r, e, n))
+    # The writes of this turn first (the thread keeps order): an end that freed a key or
+    # spent a batch's budget is in the journal before the claim reads it.
+    h.store.commit()
+    f.journal.ask(lambda s: (s.claim_next(n, kinds, host, lease_s, limits), s.claim_contended),
+                  lambda r, e: _claimed(h, r, e, n))
 
 
-def _claimed(h: Hub, claimed: list[Task] | None, error: str | None, asked: int) -> None:
+def _claimed(h: Hub, answer: tuple[list[Task], bool] | None, error: str | None, asked: int) -> None:
     f = h.fleet
     assert f is not None
     f.claiming = False
     now = h.clock.now()
     f.claim_ms.append((now - f.claim_asked_at) * 1000)
-    got = claimed or []
-    # A full answer means more may be waiting: claim again at once; else wait for a notification.
-    f.next_poll = now if len(got) == asked and got else now + POLL_S
+    got, contended = answer or ([], False)
+    # A full answer means more may be waiting: claim again at once; a key another host was
+    # claiming for, soon; else wait for a notification.
+    f.next_poll = now if len(got) == asked and got else now + (CONTENDED_RETRY_S if contended else POLL_S)
     if error:
         log("claim_failed", logging.WARNING, error=error)
     idle = h.pool.idle()
@@ -169,6 +235,9 @@ def _claimed(h: Hub, claimed: list[Task] | None, error: str | None, asked: int) 
         task.host = f.host
         h.sched.adopt(task)
         tasks.dispatch(h, idle.pop(0), task, now)
+        if task.spec.key is not None:  # held fleet-wide since the claim; here until its tree is dead
+            h.sched.hold_key(task)
+            f.key_epochs[task.id] = task.epoch
 
 
 def tick(h: Hub, now: float) -> float | None:
@@ -178,6 +247,7 @@ def tick(h: Hub, now: float) -> float | None:
     assert f is not None
     f.journal.children, f.journal.running = h.pool.size, len(h.sched.running())
     f.journal.phase = h.life.phase.value
+    _share_gate(h, now)
     stop_at = lease.stop_at(f.renewed_at, f.lease_s)
     live = [t for t in h.sched.tasks.values() if t.state is TaskState.RUNNING]
     if live and now >= stop_at:
@@ -241,6 +311,8 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
         for spec in req.tasks
     ]
 
+    record = Batch(id=trace_id, size=len(batch), submitted_at=wall, label=req.label, max_cost_usd=req.max_cost_usd)
+
     def done(_: object, error: str | None) -> None:
         if error:
             log("batch_refused", logging.ERROR, tasks=len(batch), error=error)
@@ -252,9 +324,10 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
         log("batch_accepted", tasks=len(batch), trace=trace_id, master_span=master)
         h.spokes.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, req.tracestate, batch,
                                        start_ns)
-        h.spokes.control.reply(envelope, ctl.Accepted(ids=[t.id for t in batch], trace_id=trace_id))
+        log("batch_opened", batch=trace_id, tasks=len(batch), label=req.label, max_cost_usd=req.max_cost_usd)
+        h.spokes.control.reply(envelope, ctl.Accepted(ids=[t.id for t in batch], trace_id=trace_id, batch=trace_id))
 
-    _journal(h).ask(lambda s: s.accept(batch), done)
+    _journal(h).ask(lambda s: s.accept(batch, record), done)
     return None
 
 
@@ -272,8 +345,18 @@ def list_(h: Hub, envelope: Envelope, req: ctl.List) -> ctl.Reply | None:
     if req.state is not None and req.state not in {s.value for s in TaskState}:
         states = ", ".join(s.value for s in TaskState)
         return ctl.Error(kind="bad_request", message=f"unknown state {req.state!r} (one of {states})")
-    budget = h.reply_budget
-    _read(h, envelope, lambda s: s.list(req.state, req.limit, budget), lambda vs: ctl.Tasks(tasks=vs))
+    budget, batch_id, label = h.reply_budget, req.batch, req.label
+
+    def job(s: Any) -> list[TaskView]:
+        wanted = None
+        if batch_id is not None or label is not None:  # a batch's tasks, or those of a label's batches
+            wanted = [batch_id] if batch_id is not None else []
+            if label is not None:
+                labelled = s.batch_ids(label)
+                wanted = labelled if batch_id is None else [b for b in wanted if b in labelled]
+        return s.list(req.state, req.limit, budget, batches=wanted)  # type: ignore[no-any-return]
+
+    _read(h, envelope, job, lambda vs: ctl.Tasks(tasks=vs))
     return None
 
 
@@ -281,6 +364,31 @@ def hosts(h: Hub, envelope: Envelope, req: ctl.Hosts) -> ctl.Reply | None:
     """The daemons of the fleet: heartbeat age, children, running tasks."""
     me = h.fleet.host if h.fleet else None
     _read(h, envelope, lambda s: s.hosts(), lambda rows: ctl.Info(data={"host": me, "hosts": rows}))
+    return None
+
+
+def batch(h: Hub, envelope: Envelope, req: ctl.Batch) -> ctl.Reply | None:
+    """A batch's summary and its tasks, from the journal (its tally is the fleet's)."""
+    budget = h.reply_budget
+
+    def job(s: Any) -> tuple[Batch | None, list[TaskView]]:
+        found = s.get_batch(req.id)
+        return found, (s.list(None, req.limit, budget, batches=[req.id]) if found else [])
+
+    def make(answer: tuple[Batch | None, list[TaskView]]) -> ctl.Reply:
+        found, views = answer
+        if found is None:
+            return ctl.Error(kind="not_found", message=f"no batch with id {req.id!r} (a batch's id is its trace id)")
+        live = {"running": 0, "queued": 0, "blocked": 0}
+        for v in views:
+            if v.state in live:
+                live[v.state] += 1
+        rows = [{"id": v.id, "kind": v.kind, "state": v.state, "error": v.error.kind if v.error else None,
+                 "cost_usd": v.cost_usd, "duration_s": v.duration_s, "key": v.key, "host": v.host,
+                 "prompt": (v.prompt or " ".join(v.argv or []))[:80]} for v in reversed(views)]
+        return ctl.Info(data={"batch": found.summary(h.clock.wall(), live), "tasks": rows})
+
+    _read(h, envelope, job, make)
     return None
 
 
@@ -384,6 +492,7 @@ def status(h: Hub) -> dict[str, object]:
         "lease_renewed_s_ago": round(h.clock.now() - f.renewed_at, 3) if f.renewed_at else None,
         "tasks": totals.get("tasks", {}), "hosts": totals.get("hosts", 0),
         "claims": len(f.claim_ms), "claim_ms_p50": _pct(f.claim_ms, 50), "claim_ms_p99": _pct(f.claim_ms, 99),
+        "keys": totals.get("keys", {}),
     }
 
 
@@ -395,6 +504,6 @@ def _pct(values: deque[float], q: float) -> float | None:
 
 
 HANDLERS: dict[type, Any] = {
-    ctl.Submit: submit, ctl.Get: get, ctl.List: list_, ctl.Wait: wait, ctl.Hosts: hosts,
+    ctl.Submit: submit, ctl.Get: get, ctl.List: list_, ctl.Wait: wait, ctl.Hosts: hosts, ctl.Batch: batch,
 }
 

@@ -83,6 +83,8 @@ def release_key(h: Hub, task_id: str) -> None:
     """The attempt's tree is dead: its exclusive key (if any) is free (at most once)."""
     if (key := h.sched.release_key(task_id)) is not None:
         log("key_released", task=task_id, key=key, holders=len(h.sched.keys.held.get(key, ())))
+        if h.fleet is not None:  # the fleet-wide hold is freed with the next group commit
+            h.fleet.release_key(task_id)
 
 
 def tree_dead(h: Hub, task_id: str) -> None:

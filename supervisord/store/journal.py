@@ -37,7 +37,14 @@ import psycopg
 from proto.task import Line, TaskView
 from supervisord.core import lease
 from supervisord.core.task import Task
-from supervisord.events import JournalAnswered, JournalChanged, JournalNotified, LeasesRenewed, WritesFenced
+from supervisord.events import (
+    FleetNews,
+    JournalAnswered,
+    JournalChanged,
+    JournalNotified,
+    LeasesRenewed,
+    WritesFenced,
+)
 from supervisord.logs import log
 from supervisord.store.base import StoreError
 from supervisord.store.postgres import PgStore, connect
@@ -130,7 +137,7 @@ class Journal:
                     self._periodic(store, now)
                 if now >= next_totals:
                     next_totals = now + TOTALS_EVERY_S
-                    self.totals = {**store.fleet_counts(), "hosts_list": store.hosts()}
+                    self.totals = {**store.fleet_counts(), "hosts_list": store.hosts(), "keys": store.key_holders()}
                 try:
                     op, arg = self.jobs.get(timeout=max(0.0, min(next_renew, next_totals) - time.monotonic()))
                 except queue.Empty:
@@ -152,6 +159,8 @@ class Journal:
                 store.record(arg)
             case "cancel":
                 store.request_cancel(arg)
+            case "release":
+                store.release_key(*arg)
             case "commit":
                 self._commit(store)
             case "ask":
@@ -178,14 +187,20 @@ class Journal:
             raise StoreError(f"the journal at {store.where} is unreachable")
         if refused:
             self.post(WritesFenced(refused))
+        spent, done = store.take_batch_news()
+        if spent or done:
+            self.post(FleetNews(spent, done, None, False))
 
     def _periodic(self, store: PgStore, now: float) -> None:
         held = store.renew(self.host, self.lease_s)
         self.post(LeasesRenewed(now, held))
         store.heartbeat(self.host, self.pid, self.started_at, self.children, self.running, self.phase)
         store.rescue(RESCUE_BATCH)
+        store.stop_spent()  # retries written back by any host into a batch that has spent its cap
         if store.pending:
             self._commit(store)
+        spent, done = store.take_batch_news()
+        self.post(FleetNews(spent, done, store.gate(), True))
 
     def _final_commit(self, store: PgStore) -> None:
         try:
@@ -254,7 +269,7 @@ class Journal:
                 continue
             backoff = BACKOFF_S[0]
             try:
-                for channel in ("supd_submit", "supd_finished", "supd_cancel"):
+                for channel in ("supd_submit", "supd_finished", "supd_cancel", "supd_gate"):
                     db.execute(f"LISTEN {channel}")
                 self.post(JournalNotified("supd_submit", "listening"))  # claim what came meanwhile
                 while not self._stop.is_set():
@@ -300,6 +315,11 @@ class FleetStore:
         self._noted += 1
         self.journal.note("cancel", task_id)
 
+    def release_key(self, task_id: str, epoch: int) -> None:
+        """The fleet-wide key of this attempt is free (written with the next group commit)."""
+        self._noted += 1
+        self.journal.note("release", (task_id, epoch))
+
     def commit(self) -> list[tuple[str, int]]:
         if self._noted:
             self._noted = 0
@@ -319,13 +339,13 @@ class FleetStore:
     def known(self, ids: Sequence[str]) -> set[str]:
         raise StoreError("in a fleet reads are journal jobs (hub.fleet)")
 
-    # ---- batches and workflows: not yet fleet-wide (the hub's single-host verbs refuse them) ----
+    # ---- batches are tallied in the database (pgrules); workflows are not yet fleet-wide ----
 
     def record_batch(self, batch: Any) -> None:
-        pass  # a fleet's submit opens no `Batch` record yet: nothing to tally
+        pass  # a fleet's batch is stored with its tasks and tallied by the commit that ends each
 
     def get_batch(self, batch_id: str) -> None:
-        return None
+        return None  # a fleet reads it as a journal job (hub.fleet.batch)
 
     def open_batches(self) -> builtins.list[Any]:
         return []

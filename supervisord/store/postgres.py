@@ -36,7 +36,7 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,8 +46,10 @@ import psycopg
 from proto.task import Outcome, TaskSpec, TaskState, TaskView
 from supervisord.core import fate as core
 from supervisord.core import lease
+from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.logs import log
+from supervisord.store import pgrules
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -105,6 +107,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             phase TEXT NOT NULL DEFAULT ''
         )""",
     ),
+    # 1 -> 2: fleet-wide exclusive keys, the rate-limit gate, batches and their tally (pgrules).
+    pgrules.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -114,8 +118,8 @@ _COLUMNS = (
 )
 _INSERT = (
     "INSERT INTO tasks (id, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, key)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 # A cancel request, once journaled, stays (OR). A task that leaves its attempt (queued, final)
 # leaves its lease; a blocked one keeps it (its owner still waits for its tree). `host` stays:
@@ -176,6 +180,13 @@ class PgStore:
         self._cancels: dict[str, None] = {}
         #: attempts this store claimed with `claim_next`: their `claim` is already written
         self._claimed: dict[str, int] = {}
+        #: keys to free at the next commit: task id -> the epoch of the attempt that held it
+        self._releases: dict[str, int] = {}
+        #: what the last commits found: batches whose cap they reached, batches they finished
+        self.spent: builtins.list[str] = []
+        self.done: builtins.list[Batch] = []
+        #: the last claim skipped a key another host was claiming for (claim again soon)
+        self.claim_contended = False
         self._closed = False
         self.db = connect(url)
         try:
@@ -213,12 +224,12 @@ class PgStore:
     # ---- the batch: durable before `Accepted` ------------------------------------------
 
     def accept(self, tasks: Sequence[Task], batch: Any = None) -> None:
-        if batch is not None:
-            raise StoreError("batch budgets and labels are not yet supported on a fleet (PostgreSQL) journal")
         try:
             with self.db.transaction():
                 with self.db.cursor() as cur:
                     cur.executemany(_INSERT, [_row(t) for t in tasks])
+                    if isinstance(batch, Batch):
+                        pgrules.accept_batch(cur, batch)
                 self.db.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
         except psycopg.errors.UniqueViolation as e:
             raise self._fail("a task id is already taken (UNIQUE)", e) from None
@@ -232,7 +243,11 @@ class PgStore:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._cancels)
+        return len(self._pending) + len(self._cancels) + len(self._releases)
+
+    def release_key(self, task_id: str, epoch: int) -> None:
+        """The attempt `epoch` of `task_id` is over and its tree dead: free its key at the next commit."""
+        self._releases[task_id] = epoch
 
     def claim(self, task: Task) -> None:
         if self._claimed.get(task.id) == task.epoch:  # `claim_next` wrote the claim: note the child
@@ -252,8 +267,10 @@ class PgStore:
         self._cancels[task_id] = None
 
     def commit(self) -> list[tuple[str, int]]:
-        if not self._pending and not self._cancels:
+        if not self._pending and not self._cancels and not self._releases:
             return []
+        spent: builtins.list[str] = []
+        done: builtins.list[Batch] = []
         refused: list[tuple[str, int]] = []
         try:
             with self.db.transaction(), self.db.cursor() as cur:
@@ -268,9 +285,11 @@ class PgStore:
                         refused.append((tid, task.epoch))
                     elif task.state.final:
                         cur.execute("SELECT pg_notify('supd_finished', %s)", (tid,))
+                        pgrules.tally(cur, task, spent, done)
                 for tid in self._cancels:
                     cur.execute("UPDATE tasks SET cancel_requested=TRUE WHERE id=%s AND state IN"
                                 " ('queued', 'blocked', 'running')", (tid,))
+                pgrules.release_keys(cur, self._releases)
         except psycopg.Error as e:
             self.write_errors += 1
             log("store_commit_failed", logging.ERROR, path=self.where, pending=self.pending,
@@ -278,6 +297,11 @@ class PgStore:
             return []
         self._pending.clear()
         self._cancels.clear()
+        self._releases.clear()
+        self.spent += spent
+        self.done += done
+        if spent:
+            self.stop_spent(spent)
         return refused
 
     # ---- reads ---------------------------------------------------------------------------
@@ -385,20 +409,17 @@ class PgStore:
 
     # ---- the fleet --------------------------------------------------------------------------
 
-    def claim_next(self, n: int, kinds: Sequence[str], host: str, lease_s: float) -> builtins.list[Task]:
+    def claim_next(self, n: int, kinds: Sequence[str], host: str, lease_s: float,
+                   limits: Mapping[str, int] | None = None) -> builtins.list[Task]:
         """Up to `n` due queued tasks of `kinds` (priority, then age), each now an attempt of
-        `host` with a lease. Returned as they were before the claim (QUEUED, the old epoch):
-        the hub starts them with `core.fate.start`, which makes the same move in memory."""
+        `host` with a lease; at most `limits[KEY]` (default 1) attempts of the fleet hold a key,
+        no Claude task while the fleet's gate is closed or of a spent batch (`pgrules.claim`).
+        Returned as they were before the claim (QUEUED, the old epoch): the hub starts them
+        with `core.fate.start`, which makes the same move in memory."""
+        self.claim_contended = False
         if n <= 0 or not kinds:
             return []
-        rows = self.db.execute(
-            "WITH picked AS (SELECT id FROM tasks WHERE state='queued' AND kind = ANY(%s) AND run_after <= now()"
-            "  ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " UPDATE tasks t SET state='running', attempts=t.attempts + 1, epoch=t.epoch + 1, host=%s,"
-            "  lease_until = now() + %s * interval '1 second', started_at=%s, finished_at=NULL"
-            " FROM picked WHERE t.id = picked.id"
-            f" RETURNING {', '.join('t.' + c.strip() for c in _COLUMNS.split(','))}",
-            (list(kinds), n, host, lease_s, time.time())).fetchall()
+        rows, self.claim_contended = pgrules.claim(self.db, n, kinds, host, lease_s, limits or {}, _T_COLUMNS)
         out = []
         for r in rows:
             task = _task(r)
@@ -411,8 +432,9 @@ class PgStore:
     def release(self, task: Task) -> bool:
         """A claimed attempt that never started (no idle child after all): queued again, not counted."""
         self._claimed.pop(task.id, None)
-        cur = self.db.execute("UPDATE tasks SET state='queued', attempts=attempts - 1, host=NULL, lease_until=NULL"
-                              " WHERE id=%s AND epoch=%s AND state='running'", (task.id, task.epoch + 1))
+        cur = self.db.execute("UPDATE tasks SET state='queued', attempts=attempts - 1, host=NULL, lease_until=NULL,"
+                              " key_epoch=NULL WHERE id=%s AND epoch=%s AND state='running'",
+                              (task.id, task.epoch + 1))
         if cur.rowcount:
             self.db.execute("SELECT pg_notify('supd_submit', '1')")
         return bool(cur.rowcount)
@@ -443,10 +465,13 @@ class PgStore:
                 cur = self.db.execute(_UPDATE, _update_args(task, fence))
                 if cur.rowcount == 0:  # pragma: no cover (the row is locked: cannot happen)
                     continue
+                # its host is gone or stopped its attempts: the key its attempt held is free
+                self.db.execute("UPDATE tasks SET key_epoch=NULL WHERE id=%s", (task.id,))
                 if task.state.final:
                     self.db.execute("SELECT pg_notify('supd_finished', %s)", (task.id,))
-                else:
-                    self.db.execute("SELECT pg_notify('supd_submit', '1')")
+                    with self.db.cursor() as tc:
+                        pgrules.tally(tc, task, self.spent, self.done)
+                self.db.execute("SELECT pg_notify('supd_submit', '1')")
                 log("task_rescued", task=task.id, owner=owner, epoch=task.epoch, state=task.state.value,
                     reason=fate.reason, attempts=task.attempts)
                 out.append(task)
@@ -471,7 +496,48 @@ class PgStore:
             core.decide(task, core.CancelRequested(), core.Context(now=0.0, wall=time.time(), rand=0.0))
             self.db.execute(_UPDATE, _update_args(task, fence))
             self.db.execute("SELECT pg_notify('supd_finished', %s)", (task_id,))
+            with self.db.cursor() as tc:
+                pgrules.tally(tc, task, self.spent, self.done)
             return view(task)
+
+    # ---- the fleet's rules (pgrules) -----------------------------------------------------------
+
+    def stop_spent(self, batch_ids: Sequence[str] | None = None) -> builtins.list[Task]:
+        """Queued Claude tasks of spent batches end `cancelled`/`budget` (see pgrules)."""
+        def write(cur: psycopg.Cursor[Any], task: Task, fence: int) -> bool:
+            cur.execute(_UPDATE, _update_args(task, fence))
+            if not cur.rowcount:
+                return False
+            cur.execute("SELECT pg_notify('supd_finished', %s)", (task.id,))
+            pgrules.tally(cur, task, self.spent, self.done)
+            log("task_state", task=task.id, old="queued", new=task.state.value, reason="the batch's budget is spent",
+                error="budget", trace=task.trace_id)
+            return True
+
+        return pgrules.stop_spent(self.db, write, _T_COLUMNS, _task, batch_ids)
+
+    def close_gate(self, wait_s: float, task_id: str) -> None:
+        pgrules.close_gate(self.db, wait_s, task_id)
+
+    def gate(self) -> tuple[float, str | None] | None:
+        return pgrules.gate(self.db)
+
+    def key_holders(self) -> dict[str, builtins.list[str]]:
+        return pgrules.key_holders(self.db)
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        return pgrules.get_batch(self.db, batch_id)
+
+    def batch_ids(self, label: str, limit: int = 10_000) -> builtins.list[str]:
+        rows = self.db.execute("SELECT id FROM batches WHERE label=%s ORDER BY submitted_at DESC LIMIT %s",
+                               (label, limit)).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def take_batch_news(self) -> tuple[builtins.list[str], builtins.list[Batch]]:
+        """Batches whose cap, or whose last task, the commits since the last call reached."""
+        spent, done = self.spent, self.done
+        self.spent, self.done = [], []
+        return spent, done
 
     def heartbeat(self, host: str, pid: int, started_at: float, children: int, running: int, phase: str) -> None:
         self.db.execute(
@@ -497,12 +563,15 @@ class PgStore:
         return {"tasks": states, "hosts": int(live[0]) if live else 0}
 
 
+_T_COLUMNS = ", ".join("t." + c.strip() for c in _COLUMNS.split(","))
+
+
 def _row(t: Task) -> tuple[object, ...]:
     return (
         t.id, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
         _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
         t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
-        t.epoch, t.forgiven, t.cancel_requested,
+        t.epoch, t.forgiven, t.cancel_requested, t.spec.key,
     )
 
 

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,12 @@ class Fleet:
         self.daemons: list[Supd] = []
         self.dirs: list[Path] = []
 
-    def start(self, name: str, children: int = 2, lease_s: float = 3.0, url: str | None = None) -> Supd:
+    def start(self, name: str, children: int = 2, lease_s: float = 3.0, url: str | None = None,
+              extra: str = "") -> Supd:
         d = short_tmpdir(f"supd-{name}-")
         self.dirs.append(d)
         env = child_env(SUPD_JOURNAL_URL=url or self.url)
-        daemon = Supd(d, FLEET_TOML.format(lease_s=lease_s, host=name), children=children, env=env)
+        daemon = Supd(d, FLEET_TOML.format(lease_s=lease_s, host=name) + extra, children=children, env=env)
         daemon.start()
         self.daemons.append(daemon)
         return daemon
@@ -308,3 +310,73 @@ def test_the_database_restarted_daemons_carry_on(fleet: Fleet, postgres: Postgre
     assert {v.state for v in done.values()} == {"succeeded"}
     assert all((runs / f"p{i}").read_text() == "run\n" for i in range(4))
     assert a.proc is not None and a.proc.poll() is None and b.proc is not None and b.proc.poll() is None
+
+
+def timed_task(log: Path, name: str, sleep_s: float, key: str) -> TaskSpec:
+    """An exec task with an exclusive key that logs when it starts and ends (wall clock)."""
+    code = (f"import time\nf = open({str(log)!r}, 'a')\nf.write(f'{{time.time()}} start {name}\\n'); f.flush()\n"
+            f"time.sleep({sleep_s})\nf.write(f'{{time.time()}} end {name}\\n')\nprint('ok')")
+    return TaskSpec(kind="exec", argv=[sys.executable, "-c", code], key=key)
+
+
+def test_an_exclusive_key_holds_across_hosts_no_two_attempts_overlap(fleet: Fleet, tmp_path: Path) -> None:
+    a, b = fleet.start("a"), fleet.start("b")
+    log = tmp_path / "key.log"
+    ids = a.submit(*[timed_task(log, f"t{i}", 0.2, "repo") for i in range(8)])
+    ids += b.submit(*[timed_task(log, f"u{i}", 0.2, "repo") for i in range(4)])
+    done = wait_final(a, ids)
+    assert {v.state for v in done.values()} == {"succeeded"}
+    assert {v.host for v in done.values()} == {"a", "b"}, "both hosts ran some"
+    spans: dict[str, list[float]] = {}
+    for line in log.read_text().splitlines():
+        at, _, name = line.split()
+        spans.setdefault(name, []).append(float(at))
+    ordered = sorted(spans.values())
+    assert len(ordered) == 12 and all(len(s) == 2 for s in ordered), "each ran once"
+    for (_, end), (start, _) in zip(ordered, ordered[1:]):
+        assert start >= end, "key repo (limit 1): no two attempts overlap in time, on any host"
+    deadline = time.monotonic() + 10  # the fleet's totals are refreshed every 2 s
+    while (keys := a.info(ctl.Status())["fleet"]["keys"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert keys == {}, "every key released"
+
+
+def claude(prompt: str, **kw: Any) -> TaskSpec:
+    return TaskSpec(kind="claude", prompt=prompt, model="claude-sonnet-4-5", **kw)
+
+
+def test_a_429_on_one_host_closes_the_gate_on_every_host(fleet: Fleet, fakeapi: Any, claude_config: str) -> None:
+    a, b = fleet.start("a", children=1, extra=claude_config), fleet.start("b", children=1, extra=claude_config)
+    run = uuid.uuid4().hex[:8]
+    (first,) = a.submit(claude(f"[[status:429]] [[retry_after:4]] [[once]] first {run}", retries=1))
+    deadline = time.monotonic() + 30
+    while not all(d.info(ctl.Status())["gate"]["state"] == "closed" for d in (a, b)):
+        assert time.monotonic() < deadline, (a.log()[-2000:], b.log()[-2000:])
+        time.sleep(0.05)
+    assert all(d.info(ctl.Health())["gate"]["state"] == "closed" for d in (a, b)), "health shows it on every host"
+    others = b.submit(*[claude(f"after the 429 {i} {run}") for i in range(3)])
+    (shell,) = b.submit(TaskSpec(kind="exec", argv=["true"]))
+    assert wait_final(b, [shell], 20)[shell].state == "succeeded", "exec tasks still run"
+    done = wait_final(a, [first, *others])
+    assert {v.state for v in done.values()} == {"succeeded"}, [v.error for v in done.values()]
+    log = [e for e in fakeapi.stats()["log"] if run in e["prompt"]]
+    later = [e["at"] - log[0]["at"] for e in log[1:]]
+    assert len(later) == 4 and min(later) >= 3.5, later  # no host reached the API before the reset
+
+
+def test_a_batch_budget_holds_across_hosts(fleet: Fleet, fakeapi: Any, claude_config: str) -> None:
+    a, b = fleet.start("a", children=1, extra=claude_config), fleet.start("b", children=1, extra=claude_config)
+    run = uuid.uuid4().hex[:8]
+    reply = a.request(ctl.Submit(tasks=[claude(f"[[latency:0.3]] capped {i} {run}") for i in range(6)],
+                                 label=f"cap-{run}", max_cost_usd=0.01))
+    assert isinstance(reply, ctl.Accepted) and reply.batch
+    done = wait_final(b, reply.ids)
+    states = sorted((v.state, v.error.kind if v.error else None) for v in done.values())
+    succeeded = [s for s in states if s[0] == "succeeded"]
+    assert 1 <= len(succeeded) <= 2, states  # at most one per host was running when the cap was reached
+    assert states.count(("cancelled", "budget")) == 6 - len(succeeded), states
+    summary = b.info(ctl.Batch(id=reply.batch))["batch"]
+    assert summary["budget_spent"] and summary["state"] == "done" and summary["label"] == f"cap-{run}"
+    assert (summary["succeeded"], summary["cancelled"]) == (len(succeeded), 6 - len(succeeded))
+    listed = a.request(ctl.List(label=f"cap-{run}"))
+    assert isinstance(listed, ctl.Tasks) and sorted(v.id for v in listed.tasks) == sorted(reply.ids)
