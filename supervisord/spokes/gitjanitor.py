@@ -77,7 +77,10 @@ class Janitor:
                 error = f"{job.what} failed inside supd: {e!r} (see its log)"
                 logger.exception("event=git_job_failed job=%r", job.what)
             if job.then is not None and self._post is not None:
-                self._post(GitAnswered(job.then, result, error))
+                try:
+                    self._post(GitAnswered(job.then, result, error))
+                except RuntimeError:  # the loop is closed: the daemon has stopped, nobody waits
+                    logger.info("event=git_answer_dropped job=%r reason=loop_closed", job.what)
 
     def close(self) -> None:
         self._jobs.put(None)
