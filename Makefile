@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --require-hashes -r requirements.lock
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps --config-settings editable_mode=compat -e .
 	touch $(STAMP)
 
 # Re-resolve the pins from pyproject.toml (newest versions that fit), with their hashes.

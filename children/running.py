@@ -43,7 +43,7 @@ from children.executors import (
 from children.log import log
 from proto.children import ChildMessage, Dispatch, Output, Progress, Result, Started
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
-from supervisord.spokes import cgroups, git, procs
+from supervisord.spokes import cgroups, procs
 
 __all__ = ["Cgroup", "RunningTask", "fit", "launch", "spawn_failure"]
 
@@ -373,6 +373,9 @@ class RunningTask:
         self.flush_output(final=True)
         state, outcome = self.executor.finish(self.returncode, self.verdict)
         if self.worktree is not None:
+            # only worktree tasks pay for importing git (the child's boot stays small)
+            from supervisord.spokes import git
+
             outcome.worktree = git.finish(self.worktree, self.base)
             log("task_worktree", task=self.task_id, branch=outcome.worktree.branch, head=outcome.worktree.head,
                 files=outcome.worktree.files_changed, error=outcome.worktree.error)
@@ -456,6 +459,8 @@ def worktree_failure(dispatch: Dispatch, message: str) -> Result:
 def _with_worktree(result: Result, dispatch: Dispatch, base: str) -> Result:
     """A task that never started still leaves its worktree as `keep` says."""
     if dispatch.worktree is not None:
+        from supervisord.spokes import git
+
         result.outcome.worktree = git.finish(dispatch.worktree, base)
     return result
 
@@ -499,6 +504,8 @@ def launch(dispatch: Dispatch, send: Send, now: float, cg: Cgroup | None = None)
         return spawn_failure(dispatch, OSError(0, "no Claude CLI command given"), ["claude"])
     cwd, base = dispatch.spec.cwd, ""
     if dispatch.worktree is not None:
+        from supervisord.spokes import git  # only worktree tasks pay for it (the child's boot stays small)
+
         try:
             cwd, base = git.prepare(dispatch.worktree, dispatch.spec.cwd)
         except (git.GitError, OSError) as exc:

@@ -23,7 +23,6 @@ stdlib and `procs` only, no asyncio. Signals go through pidfds (`procs.signal_pi
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import signal
 from collections.abc import Iterable
@@ -88,6 +87,8 @@ def open_base(state_dir: str) -> tuple[str | None, str]:
         return None, "no cgroup v2 mounted"
     if not os.path.exists(os.path.join(root, "cgroup.kill")) and root != _mountpoint():
         return None, f"no cgroup.kill in {root} (Linux < 5.14)"
+    import hashlib  # the daemon's start only: the child's boot does not pay for it
+
     digest = hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:12]
     base = os.path.join(root, f"supd-{digest}")
     try:
