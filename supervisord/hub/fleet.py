@@ -67,6 +67,8 @@ class FleetState:
     #: attempts stopped because their lease is lost, by task id -> epoch (each once)
     stopped: dict[str, int] = field(default_factory=dict)
     recent_finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    #: ids of workflows recently reported final by any host's engine (hub.fleetflows)
+    flows_finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
     #: when the claim in flight was asked (monotonic), and the last claims' round trips (ms)
     claim_asked_at: float = 0.0
     claim_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))

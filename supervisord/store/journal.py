@@ -39,6 +39,7 @@ from supervisord.core import lease
 from supervisord.core.task import Task
 from supervisord.events import (
     FleetNews,
+    FlowLeases,
     JournalAnswered,
     JournalChanged,
     JournalNotified,
@@ -46,6 +47,7 @@ from supervisord.events import (
     WritesFenced,
 )
 from supervisord.logs import log
+from supervisord.store import pgflows
 from supervisord.store.base import StoreError
 from supervisord.store.postgres import PgStore, connect
 
@@ -59,7 +61,6 @@ RESCUE_BATCH = 200
 Post = Callable[[object], None]
 #: what a fleet says of the verbs it does not carry yet
 AGENTS_NOT_YET = "retry and --resume are not yet supported on a fleet (PostgreSQL) journal: use a single-host supd"
-NOT_YET = "workflows are not yet supported on a fleet (PostgreSQL) journal: run them on a single-host supd"
 
 
 class Journal:
@@ -88,6 +89,7 @@ class Journal:
         """Connect, migrate and check the schema now (at start: a bad URL, a refused password
         or a newer schema stops supd with one line, `StoreError`)."""
         self.store = PgStore(self.url, host=self.host)
+        self.store.lease_s = self.lease_s
         self.problem = None
 
     def start(self, post: Post) -> None:
@@ -159,6 +161,8 @@ class Journal:
                 store.record(arg)
             case "cancel":
                 store.request_cancel(arg)
+            case "flow":
+                store.save_noted(*arg)
             case "release":
                 store.release_key(*arg)
             case "commit":
@@ -196,6 +200,10 @@ class Journal:
         self.post(LeasesRenewed(now, held))
         store.heartbeat(self.host, self.pid, self.started_at, self.children, self.running, self.phase)
         store.rescue(RESCUE_BATCH)
+        flows_held, flows_lost = store.renew_workflows(self.host, self.lease_s)
+        taken = store.take_workflows(self.host, self.lease_s)
+        if flows_held or flows_lost or taken:
+            self.post(FlowLeases(flows_held, taken, flows_lost))
         store.stop_spent()  # retries written back by any host into a batch that has spent its cap
         if store.pending:
             self._commit(store)
@@ -269,7 +277,8 @@ class Journal:
                 continue
             backoff = BACKOFF_S[0]
             try:
-                for channel in ("supd_submit", "supd_finished", "supd_cancel", "supd_gate"):
+                for channel in ("supd_submit", "supd_finished", "supd_cancel", "supd_gate", "supd_flow_finished",
+                                "supd_flow_cancel"):
                     db.execute(f"LISTEN {channel}")
                 self.post(JournalNotified("supd_submit", "listening"))  # claim what came meanwhile
                 while not self._stop.is_set():
@@ -339,7 +348,7 @@ class FleetStore:
     def known(self, ids: Sequence[str]) -> set[str]:
         raise StoreError("in a fleet reads are journal jobs (hub.fleet)")
 
-    # ---- batches are tallied in the database (pgrules); workflows are not yet fleet-wide ----
+    # ---- batches are tallied in the database (pgrules); workflows' reads are journal jobs ----
 
     def record_batch(self, batch: Any) -> None:
         pass  # a fleet's batch is stored with its tasks and tallied by the commit that ends each
@@ -354,10 +363,13 @@ class FleetStore:
         return []
 
     def accept_workflow(self, wf: Any, tasks: Sequence[Task]) -> None:
-        raise StoreError(NOT_YET)
+        raise StoreError("in a fleet a workflow is accepted by the journal thread (hub.fleetflows.run)")
 
     def save_workflow(self, wf: Any, tasks: Sequence[Task] = ()) -> None:
-        raise StoreError(NOT_YET)
+        """The record as it is now (encoded here: the hub goes on changing it) and its new
+        tasks, for the next group commit (fenced on this host's epoch of the workflow)."""
+        self._noted += 1
+        self.journal.note("flow", (pgflows.note(wf), [copy.copy(t) for t in tasks]))
 
     def workflow(self, wf_id: str) -> None:
         return None
