@@ -60,7 +60,9 @@ RESCUE_BATCH = 200
 
 Post = Callable[[object], None]
 #: what a fleet says of the verbs it does not carry yet
-AGENTS_NOT_YET = "retry and --resume are not yet supported on a fleet (PostgreSQL) journal: use a single-host supd"
+#: what a fleet says of agent work it cannot do: a session and a worktree live on one host's disk
+ONE_HOST_ONLY = ("is not supported on a fleet (PostgreSQL) journal: the {what} is on the disk of one host, and a fleet"
+                 " cannot pin a task to a host yet; run such tasks on a single-host supd")
 
 
 class Journal:
@@ -163,6 +165,8 @@ class Journal:
                 store.request_cancel(arg)
             case "flow":
                 store.save_noted(*arg)
+            case "output":
+                store.append_output(*arg)
             case "release":
                 store.release_key(*arg)
             case "commit":
@@ -383,19 +387,21 @@ class FleetStore:
     def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
         return {}
 
-    # ---- agent work: not yet fleet-wide (no transcripts kept; retry and --resume refused) ----
+    # ---- agent work: transcripts in the journal (read as journal jobs: hub.fleet.logs) ----
 
     def append_output(self, task_id: str, first: int, lines: builtins.list[Line], raw_bytes: int) -> None:
-        pass  # a fleet keeps no transcripts yet
+        """Transcript lines for the next group commit (numbered on from the extent the claim read)."""
+        self._noted += 1
+        self.journal.note("output", (task_id, first, list(lines), raw_bytes))
 
     def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[builtins.list[Line], int]:
-        return [], after
+        raise StoreError("in a fleet reads are journal jobs (hub.fleet.logs)")
 
     def transcript_extent(self, task_id: str) -> tuple[int, int]:
-        return 0, 0
+        return 0, 0  # a first attempt's; a claimed retry's extent comes with its claim (hub.fleet)
 
     def task(self, task_id: str) -> Task | None:
-        raise StoreError(AGENTS_NOT_YET)
+        raise StoreError("in a fleet reads are journal jobs (hub.fleet.retry)")
 
     def worktree_tasks(self) -> dict[str, tuple[str, str]]:
         return {}

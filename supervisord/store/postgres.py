@@ -43,14 +43,14 @@ from urllib.parse import urlsplit
 import msgspec
 import psycopg
 
-from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from proto.task import Line, Outcome, TaskSpec, TaskState, TaskView
 from supervisord.core import fate as core
 from supervisord.core import lease
 from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
-from supervisord.store import pgflows, pgrules
+from supervisord.store import pgflows, pgrules, pgtranscripts
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -112,6 +112,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     pgrules.MIGRATION,
     # 2 -> 3: workflows (the record, its engine's host, epoch and lease) and each task's job (pgflows).
     pgflows.MIGRATION,
+    # 3 -> 4: transcripts, so `supctl logs` works from any host (pgtranscripts).
+    pgtranscripts.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -199,6 +201,8 @@ class PgStore:
         self._flows: dict[str, pgflows.Noted] = {}
         self._flow_epochs: dict[str, int] = {}
         self.flows_lost: builtins.list[str] = []
+        #: transcript chunks for the next commit
+        self._chunks: builtins.list[pgtranscripts.Chunk] = []
         self._closed = False
         self.db = connect(url)
         try:
@@ -283,7 +287,7 @@ class PgStore:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._cancels) + len(self._releases) + len(self._flows)
+        return len(self._pending) + len(self._cancels) + len(self._releases) + len(self._flows) + len(self._chunks)
 
     def release_key(self, task_id: str, epoch: int) -> None:
         """The attempt `epoch` of `task_id` is over and its tree dead: free its key at the next commit."""
@@ -306,8 +310,23 @@ class PgStore:
     def request_cancel(self, task_id: str) -> None:
         self._cancels[task_id] = None
 
+    def append_output(self, task_id: str, first: int, lines: builtins.list[Line], raw_bytes: int) -> None:
+        self._chunks.append((task_id, first, lines, raw_bytes))
+
+    # ---- transcripts (pgtranscripts) -------------------------------------------------------
+
+    def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[builtins.list[Line], int]:
+        return pgtranscripts.read(self.db, task_id, after, budget_bytes, self._chunks)
+
+    def transcript_extent(self, task_id: str) -> tuple[int, int]:
+        return self.transcript_extents([task_id]).get(task_id, (0, 0))
+
+    def transcript_extents(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(lines, raw bytes) so far of those of `ids` that have a transcript."""
+        return pgtranscripts.extents(self.db, ids, self._chunks)
+
     def commit(self) -> list[tuple[str, int]]:
-        if not self._pending and not self._cancels and not self._releases and not self._flows:
+        if not self._pending and not self._cancels and not self._releases and not self._flows and not self._chunks:
             return []
         spent: builtins.list[str] = []
         done: builtins.list[Batch] = []
@@ -341,6 +360,7 @@ class PgStore:
                 pgrules.release_keys(cur, self._releases)
                 if inserted:
                     cur.execute("SELECT pg_notify('supd_submit', %s)", (str(inserted),))
+                pgtranscripts.write(cur, self._chunks)
         except psycopg.Error as e:
             self.write_errors += 1
             log("store_commit_failed", logging.ERROR, path=self.where, pending=self.pending,
@@ -356,6 +376,7 @@ class PgStore:
             log("workflow_fenced", logging.WARNING, workflow=wid, host=self.host)
         self.flows_lost += lost
         self._flows.clear()
+        self._chunks.clear()
         self.spent += spent
         self.done += done
         if spent:
@@ -511,8 +532,10 @@ class PgStore:
                 cur.execute(
                     "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < %s AND state NOT IN"
                     " ('queued', 'blocked', 'running') AND NOT (id = ANY(%s))" + pgflows.KEEP_FLOW_TASKS +
-                    " ORDER BY finished_at LIMIT %s)", (finished_before, list(self._pending), limit))
-                gone = int(cur.rowcount)
+                    " ORDER BY finished_at LIMIT %s) RETURNING id", (finished_before, list(self._pending), limit))
+                ids = [str(r[0]) for r in cur.fetchall()]
+                gone = len(ids)
+                pgtranscripts.forget(cur, ids)
                 pgflows.prune(cur, finished_before, list(self._flows), limit)
         except psycopg.Error as e:
             raise self._fail("prune failed", e) from None
