@@ -187,8 +187,18 @@ class Logs(msgspec.Struct, tag=True, kw_only=True):
     after: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
+class Diff(msgspec.Struct, tag=True, kw_only=True):
+    """A final worktree task's diff: what `git diff BASE HEAD` prints for the commit its
+    branch started from and the commit it ended on (`stat`: `git diff --stat`), answered
+    with `DiffText`. The daemon's git thread runs it, never its loop."""
+
+    id: TaskId
+    stat: bool = False
+
+
 Request = (Submit | Wait | Get | List | Cancel | Status | Stats | Health | Scale | Reload | Shutdown | Prune
-           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait | Batch | Hosts | Retry | Logs)
+           | RestartSlot | FlowRun | FlowStatus | FlowList | FlowCancel | FlowWait | Batch | Hosts | Retry | Logs
+           | Diff)
 
 
 # ---- replies ---------------------------------------------------------------------
@@ -251,4 +261,20 @@ class Transcript(msgspec.Struct, tag=True, kw_only=True):
     final: bool
 
 
-Reply = Accepted | Tasks | Info | Ok | Error | FlowAccepted | Flows | Transcript
+class DiffText(msgspec.Struct, tag=True, kw_only=True):
+    """A worktree task's diff from `base` to `head` (its branch `branch` in `repo`). `text`
+    is git's output, at most what one reply carries: a longer diff is cut at a line's end,
+    `left_out_bytes` says how much is missing and `text` ends with a line saying so. Bytes
+    that are not UTF-8 (a file in another encoding) are shown as U+FFFD."""
+
+    id: str
+    repo: str
+    branch: str
+    base: str
+    head: str
+    stat: bool
+    text: str
+    left_out_bytes: int = 0
+
+
+Reply = Accepted | Tasks | Info | Ok | Error | FlowAccepted | Flows | Transcript | DiffText

@@ -58,6 +58,17 @@ class TreesChecked:
     alive: frozenset[tuple[str, int]]
 
 
+@dataclass(frozen=True, slots=True)
+class GitAnswered:
+    """A question the hub gave the git thread (`supervisord.spokes.gitjanitor`) is done:
+    `then(result, error)` runs on the hub. `error` is git's failure in words (then `result`
+    is None)."""
+
+    then: Callable[[Any, str | None], None]
+    result: Any
+    error: str | None
+
+
 # ---- the shared journal of a fleet (its thread posts these; see supervisord.store.journal) ----
 
 
@@ -139,4 +150,5 @@ class HookFinished:
 
 
 Event = (ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired | TreesChecked | HookFinished
-         | JournalAnswered | JournalNotified | JournalChanged | LeasesRenewed | WritesFenced | FleetNews | FlowLeases)
+         | GitAnswered | JournalAnswered | JournalNotified | JournalChanged | LeasesRenewed | WritesFenced | FleetNews
+         | FlowLeases)

@@ -3,8 +3,14 @@
 Owns the readable form of a transcript (assistant text, tool calls with their arguments,
 tool results, the result; an exec task's stdout and stderr lines), `logs --follow` (the
 event stream says when to ask again; a re-check every second covers what it drops) and
-`diff` (git runs here, in the client, against the repository the task's branch is in:
-the daemon never runs git on its loop). Registers its commands with supctl's parser.
+`diff`. `diff` asks the daemon (the `Diff` verb; the daemon's git thread runs git, never
+its loop) rather than running git here: then the diff, its errors (no such task, not a
+worktree task, not final yet, the repository or branch gone) and its cut are the ones the
+dashboard shows, git's command line is written once (`supervisord.spokes.git.diff_argv`),
+and it works over the tcp control socket from a machine that does not have the
+repository. Its price: a diff longer than one reply is cut, with a line saying how many
+bytes were left out (`git diff BASE HEAD` in the repository prints the rest). Registers
+its commands with supctl's parser.
 Imports proto, zmq, msgspec and supctl's helpers only.
 """
 
@@ -12,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -22,12 +27,14 @@ import zmq
 
 from proto import control as ctl
 from proto.task import Line
-from supervisord.ctl.client import Client, RequestFailed, expect
+from supervisord.ctl.client import Client, expect
 from supervisord.ctl.watch import events_endpoint
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 #: with --follow: ask again after this long without an event
 RECHECK_S = 1.0
+#: how long `diff` waits for the daemon's git thread (git itself gets 8 s; other jobs may be ahead)
+DIFF_WAIT_S = 30.0
 #: how much of a tool result `logs` shows (`--json` has all of it)
 RESULT_CHARS = 400
 
@@ -148,23 +155,17 @@ def cmd_logs(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_diff(c: Client, a: argparse.Namespace) -> int:
-    """The diff of a worktree task's branch against the commit it started from."""
-    task = expect(c.request(ctl.Get(id=a.id)), ctl.Tasks).tasks[0]
-    wt = task.worktree
-    if wt is None:
-        raise RequestFailed(f"task {a.id} did not run in a worktree (submit it with --worktree)")
-    if not wt.base or not wt.head:
-        raise RequestFailed(f"task {a.id} has no diff yet ({task.state}): its branch {wt.branch} is committed "
-                            "when the task ends")
-    argv = ["git", "-C", wt.repo, "diff", *(["--stat"] if a.stat else []), wt.base, wt.head]
+    """The diff of a worktree task's branch against the commit it started from (the daemon's
+    `git diff BASE HEAD`; exit 1 when it was cut to fit one reply)."""
+    got = expect(c.request(ctl.Diff(id=a.id, stat=a.stat), timeout_s=max(c.timeout_s, DIFF_WAIT_S)), ctl.DiffText)
     if a.json:
-        out = subprocess.run(argv, capture_output=True, text=True, check=False)
-        print(json.dumps({"id": task.id, "branch": wt.branch, "base": wt.base, "head": wt.head,
-                          "files_changed": wt.files_changed, "insertions": wt.insertions,
-                          "deletions": wt.deletions, "diff": out.stdout}))
-        return EXIT_OK if out.returncode == 0 else EXIT_FAILED
-    sys.stdout.flush()
-    return EXIT_OK if subprocess.run(argv, check=False).returncode == 0 else EXIT_FAILED
+        wt = expect(c.request(ctl.Get(id=a.id)), ctl.Tasks).tasks[0].worktree
+        size = {"files_changed": wt.files_changed, "insertions": wt.insertions, "deletions": wt.deletions} if wt else {}
+        print(json.dumps({"id": got.id, "repo": got.repo, "branch": got.branch, "base": got.base, "head": got.head,
+                          **size, "diff": got.text, "left_out_bytes": got.left_out_bytes}))
+    else:
+        sys.stdout.write(got.text)
+    return EXIT_FAILED if got.left_out_bytes else EXIT_OK
 
 
 def cmd_retry(c: Client, a: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ seen since start). What they own:
   (`CLAUDE_CONFIG_DIR`, under the state dir unless `[claude] env` names one);
 - transcripts: `on_output` numbers a child's lines and hands them to the store's group
   commit; `logs` answers `supctl logs`;
+- `diff` answers `Diff` (`supctl diff`, the dashboard's task page): the checks are here,
+  the git work is a question to the git spoke's thread, answered when it is done;
 - `retry_spec`: a failed task's stored spec, to submit again;
 - housekeeping through the git spoke's thread: worktrees of tasks that ended without their
   child finishing them (`on_final`), of final tasks at a restart (`sweep`), and the
@@ -198,6 +200,52 @@ def logs(h: Hub, envelope: tuple[bytes, ...], req: ctl.Logs) -> ctl.Reply:
     lines, nxt = h.store.transcript(req.id, req.after, h.config.limits.max_message_bytes // 4)
     return ctl.Transcript(id=req.id, lines=lines, first=req.after, next=max(nxt, req.after), state=state,
                           final=TaskState(state).final)
+
+
+#: room in a `DiffText` reply for its other fields and the cut note
+DIFF_ROOM_BYTES = 4096
+
+
+def diff(h: Hub, envelope: tuple[bytes, ...], req: ctl.Diff) -> ctl.Reply | None:
+    """A final worktree task's diff (`git diff BASE HEAD`, or `--stat`), cut to one reply."""
+    try:
+        task = h.sched.tasks.get(req.id) or h.store.task(req.id)
+    except StoreError as e:
+        return ctl.Error(kind="journal", message=str(e))
+    if task is None:
+        return ctl.Error(kind="not_found", message=f"no task with id {req.id!r}")
+    if not task.spec.worktree:
+        return ctl.Error(kind="bad_request", message=f"task {task.id} did not run in a worktree "
+                                                     "(submit it with --worktree)")
+    branch = branch_of(task.id, task.spec)
+    if not task.state.final:
+        return ctl.Error(kind="not_final", message=f"task {task.id} is {task.state.value}: its branch {branch} "
+                                                   "is committed when the task ends; ask again then")
+    wt = task.outcome.worktree if task.outcome else None
+    if wt is None or not wt.base or not wt.head:
+        why = wt.error if wt and wt.error else "its attempt ended without its child recording the branch"
+        return ctl.Error(kind="no_diff", message=f"task {task.id} has no diff: {why}")
+    if h.spokes.git is None:
+        return ctl.Error(kind="unavailable", message="this daemon has no git thread to run git on")
+    budget = max(1, h.reply_budget - DIFF_ROOM_BYTES)
+    base, head, repo = wt.base, wt.head, wt.repo
+
+    def then(result: tuple[str, int] | None, error: str | None) -> None:
+        if result is None:
+            log("diff_failed", task=task.id, error=error)
+            reply: ctl.Reply = ctl.Error(kind="git", message=f"task {task.id}: {error}")
+        else:
+            text, left_out = result
+            if left_out:
+                text += (f"\n[supd: {left_out} more bytes of this diff were left out: one reply carries "
+                         f"{budget} bytes of it at most (see limits.max_message_bytes); git diff {base} {head} "
+                         "in the task's repository prints all of it]\n")
+            reply = ctl.DiffText(id=task.id, repo=repo, branch=wt.branch, base=base, head=head, stat=req.stat,
+                                 text=text, left_out_bytes=left_out)
+        h.spokes.control.reply(envelope, reply)
+
+    h.spokes.git.ask(f"diff of {task.id}", then, git.diff, repo, wt.branch, base, head, req.stat, budget)
+    return None
 
 
 def on_final(h: Hub, task: Task) -> None:

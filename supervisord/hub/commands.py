@@ -337,7 +337,7 @@ _HANDLERS: dict[type, Callable[..., ctl.Reply | None]] = {
     ctl.Submit: submit, ctl.Wait: wait, ctl.Get: get, ctl.List: list_, ctl.Cancel: cancel,
     ctl.Status: status, ctl.Stats: stats, ctl.Health: health, ctl.Scale: scale,
     ctl.Reload: reload, ctl.Shutdown: shutdown, ctl.Prune: prune, ctl.RestartSlot: restart_slot,
-    ctl.Retry: retry, ctl.Logs: agents.logs,
+    ctl.Retry: retry, ctl.Logs: agents.logs, ctl.Diff: agents.diff,
     ctl.Hosts: lambda h, envelope, req: ctl.Info(data={"host": None, "hosts": []}),  # one host: no fleet
     ctl.FlowRun: flows.run, ctl.FlowStatus: flows.status_, ctl.FlowList: flows.list_, ctl.FlowCancel: flows.cancel,
     ctl.FlowWait: flows.wait,

@@ -33,6 +33,7 @@ from supervisord.events import (
     Event,
     FleetNews,
     FlowLeases,
+    GitAnswered,
     HookFinished,
     JournalAnswered,
     JournalChanged,
@@ -111,7 +112,7 @@ def handle(h: Hub, event: Event) -> None:
                 batches.hook_finished(h, name, returncode, problem)
             case TimerFired():
                 pass
-            case JournalAnswered(then, result, error):
+            case JournalAnswered(then, result, error) | GitAnswered(then, result, error):
                 then(result, error)
             case JournalNotified():
                 fleet.on_event(h, event)
@@ -246,7 +247,7 @@ class Daemon:
         clock = Clock(now=time.monotonic, wall=time.time, wall_ns=time.time_ns, rand=random.random)
         notifier = Notifier.from_env(self.environ)
         tracer = make_tracer(self.config.tracing)
-        janitor = Janitor()
+        janitor = Janitor(lambda event: loop.call_soon_threadsafe(self.inbox.put_nowait, event))
         spokes = Spokes(children=transport, control=control, events=bus, procs=procs, notifier=notifier,
                         tracer=tracer, wake_at=timer.wake_at, git=janitor)
         web = None

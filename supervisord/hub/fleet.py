@@ -567,5 +567,8 @@ def _pct(values: deque[float], q: float) -> float | None:
 HANDLERS: dict[type, Any] = {
     ctl.Submit: submit, ctl.Get: get, ctl.List: list_, ctl.Wait: wait, ctl.Hosts: hosts, ctl.Batch: batch,
     ctl.Retry: retry, ctl.Logs: logs,
+    # no task of a fleet has a worktree (refused at submit): say why rather than "not found"
+    ctl.Diff: lambda h, envelope, req: ctl.Error(kind="bad_request",
+                                                 message=f"diff: worktree {ONE_HOST_ONLY.format(what='git worktree')}"),
 }
 

@@ -128,9 +128,13 @@ class Notify(Protocol):
 
 
 class GitJobs(Protocol):
-    """Git housekeeping off the loop (`supervisord.spokes.gitjanitor`)."""
+    """Git off the loop (`supervisord.spokes.gitjanitor`): housekeeping, and questions
+    answered back through the inbox (`GitAnswered`)."""
 
     def run(self, what: str, fn: Callable[..., str], *args: Any, **kwargs: Any) -> None: ...
+
+    def ask(self, what: str, then: Callable[[Any, str | None], None], fn: Callable[..., Any], *args: Any,
+            **kwargs: Any) -> None: ...
 
 
 @dataclass(slots=True)

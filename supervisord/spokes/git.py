@@ -1,8 +1,9 @@
 """Git, for tasks that run in a worktree of their own: the commands and nothing else.
 
 Owns every git command supd runs: creating or reusing a task's worktree (`prepare`),
-committing what a task left and measuring its diff (`finish`), and removing worktrees
-and branches (`remove`, `sweep`). Each is a blocking `git` process with a timeout, so
+committing what a task left and measuring its diff (`finish`), printing that diff
+(`diff`, for the `Diff` verb: its command line is `diff_argv`, here only), and removing
+worktrees and branches (`remove`, `sweep`). Each is a blocking `git` process with a timeout, so
 none of it runs on the daemon's loop: a child worker calls `prepare`/`finish` around its
 task (it is a blocking process runner already), and the daemon's `Janitor` thread
 (`supervisord.spokes.gitjanitor`) does the housekeeping. `repo_root` is the exception:
@@ -19,8 +20,10 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import selectors
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +158,72 @@ def diff_stat(repo: str, base: str, head: str) -> tuple[int, int, int]:
         ins += int(added) if added.isdigit() else 0
         dels += int(removed) if removed.isdigit() else 0
     return files, ins, dels
+
+
+def diff_argv(base: str, head: str, stat: bool) -> list[str]:
+    """git's arguments for a task's diff: exactly `git diff BASE HEAD` (or `--stat`), without
+    the operator's colours or external diff drivers, so it reads the same everywhere."""
+    return ["diff", "--no-color", "--no-ext-diff", *(["--stat"] if stat else []), base, head]
+
+
+#: `diff` reads git's output in pieces this large, keeping only what fits the budget
+READ_BYTES = 64 << 10
+
+
+def diff(repo: str, branch: str, base: str, head: str, stat: bool, budget_bytes: int) -> tuple[str, int]:
+    """A task's diff from `base` to `head` (commits of `branch` in `repo`): its first
+    `budget_bytes` at most, cut at a line's end, and how many bytes were left out. Memory
+    stays within the budget however large the diff. Raises GitError naming what is gone."""
+    if not Path(repo, ".git").exists():
+        raise GitError(f"the repository {repo} is gone (no .git there)")
+    for name, commit in (("base", base), ("head", head)):
+        if _rev(repo, commit) is None:
+            gone = _rev(repo, f"refs/heads/{branch}") is None
+            raise GitError(f"the {name} commit {commit} is no longer in {repo}"
+                           + (f": branch {branch} is gone (deleted or pruned)" if gone else ""))
+    kept, total = _bounded(diff_argv(base, head, stat), repo, budget_bytes)
+    if total <= budget_bytes:
+        return kept.decode(errors="replace"), 0
+    cut = kept.rfind(b"\n", 0, budget_bytes) + 1 or budget_bytes
+    return kept[:cut].decode(errors="replace"), total - cut
+
+
+def _bounded(args: list[str], cwd: str, budget_bytes: int) -> tuple[bytes, int]:
+    """Run git, keep the first `budget_bytes` of its stdout (and count the rest), within
+    GIT_TIMEOUT_S; its stderr goes to a file, so neither pipe can fill and stall it."""
+    deadline = time.monotonic() + GIT_TIMEOUT_S
+    kept, total = bytearray(), 0
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(["git", *_CONFIG, *args], cwd=cwd, env={**os.environ, **_ENV},
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        except OSError as e:
+            raise GitError(f"cannot run git: {e.strerror}") from None
+        assert proc.stdout is not None
+        with proc, selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while (left := deadline - time.monotonic()) > 0:
+                if not sel.select(left):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), READ_BYTES)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if len(kept) <= budget_bytes:
+                    kept += chunk[: budget_bytes + 1 - len(kept)]  # one byte past: a cut is seen
+            else:
+                proc.kill()
+                raise GitError(f"git {' '.join(args)}: no answer in {GIT_TIMEOUT_S:g}s")
+            try:
+                returncode = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise GitError(f"git {' '.join(args)}: did not exit in {GIT_TIMEOUT_S:g}s") from None
+        if returncode != 0:
+            err.seek(0)
+            said = err.read(4096).decode(errors="replace").strip()
+            raise GitError(f"git {' '.join(args)} (in {cwd}): {said or f'exit {returncode}'}")
+    return bytes(kept), total
 
 
 def finish(plan: WorktreePlan, base: str) -> WorktreeInfo:

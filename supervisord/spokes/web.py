@@ -2,7 +2,7 @@
 
 Owns the HTTP listener, its access token and the token file, the static pages, and the
 JSON/SSE routes. It reads the hub's state only by asking, like any control client: a
-request (`Status`, `List`, `Get`, `Cancel`, `Batch`, `FlowStatus`, `FlowCancel`, …) goes on
+request (`Status`, `List`, `Get`, `Cancel`, `Diff`, `Batch`, `FlowStatus`, `FlowCancel`, …) goes on
 the inbox as a `RequestReceived` whose envelope starts with `WEB_MARK`, and the hub's
 answer comes back through `reply` (the hub's control link routes envelopes with that mark
 here). So the buttons call the very verbs supctl calls, and nothing here touches the
@@ -106,8 +106,9 @@ class WebServer:
 
     # ---- asking the hub --------------------------------------------------------------
 
-    async def ask(self, request: ctl.Request) -> ctl.Reply:
-        """Put `request` on the inbox like the control socket does; the hub's answer."""
+    async def ask(self, request: ctl.Request, timeout_s: float = ASK_TIMEOUT_S) -> ctl.Reply:
+        """Put `request` on the inbox like the control socket does; the hub's answer (a 503
+        after `timeout_s`)."""
         if len(self._asking) >= MAX_ASKING:
             raise WebError(f"the dashboard has {MAX_ASKING} requests waiting on the daemon already")
         self._seq += 1
@@ -116,9 +117,9 @@ class WebServer:
         self._asking[key] = future
         self.inbox.put_nowait(RequestReceived((WEB_MARK, key), request))
         try:
-            return await asyncio.wait_for(future, ASK_TIMEOUT_S)
+            return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            raise WebError(f"the daemon did not answer {type(request).__name__} within {ASK_TIMEOUT_S:g} s") from None
+            raise WebError(f"the daemon did not answer {type(request).__name__} within {timeout_s:g} s") from None
         finally:
             self._asking.pop(key, None)
 
@@ -139,6 +140,7 @@ class WebServer:
         r.add_get("/api/overview", _json(views.overview))
         r.add_get("/api/tasks", _json(views.tasks))
         r.add_get("/api/task/{id}", _json(views.task))
+        r.add_get("/api/task/{id}/diff", _json(views.diff))
         r.add_post("/api/task/{id}/cancel", _json(views.cancel))
         r.add_post("/api/task/{id}/retry", _json(views.retry))
         r.add_get("/api/batches", _json(views.batches))

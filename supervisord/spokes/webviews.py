@@ -2,8 +2,8 @@
 
 Owns the mapping from a page to the control requests that feed it (the same verbs
 `supctl` sends, through `ask`) and the shaping of their answers into JSON: tasks (`List`
-with its batch and label filters, `Get`, `Cancel`, `Retry`, and `Logs` for a stored
-transcript), batches (`Batch`, the summary `supctl batch` prints, for each batch the
+with its batch and label filters, `Get`, `Cancel`, `Retry`, `Logs` for a stored
+transcript, and `Diff` for a worktree task's diff), batches (`Batch`, the summary `supctl batch` prints, for each batch the
 recent tasks name), workflows (`FlowList`, `FlowStatus`, `FlowCancel`), the rate-limit
 gate and held keys (in `Status`). Pages whose objects this daemon does not have yet — the
 hosts of a fleet — answer `{"available": false, "reason": …}` here, and only here: when
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -24,7 +24,12 @@ from proto import control as ctl
 from proto.task import TaskState, TaskView
 from supervisord.spokes.webfeed import Feed
 
-Ask = Callable[[ctl.Request], Awaitable[ctl.Reply]]
+
+class Ask(Protocol):
+    """How a view asks the hub (`WebServer.ask`): a request, its answer."""
+
+    def __call__(self, request: ctl.Request, timeout_s: float = ...) -> Awaitable[ctl.Reply]: ...
+
 
 NOT_HERE = "not available on this daemon"
 #: Tasks a list page asks for at most (the control protocol's own bound is 10,000).
@@ -33,6 +38,8 @@ MAX_ROWS = 500
 ROW_TEXT = 200
 #: A task page's stored transcript: its last lines, from at most this many `Logs` replies.
 STORED_LINES, STORED_ASKS, LINE_CHARS = 2000, 8, 4000
+#: How long the task page waits for a diff (the daemon's git thread may have other jobs first).
+DIFF_WAIT_S = 20.0
 #: Batches the batches page asks the daemon to sum up (one `Batch` request each).
 MAX_BATCHES = 50
 #: The longest exclusive key (`proto.task.KEY_PATTERN`).
@@ -84,7 +91,7 @@ def _text(request: web.Request, name: str, most: int) -> str | None:
 
 def _diff(t: TaskView) -> dict[str, Any]:
     """What a worktree task's branch holds against the commit it started from: its size and
-    the command that prints it (the diff itself is git's, run by `supctl diff`)."""
+    the command that prints it (the diff's text is `/api/task/ID/diff`, the `Diff` verb)."""
     wt = t.worktree
     if wt is None:
         return {"available": False, "reason": "not a worktree task (submit it with --worktree)"}
@@ -189,6 +196,16 @@ class Views:
             more = True
         return {"available": True, "lines": lines[-STORED_LINES:], "next": after,
                 "clipped": more or len(lines) > STORED_LINES}
+
+    async def diff(self, request: web.Request) -> dict[str, Any]:
+        """A final worktree task's diff, as `supctl diff` prints it (the `Diff` verb: git runs on
+        the daemon's git thread), cut to one reply with a note saying how much was left out."""
+        reply = await self.ask(ctl.Diff(id=_task_id(request), stat=request.query.get("stat") == "1"),
+                               timeout_s=DIFF_WAIT_S)
+        if not isinstance(reply, ctl.DiffText):
+            return _error(reply)
+        return {"ok": True, "id": reply.id, "branch": reply.branch, "base": reply.base, "head": reply.head,
+                "stat": reply.stat, "text": reply.text, "left_out_bytes": reply.left_out_bytes}
 
     async def cancel(self, request: web.Request) -> dict[str, Any]:
         reply = await self.ask(ctl.Cancel(id=_task_id(request)))

@@ -292,13 +292,27 @@ function diffBox(d, id) {
     ${d.error ? `<dt>git</dt><dd>${esc(d.error)}</dd>` : ""}<dt>the diff</dt><dd><code>${esc(d.command)}</code></dd></dl>`;
 }
 
+// A worktree task's diff (`supctl diff`, the Diff verb): monospace, added and removed lines coloured.
+function diffLine(t) {
+  const c = t.startsWith("+++") || t.startsWith("---") || t.startsWith("diff ") || t.startsWith("index ") ? "meta"
+    : t.startsWith("+") ? "add" : t.startsWith("-") ? "del" : t.startsWith("@@") ? "hunk" : t.startsWith("[supd: ") ? "cut" : "";
+  return `<span${c ? ` class="${c}"` : ""}>${esc(t)}</span>`;
+}
+function diffText(r) {
+  if (!r.ok) return `<p class="na" id="diff-error">${esc(r.error)}</p>`;
+  if (!r.text) return `<p class="na" id="diff-empty">the branch has no changes against its base</p>`;
+  const rows = r.text.replace(/\n$/, "").split("\n").map(diffLine).join("\n");
+  const cut = r.left_out_bytes ? `<p class="na" id="diff-cut">cut: ${esc(r.left_out_bytes)} more bytes were left out (<code>git diff ${esc(r.base)} ${esc(r.head)}</code> in the repository prints all of it)</p>` : "";
+  return `<pre class="diff" id="diff-text">${rows}</pre>${cut}`;
+}
+
 function line(l) { return `<div class="line"><span class="ev">${esc(when(l.ts))} ${esc(l.event)}</span> ${esc(l.summary)}</div>`; }
 
 async function taskPage(id) {
   const my = gen;  // a later route makes this page stale: it must not take over the stream
   main.innerHTML = `<h2>Task <span class="mono">${esc(id)}</span></h2><div id="actions"></div><div id="tl"></div>
     <div id="body"></div><h2>Transcript <span class="na" id="transcript-note"></span></h2><div class="transcript" id="transcript"></div>
-    <h2>Result</h2><div id="result"></div><h2>Diff</h2><div id="diff"></div>`;
+    <h2>Result</h2><div id="result"></div><h2>Diff</h2><div id="diff"></div><div id="diff-body"></div>`;
   $("#actions").innerHTML = `<button id="cancel" class="danger" disabled>Cancel</button>
     <button id="retry" disabled title="submit it again, as a new task (supctl retry)">Retry</button> <span id="said"></span>`;
   $("#retry").onclick = async () => {
@@ -312,7 +326,13 @@ async function taskPage(id) {
     $("#said").textContent = r.ok ? r.message : r.error;
   };
   const attempts = [];
-  let task = null;
+  let task = null, diffOf = null;
+  const showDiff = async (d) => {  // once per head commit: a final task's diff does not change
+    if (!d.diff || !d.diff.available || !d.diff.head || !FINAL.has(d.task.state) || diffOf === d.diff.head) return;
+    diffOf = d.diff.head;
+    const r = await api(`/api/task/${encodeURIComponent(id)}/diff`);
+    if (my === gen) $("#diff-body").innerHTML = diffText(r);
+  };
   const paint = (d) => {
     if (d.ok === false) { $("#body").innerHTML = `<p class="na">${esc(d.error)}</p>`; return; }
     task = d.task;
@@ -322,6 +342,7 @@ async function taskPage(id) {
     $("#tl").innerHTML = timeline(task, attempts);
     $("#body").innerHTML = fields(task);
     $("#result").innerHTML = task.result || task.stderr ? `<pre class="result" id="result-text">${esc(task.result || "")}${task.stderr ? "\n--- stderr ---\n" + esc(task.stderr) : ""}</pre>` : `<p class="na">no output yet</p>`;
+    showDiff(d);
   };
   const d = await api(`/api/task/${encodeURIComponent(id)}`);
   if (my !== gen) return;

@@ -24,10 +24,12 @@ from proto.task import Outcome, TaskSpec, TaskView
 from supervisord import config as config_mod
 from supervisord.core.pool import ChildState, Slot
 from supervisord.core.traceids import Ids
-from supervisord.events import ChildExited, ChildSaid, Event, RequestReceived, TimerFired, TreesChecked
+from supervisord.events import (ChildExited, ChildSaid, Event, GitAnswered, RequestReceived, TimerFired,
+                                TreesChecked)
 from supervisord.hub import daemon
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.spokes.claude_cli import ClaudeCommand
+from supervisord.spokes.git import GitError
 from supervisord.spokes.tracing import Tracer
 from supervisord.store.sqlite import SqliteStore
 
@@ -110,6 +112,21 @@ class FakeProcs:
 
 
 @dataclass
+class FakeGit:
+    """The git thread: housekeeping jobs are recorded, questions wait until the test answers
+    them (`Rig.answer_git`, scripted, or `Rig.run_git`, the job's own function run here)."""
+
+    jobs: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    questions: list[tuple[str, Any, Any, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+
+    def run(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        self.jobs.append((what, fn, args, kwargs))
+
+    def ask(self, what: str, then: Any, fn: Any, *args: Any, **kwargs: Any) -> None:
+        self.questions.append((what, then, fn, args, kwargs))
+
+
+@dataclass
 class FakeNotifier:
     watchdog_interval_s: float | None = None
     said: list[str] = field(default_factory=list)
@@ -148,14 +165,14 @@ class Rig:
         cfg = config_mod.load(self.config_path)
         cfg = msgspec.structs.replace(cfg, daemon=msgspec.structs.replace(cfg.daemon, children=children))
         self.children, self.control, self.bus = FakeChildren(), FakeControl(), FakeBus()
-        self.procs, self.notifier = FakeProcs(), FakeNotifier()
+        self.procs, self.notifier, self.git = FakeProcs(), FakeNotifier(), FakeGit()
         self.wakes: list[float] = []
         self.store = store or SqliteStore(tmp / "tasks.db")
         rng = random.Random(7)
         clock = Clock(now=lambda: self.t, wall=lambda: 1_700_000_000.0 + self.t,
                       wall_ns=lambda: int((1_700_000_000.0 + self.t) * 1e9), rand=lambda: 0.5)
         spokes = Spokes(children=self.children, control=self.control, events=self.bus, procs=self.procs,
-                        notifier=self.notifier, tracer=Tracer(), wake_at=self.wakes.append)
+                        notifier=self.notifier, tracer=Tracer(), wake_at=self.wakes.append, git=self.git)
         self.hub = Hub(config=cfg, paths=Paths(tmp, tmp), clock=clock, ids=Ids(rng.getrandbits), store=self.store,
                        spokes=spokes, claude=ClaudeCommand(["claude"], "test"), child_env={}, environ={},
                        config_path=self.config_path)
@@ -232,6 +249,24 @@ class Rig:
         pending = [a for batch in self.procs.checks for a in batch]
         self.procs.checks.clear()
         self.step(TreesChecked(frozenset(pending), frozenset()))
+
+    def answer_git(self, result: Any = None, error: str | None = None) -> None:
+        """The git thread answers its oldest question with this."""
+        _what, then, _fn, _args, _kwargs = self.git.questions.pop(0)
+        self.step(GitAnswered(then, result, error))
+
+    def run_git(self) -> None:
+        """The git thread runs its oldest question's job (here, in the test) and answers."""
+        _what, then, fn, args, kwargs = self.git.questions.pop(0)
+        try:
+            result, error = fn(*args, **kwargs), None
+        except GitError as e:
+            result, error = None, str(e)
+        self.step(GitAnswered(then, result, error))
+
+    def replied(self, n: int = 1) -> list[ctl.Reply]:
+        """The last `n` replies sent, whichever request they answer."""
+        return [r for _e, r in self.control.replies[-n:]]
 
     # ---- looking ----------------------------------------------------------------------
 

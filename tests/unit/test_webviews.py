@@ -28,10 +28,11 @@ class Daemon:
     """Answers by request type; remembers every request."""
 
     def __init__(self, answers: dict[type, Any]) -> None:
-        self.answers, self.asked = answers, []
+        self.answers, self.asked, self.timeouts = answers, [], []
 
-    async def ask(self, request: ctl.Request) -> ctl.Reply:
+    async def ask(self, request: ctl.Request, timeout_s: float = 5.0) -> ctl.Reply:
         self.asked.append(request)
+        self.timeouts.append(timeout_s)
         answer = self.answers[type(request)]
         return answer(request) if callable(answer) else answer
 
@@ -118,3 +119,17 @@ def test_hosts_are_this_daemon_and_the_fleet_of_the_hosts_verb():
     assert out["this"]["pid"] == 7 and out["fleet"] == {**fleet, "error": None}
     alone = Daemon({ctl.Status: ctl.Info(data={}), ctl.Hosts: ctl.Info(data={"host": None, "hosts": []})})
     assert call(alone, "hosts", "/api/hosts")["fleet"] == {"host": None, "hosts": [], "error": None}
+
+
+def test_a_tasks_diff_is_the_diff_verbs_answer_asked_with_the_longer_git_wait():
+    text = ctl.DiffText(id="t1", repo="/r", branch="supd/t1", base="b", head="h", stat=True, text=" f | 1 +\n",
+                        left_out_bytes=0)
+    d = Daemon({ctl.Diff: text})
+    out = call(d, "diff", "/api/task/t1/diff?stat=1", id="t1")
+    assert d.asked == [ctl.Diff(id="t1", stat=True)] and d.timeouts == [20.0]
+    assert out == {"ok": True, "id": "t1", "branch": "supd/t1", "base": "b", "head": "h", "stat": True,
+                   "text": " f | 1 +\n", "left_out_bytes": 0}
+    d = Daemon({ctl.Diff: ctl.Error(kind="not_final", message="task t1 is running: …")})
+    assert call(d, "diff", "/api/task/t1/diff", id="t1") == {"ok": False, "kind": "not_final",
+                                                             "error": "task t1 is running: …"}
+    assert d.asked == [ctl.Diff(id="t1", stat=False)]
