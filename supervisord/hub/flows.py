@@ -117,7 +117,9 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
     start_ns = h.clock.wall_ns()
     parent = traceids.parse_traceparent(req.traceparent)
     trace_id = parent.trace_id if parent else h.ids.trace_id(start_ns)
-    wf = workflow.new_workflow(h.ids.workflow_id(start_ns), spec, dict(req.inputs), h.clock.wall(), trace_id)
+    # a fleet's hosts make ids without talking: UUIDv7s there
+    wf_id = h.ids.uuid7(start_ns) if h.fleet is not None else h.ids.workflow_id(start_ns)
+    wf = workflow.new_workflow(wf_id, spec, dict(req.inputs), h.clock.wall(), trace_id)
     before, batch = _states(wf), _Batch()
     _feed(h, wf, [Begin()], batch)
     return Prepared(wf, batch, before, parent.span_id if parent else None, start_ns)
@@ -289,7 +291,8 @@ def _start(h: Hub, wf: Workflow, d: StartTask, batch: _Batch, known: dict[str, T
         return [TaskFinished(job=d.job, state=TaskState.FAILED,
                              error=TaskError(kind=TEMPLATE, message=f"the filled task is refused: {problem}"))]
     spec = d.spec
-    task = Task(id=h.ids.task_id(h.clock.wall_ns()), spec=spec, submitted_at=h.clock.wall(),
+    now_ns = h.clock.wall_ns()
+    task = Task(id=h.ids.uuid7(now_ns) if h.fleet is not None else h.ids.task_id(now_ns), spec=spec, submitted_at=h.clock.wall(),
                 retries=spec.retries if spec.retries is not None else h.config.tasks.retries,
                 trace_id=wf.trace_id, parent_span_id=traceids.flow_span_id(wf.id, d.step),
                 workflow=wf.id, step=d.job)

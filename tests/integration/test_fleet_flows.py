@@ -56,6 +56,7 @@ def test_a_diamond_submitted_on_one_host_runs_its_steps_on_both_and_any_host_ans
     a, b = fleet.start("a", children=1), fleet.start("b", children=1)
     flow = write(tmp_path, """
 name = "diamond"
+max_parallel = 2  # the default is the engine host's pool (1 child here)
 [steps.top]
 kind = "exec"
 argv = ["sh", "-c", "echo 21"]
@@ -81,6 +82,7 @@ argv = ["sh", "-c", "printf '%s|%s' $0 $1", "{{steps.left.result}}", "{{steps.ri
     views = {v.id: v for v in b.wait(ids, 10)}
     assert {views[steps[n]["task_ids"][0]].host for n in ("left", "right")} == {"a", "b"}, "both hosts ran a step"
     assert all(v.workflow == wf_id for v in views.values()), "each step's task is tagged with its workflow"
+    assert len(wf_id) == 36 and all(len(i) == 36 for i in ids), "UUIDv7-style ids: hosts make them without talking"
     shown = json.loads(b.supctl("flow", "status", wf_id, "--json").stdout)
     assert shown["state"] == "succeeded" and [s["state"] for s in shown["steps"]] == ["succeeded"] * 4
     listed = json.loads(b.supctl("flow", "list", "--json").stdout)
