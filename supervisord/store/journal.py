@@ -8,10 +8,13 @@ event. A thread also keeps the blocking parts of libpq (connect, a cut TCP conne
 only `tcp_user_timeout` ends) away from the loop by construction.
 
 - `Journal` (this module) owns the thread, the `PgStore` on it, and a second thread that
-  `LISTEN`s (`supd_submit`, `supd_finished`, `supd_cancel`). Jobs run in order (FIFO), so
-  the hub's group commit, claims and reads happen in the order it asked for them.
+  `LISTEN`s (`supd_submit`, `supd_finished`, `supd_cancel`, `supd_gate`, `supd_flow_finished`,
+  `supd_flow_cancel`). Jobs run in order (FIFO), so the hub's group commit, claims and reads
+  happen in the order it asked for them.
 - Periodic duties on the thread: renew this host's leases (`LeasesRenewed`), beat in the
-  `hosts` table, rescue expired leases of any host, refresh the fleet's totals.
+  `hosts` table, rescue expired leases of any host, renew this host's workflow engines'
+  leases and take over workflows whose engine's lease ended (`FlowLeases`), refresh the
+  fleet's totals.
 - A lost connection is `JournalChanged(problem)`; the thread reconnects with exponential
   backoff (capped) and says `JournalChanged(None)` when it is back. Noted writes are kept
   by the `PgStore` across the outage and committed after it.
