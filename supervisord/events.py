@@ -121,6 +121,18 @@ class FleetNews:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowLeases:
+    """A periodic pass over the workflows' engines: those this host runs that it still holds
+    (id -> cancel requested), those taken from a dead or cut-off host (each `(Workflow, its
+    tasks by job, cancel requested)`: resume them here), and those another host took over
+    from this one (stop feeding them)."""
+
+    held: dict[str, bool]
+    taken: list[tuple[Any, dict[str, Any], bool]]
+    lost: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class WritesFenced:
     """A group commit refused these (task id, epoch) writes: the attempts are no longer ours."""
 
@@ -138,4 +150,5 @@ class HookFinished:
 
 
 Event = (ChildSaid | ChildExited | RequestReceived | SignalReceived | TimerFired | TreesChecked | HookFinished
-         | GitAnswered | JournalAnswered | JournalNotified | JournalChanged | LeasesRenewed | WritesFenced | FleetNews)
+         | GitAnswered | JournalAnswered | JournalNotified | JournalChanged | LeasesRenewed | WritesFenced | FleetNews
+         | FlowLeases)

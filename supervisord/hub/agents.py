@@ -123,6 +123,11 @@ def retry_spec(h: Hub, task_id: str) -> TaskSpec | ctl.Error:
         old = h.sched.tasks.get(task_id) or h.store.task(task_id)
     except StoreError as e:
         return ctl.Error(kind="bad_request", message=str(e))
+    return retry_spec_of(task_id, old)
+
+
+def retry_spec_of(task_id: str, old: Task | None) -> TaskSpec | ctl.Error:
+    """The spec to submit again for a retry of `old` (as the store has it), or why not."""
     if old is None:
         return ctl.Error(kind="not_found", message=f"no task with id {task_id!r}")
     if not old.state.final or old.state is TaskState.SUCCEEDED:

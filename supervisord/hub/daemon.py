@@ -32,6 +32,7 @@ from supervisord.events import (
     ChildSaid,
     Event,
     FleetNews,
+    FlowLeases,
     GitAnswered,
     HookFinished,
     JournalAnswered,
@@ -44,7 +45,18 @@ from supervisord.events import (
     TreesChecked,
     WritesFenced,
 )
-from supervisord.hub import agents, batches, childcare, commands, fleet, flows, lifecycle, ratelimit, tasks
+from supervisord.hub import (
+    agents,
+    batches,
+    childcare,
+    commands,
+    fleet,
+    fleetflows,
+    flows,
+    lifecycle,
+    ratelimit,
+    tasks,
+)
 from supervisord.hub.state import Clock, Hub, Paths, Spokes
 from supervisord.logs import flush, log
 from supervisord.spokes import claude_cli, curve
@@ -102,8 +114,13 @@ def handle(h: Hub, event: Event) -> None:
                 pass
             case JournalAnswered(then, result, error) | GitAnswered(then, result, error):
                 then(result, error)
-            case JournalNotified() | JournalChanged() | LeasesRenewed() | WritesFenced() | FleetNews():
+            case JournalNotified():
                 fleet.on_event(h, event)
+                fleetflows.on_event(h, event)
+            case JournalChanged() | LeasesRenewed() | WritesFenced() | FleetNews():
+                fleet.on_event(h, event)
+            case FlowLeases():
+                fleetflows.on_event(h, event)
     except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
         log("event_failed", logging.ERROR, event=type(event).__name__, error=repr(e),
             traceback=traceback.format_exc(limit=8).replace("\n", " | "))
@@ -247,6 +264,7 @@ class Daemon:
             j = store.journal
             h.fleet = fleet.FleetState(journal=j, host=j.host, lease_s=j.lease_s, renewed_at=clock.now())
             h.answer_from_fleet = fleet.answer
+            fleetflows.install(h)
             j.start(lambda event: loop.call_soon_threadsafe(self.inbox.put_nowait, event))
         if h.fleet is not None:
             fleet.recover(h)

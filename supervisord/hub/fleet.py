@@ -31,18 +31,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proto import control as ctl
-from proto.task import TaskState, TaskView
+from proto.task import TaskSpec, TaskState, TaskView
 from supervisord.core import fate as core
 from supervisord.core import lease, traceids, validate
 from supervisord.core.batches import Batch
 from supervisord.core.gate import GateState
 from supervisord.core.task import Task, view
 from supervisord.events import FleetNews, JournalChanged, JournalNotified, LeasesRenewed, WritesFenced
-from supervisord.hub import batches, tasks
+from supervisord.hub import agents, batches, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
-from supervisord.store.journal import Journal
+from supervisord.store.journal import ONE_HOST_ONLY, Journal
 
 Envelope = tuple[bytes, ...]
 
@@ -67,6 +67,8 @@ class FleetState:
     #: attempts stopped because their lease is lost, by task id -> epoch (each once)
     stopped: dict[str, int] = field(default_factory=dict)
     recent_finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    #: ids of workflows recently reported final by any host's engine (hub.fleetflows)
+    flows_finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
     #: when the claim in flight was asked (monotonic), and the last claims' round trips (ms)
     claim_asked_at: float = 0.0
     claim_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
@@ -206,22 +208,29 @@ def pump(h: Hub) -> None:
         return
     kinds = ["exec"] + (["claude"] if h.breaker.allows(now) and h.gate.allows(now) else [])
     n, host, lease_s, limits = len(idle), f.host, f.lease_s, dict(h.sched.keys.limits)
+
+    def claim(s: Any) -> tuple[list[Task], bool, dict[str, tuple[int, int]]]:
+        got = s.claim_next(n, kinds, host, lease_s, limits)
+        # a retry's (or a rescued attempt's) transcript goes on where the last attempt, anywhere, left it
+        again = [t.id for t in got if t.attempts > 0]
+        return got, s.claim_contended, s.transcript_extents(again) if again else {}
+
     f.claiming = True
     f.claim_asked_at = now
     # The writes of this turn first (the thread keeps order): an end that freed a key or
     # spent a batch's budget is in the journal before the claim reads it.
     h.store.commit()
-    f.journal.ask(lambda s: (s.claim_next(n, kinds, host, lease_s, limits), s.claim_contended),
-                  lambda r, e: _claimed(h, r, e, n))
+    f.journal.ask(claim, lambda r, e: _claimed(h, r, e, n))
 
 
-def _claimed(h: Hub, answer: tuple[list[Task], bool] | None, error: str | None, asked: int) -> None:
+def _claimed(h: Hub, answer: tuple[list[Task], bool, dict[str, tuple[int, int]]] | None, error: str | None,
+             asked: int) -> None:
     f = h.fleet
     assert f is not None
     f.claiming = False
     now = h.clock.now()
     f.claim_ms.append((now - f.claim_asked_at) * 1000)
-    got, contended = answer or ([], False)
+    got, contended, extents = answer or ([], False, {})
     # A full answer means more may be waiting: claim again at once; a key another host was
     # claiming for, soon; else wait for a notification.
     f.next_poll = now if len(got) == asked and got else now + (CONTENDED_RETRY_S if contended else POLL_S)
@@ -233,6 +242,7 @@ def _claimed(h: Hub, answer: tuple[list[Task], bool] | None, error: str | None, 
             f.journal.ask(lambda s, t=task: s.release(t), lambda r, e: None)
             continue
         task.host = f.host
+        h.extents[task.id] = extents.get(task.id, (0, 0))
         h.sched.adopt(task)
         tasks.dispatch(h, idle.pop(0), task, now)
         if task.spec.key is not None:  # held fleet-wide since the claim; here until its tree is dead
@@ -295,23 +305,37 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
     """Accept tasks as one batch into the shared journal, durably, before the reply."""
     if problem := validate.batch_problem(req.tasks, h.config.limits):
         return ctl.Error(kind="bad_request", message=problem)
+    for i, spec in enumerate(req.tasks):
+        what = "resume" if spec.resume is not None else "worktree" if spec.worktree else None
+        if what is not None:
+            where = "session" if what == "resume" else "git worktree"
+            message = f"{what}: {ONE_HOST_ONLY.format(what=where)}"
+            return ctl.Error(kind="bad_request", message=message if len(req.tasks) == 1 else f"task {i + 1}: {message}")
+    specs = agents.prepare(h, req.tasks)
+    if isinstance(specs, str):
+        return ctl.Error(kind="bad_request", message=specs)
+    return _accept(h, envelope, specs, req.traceparent, req.tracestate, req.label, req.max_cost_usd)
+
+
+def _accept(h: Hub, envelope: Envelope, specs: list[TaskSpec], traceparent: str | None, tracestate: str | None,
+            label: str | None, max_cost_usd: float | None) -> ctl.Reply | None:
     if not h.life.accepting:
         return ctl.Error(kind="shutting_down", message="the daemon is shutting down and takes no new tasks")
     if refused := _unreachable(h):
         return refused
     start_ns = h.clock.wall_ns()
-    parent = traceids.parse_traceparent(req.traceparent)
+    parent = traceids.parse_traceparent(traceparent)
     trace_id = parent.trace_id if parent else h.ids.trace_id(start_ns)
     master = h.ids.span_id()
     wall = h.clock.wall()
     batch = [
         Task(id=h.ids.uuid7(start_ns), spec=spec, submitted_at=wall,
              retries=spec.retries if spec.retries is not None else h.config.tasks.retries,
-             trace_id=trace_id, parent_span_id=master, tracestate=req.tracestate)
-        for spec in req.tasks
+             trace_id=trace_id, parent_span_id=master, tracestate=tracestate)
+        for spec in specs
     ]
 
-    record = Batch(id=trace_id, size=len(batch), submitted_at=wall, label=req.label, max_cost_usd=req.max_cost_usd)
+    record = Batch(id=trace_id, size=len(batch), submitted_at=wall, label=label, max_cost_usd=max_cost_usd)
 
     def done(_: object, error: str | None) -> None:
         if error:
@@ -322,12 +346,49 @@ def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
             h.metrics.received[task.spec.kind] += 1
             h.spokes.events.publish(f"task/{task.id}/queued", task=task.id, kind=task.spec.kind, trace_id=trace_id)
         log("batch_accepted", tasks=len(batch), trace=trace_id, master_span=master)
-        h.spokes.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, req.tracestate, batch,
+        h.spokes.tracer.batch_accepted(trace_id, master, parent.span_id if parent else None, tracestate, batch,
                                        start_ns)
-        log("batch_opened", batch=trace_id, tasks=len(batch), label=req.label, max_cost_usd=req.max_cost_usd)
+        log("batch_opened", batch=trace_id, tasks=len(batch), label=label, max_cost_usd=max_cost_usd)
         h.spokes.control.reply(envelope, ctl.Accepted(ids=[t.id for t in batch], trace_id=trace_id, batch=trace_id))
 
     _journal(h).ask(lambda s: s.accept(batch, record), done)
+    return None
+
+
+def retry(h: Hub, envelope: Envelope, req: ctl.Retry) -> ctl.Reply | None:
+    """Submit a failed, timed-out or cancelled task of any host again from its stored spec."""
+    if refused := _unreachable(h):
+        return refused
+
+    def found(old: Task | None, error: str | None) -> None:
+        spec = agents.retry_spec_of(req.id, old) if not error else ctl.Error(kind="journal", message=error)
+        reply = spec if isinstance(spec, ctl.Error) else _accept(h, envelope, [spec], None, None, None, None)
+        if reply is not None:
+            h.spokes.control.reply(envelope, reply)
+
+    h.store.commit()  # this host's latest records first
+    _journal(h).ask(lambda s: s.task(req.id), found)
+    return None
+
+
+def logs(h: Hub, envelope: Envelope, req: ctl.Logs) -> ctl.Reply | None:
+    """A task's transcript from the journal, whichever hosts ran its attempts."""
+    budget = h.config.limits.max_message_bytes // 4
+    live = h.sched.tasks.get(req.id)
+
+    def job(s: Any) -> tuple[TaskView | None, tuple[list[Any], int]]:
+        v = s.get(req.id)
+        return v, (s.transcript(req.id, req.after, budget) if v is not None or live else ([], req.after))
+
+    def make(answer: tuple[TaskView | None, tuple[list[Any], int]]) -> ctl.Reply:
+        v, (lines, nxt) = answer
+        state = live.state.value if live else (v.state if v else None)
+        if state is None:
+            return ctl.Error(kind="not_found", message=f"no task with id {req.id!r}")
+        return ctl.Transcript(id=req.id, lines=lines, first=req.after, next=max(nxt, req.after), state=state,
+                              final=TaskState(state).final)
+
+    _read(h, envelope, job, make)
     return None
 
 
@@ -505,5 +566,9 @@ def _pct(values: deque[float], q: float) -> float | None:
 
 HANDLERS: dict[type, Any] = {
     ctl.Submit: submit, ctl.Get: get, ctl.List: list_, ctl.Wait: wait, ctl.Hosts: hosts, ctl.Batch: batch,
+    ctl.Retry: retry, ctl.Logs: logs,
+    # no task of a fleet has a worktree (refused at submit): say why rather than "not found"
+    ctl.Diff: lambda h, envelope, req: ctl.Error(kind="bad_request",
+                                                 message=f"diff: worktree {ONE_HOST_ONLY.format(what='git worktree')}"),
 }
 

@@ -9,11 +9,12 @@ saved; the store has it for good. Imports the core only.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from supervisord.core.task import Task
 from supervisord.core.workflow import Workflow
-from supervisord.hub.waiters import Waiters
+from supervisord.hub.waiters import Waiter, Waiters
 
 
 @dataclass(slots=True)
@@ -27,3 +28,7 @@ class FlowBook:
     waiters: Waiters = field(default_factory=Waiters)
     #: steps whose span is open, by workflow id
     open_steps: dict[str, set[str]] = field(default_factory=dict)
+    #: in a fleet (set by `hub/fleetflows.py`): cancel a step's task that may run on any host,
+    #: and answer a `FlowWait` from the shared journal
+    cancel_remote: Callable[[str], None] | None = None
+    answer_remote: Callable[[Waiter], None] | None = None

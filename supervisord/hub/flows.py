@@ -79,8 +79,33 @@ class _Batch:
 # ---- control verbs -----------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A checked workflow, fed `Begin`, not yet accepted by the store."""
+
+    wf: Workflow
+    batch: _Batch
+    before: dict[str, str]
+    parent_span: str | None
+    start_ns: int
+
+
 def run(h: Hub, envelope: Envelope, req: ctl.FlowRun) -> ctl.Reply | None:
     """Check a workflow file and accept it atomically (record and first tasks, durable)."""
+    ready = prepare(h, req)
+    if isinstance(ready, ctl.Error):
+        return ready
+    try:
+        h.store.accept_workflow(ready.wf, ready.batch.tasks)
+    except StoreError as e:
+        return refused(h, ready, str(e))
+    accepted(h, ready)
+    h.after_commit.append((envelope, ctl.FlowAccepted(id=ready.wf.id, trace_id=ready.wf.trace_id or "")))
+    return None
+
+
+def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
+    """Check the file again, make the record and feed it `Begin` (its first tasks decided)."""
     if not h.life.accepting:
         return ctl.Error(kind="shutting_down", message="the daemon is shutting down and takes no new workflows")
     try:
@@ -92,25 +117,32 @@ def run(h: Hub, envelope: Envelope, req: ctl.FlowRun) -> ctl.Reply | None:
     start_ns = h.clock.wall_ns()
     parent = traceids.parse_traceparent(req.traceparent)
     trace_id = parent.trace_id if parent else h.ids.trace_id(start_ns)
-    wf = workflow.new_workflow(h.ids.workflow_id(start_ns), spec, dict(req.inputs), h.clock.wall(), trace_id)
+    # a fleet's hosts make ids without talking: UUIDv7s there
+    wf_id = h.ids.uuid7(start_ns) if h.fleet is not None else h.ids.workflow_id(start_ns)
+    wf = workflow.new_workflow(wf_id, spec, dict(req.inputs), h.clock.wall(), trace_id)
     before, batch = _states(wf), _Batch()
     _feed(h, wf, [Begin()], batch)
-    try:
-        h.store.accept_workflow(wf, batch.tasks)
-    except StoreError as e:
-        for task in batch.tasks:
-            h.sched.forget(task)
-        log("workflow_refused", logging.ERROR, workflow=wf.id, tasks=len(batch.tasks), error=str(e))
-        return ctl.Error(kind="journal", message=f"nothing was accepted: {e}")
+    return Prepared(wf, batch, before, parent.span_id if parent else None, start_ns)
+
+
+def refused(h: Hub, ready: Prepared, error: str) -> ctl.Error:
+    for task in ready.batch.tasks:
+        h.sched.forget(task)
+    log("workflow_refused", logging.ERROR, workflow=ready.wf.id, tasks=len(ready.batch.tasks), error=error)
+    return ctl.Error(kind="journal", message=f"nothing was accepted: {error}")
+
+
+def accepted(h: Hub, ready: Prepared) -> None:
+    """The store has the record and its first tasks: the workflow is live here."""
+    wf, spec = ready.wf, ready.wf.spec
     h.flows.live[wf.id] = wf
-    log("workflow_accepted", workflow=wf.id, name=spec.name, steps=len(spec.steps), tasks=len(batch.tasks),
-        trace=trace_id)
+    log("workflow_accepted", workflow=wf.id, name=spec.name, steps=len(spec.steps), tasks=len(ready.batch.tasks),
+        trace=wf.trace_id)
     h.spokes.tracer.flow_span_started(
-        f"supd.workflow {spec.name}", trace_id, traceids.flow_span_id(wf.id), parent.span_id if parent else None,
-        start_ns, {"supd.workflow.id": wf.id, "supd.workflow.name": spec.name, "supd.workflow.steps": len(spec.steps)})
-    _after(h, wf, batch, before)
-    h.after_commit.append((envelope, ctl.FlowAccepted(id=wf.id, trace_id=trace_id)))
-    return None
+        f"supd.workflow {spec.name}", wf.trace_id or "", traceids.flow_span_id(wf.id), ready.parent_span,
+        ready.start_ns,
+        {"supd.workflow.id": wf.id, "supd.workflow.name": spec.name, "supd.workflow.steps": len(spec.steps)})
+    _after(h, wf, ready.batch, ready.before)
 
 
 def status_(h: Hub, envelope: Envelope, req: ctl.FlowStatus) -> ctl.Reply:
@@ -183,6 +215,9 @@ def summary(wf: Workflow) -> dict[str, object]:
 
 def answer(h: Hub, waiter: Waiter) -> None:
     """Answer a `FlowWait` (after the commit that saved the final records)."""
+    if h.flows.answer_remote is not None:  # a fleet reads the records from the shared journal
+        h.flows.answer_remote(waiter)
+        return
     done = [view(wf) for wid in waiter.ids if wid not in waiter.pending and (wf := find(h, wid))]
     h.after_commit.append((waiter.envelope, ctl.Flows(flows=done, pending=sorted(waiter.pending))))
 
@@ -256,11 +291,13 @@ def _start(h: Hub, wf: Workflow, d: StartTask, batch: _Batch, known: dict[str, T
         return [TaskFinished(job=d.job, state=TaskState.FAILED,
                              error=TaskError(kind=TEMPLATE, message=f"the filled task is refused: {problem}"))]
     spec = d.spec
-    task = Task(id=h.ids.task_id(h.clock.wall_ns()), spec=spec, submitted_at=h.clock.wall(),
+    now_ns = h.clock.wall_ns()
+    task = Task(id=h.ids.uuid7(now_ns) if h.fleet is not None else h.ids.task_id(now_ns), spec=spec, submitted_at=h.clock.wall(),
                 retries=spec.retries if spec.retries is not None else h.config.tasks.retries,
                 trace_id=wf.trace_id, parent_span_id=traceids.flow_span_id(wf.id, d.step),
                 workflow=wf.id, step=d.job)
-    h.sched.add(task, h.clock.now())
+    if h.fleet is None:  # a fleet's step runs on whichever host claims it from the journal
+        h.sched.add(task, h.clock.now())
     batch.tasks.append(task)
     if d.role is not Role.UNDO:  # an undo runs after its step's span ended: its attempts go under that id
         batch.steps.add(d.step)
@@ -270,6 +307,10 @@ def _start(h: Hub, wf: Workflow, d: StartTask, batch: _Batch, known: dict[str, T
 def _cancel(h: Hub, wf: Workflow, d: CancelTask, batch: _Batch, known: dict[str, Task] | None) -> list[Event]:
     """Cancel a job's task through the task core; its end comes back through `turn`."""
     task = h.sched.tasks.get(d.task_id) if d.task_id else None
+    if task is None and d.task_id and h.flows.cancel_remote is not None and not any(
+            t.id == d.task_id for t in batch.tasks):
+        h.flows.cancel_remote(d.task_id)  # a fleet: it runs, or waits, anywhere; its end comes back as any end
+        return []
     if task is None:
         if known is None:
             known = h.store.workflow_tasks(wf.id)
@@ -350,28 +391,35 @@ def recover(h: Hub) -> None:
     store has is never run again; a task that ended while no daemon listened is fed now."""
     found = h.store.unfinished_workflows()
     for wf in found:
-        h.flows.live[wf.id] = wf
-        known = {job: h.sched.tasks.get(t.id, t) for job, t in h.store.workflow_tasks(wf.id).items()}
-        events: list[Event] = []
-        for job in wf.jobs.values():
-            if job.state is not JobState.RUNNING or job.task_id is None:
-                continue
-            task = known.get(job.key)
-            if task is None:
-                events.append(TaskFinished(job=job.key, state=TaskState.FAILED, error=TaskError(
-                    kind="worker_lost", message=f"task {job.task_id} is not in the journal")))
-            elif task.state.final:
-                events.append(finished_event(task))
-        _reopen_spans(h, wf)
-        before = _states(wf)
-        batch = _Batch()
-        _feed(h, wf, events, batch, decisions=workflow.resume(wf), known=known)
-        h.store.save_workflow(wf, batch.tasks)
-        log("workflow_recovered", workflow=wf.id, state=wf.state.value, jobs=len(wf.jobs), new_tasks=len(batch.tasks),
-            fed=len(events), trace=wf.trace_id)
-        _after(h, wf, batch, before)
+        resume(h, wf, h.store.workflow_tasks(wf.id))
     if found:
         log("workflows_recovered", workflows=len(found))
+
+
+def resume(h: Hub, wf: Workflow, tasks_by_job: dict[str, Task]) -> None:
+    """Carry on with one unfinished workflow whose tasks (by job) the store has: a job with a
+    task is never submitted again (its end, if it ended, is fed; one still running is
+    adopted and its end comes later); only missing jobs are submitted."""
+    h.flows.live[wf.id] = wf
+    known = {job: h.sched.tasks.get(t.id, t) for job, t in tasks_by_job.items()}
+    events: list[Event] = []
+    for job in wf.jobs.values():
+        if job.state is not JobState.RUNNING or job.task_id is None:
+            continue
+        task = known.get(job.key)
+        if task is None:
+            events.append(TaskFinished(job=job.key, state=TaskState.FAILED, error=TaskError(
+                kind="worker_lost", message=f"task {job.task_id} is not in the journal")))
+        elif task.state.final:
+            events.append(finished_event(task))
+    _reopen_spans(h, wf)
+    before = _states(wf)
+    batch = _Batch()
+    _feed(h, wf, events, batch, decisions=workflow.resume(wf), known=known)
+    h.store.save_workflow(wf, batch.tasks)
+    log("workflow_recovered", workflow=wf.id, state=wf.state.value, jobs=len(wf.jobs), new_tasks=len(batch.tasks),
+        fed=len(events), trace=wf.trace_id)
+    _after(h, wf, batch, before)
 
 
 def _reopen_spans(h: Hub, wf: Workflow) -> None:

@@ -8,10 +8,13 @@ event. A thread also keeps the blocking parts of libpq (connect, a cut TCP conne
 only `tcp_user_timeout` ends) away from the loop by construction.
 
 - `Journal` (this module) owns the thread, the `PgStore` on it, and a second thread that
-  `LISTEN`s (`supd_submit`, `supd_finished`, `supd_cancel`). Jobs run in order (FIFO), so
-  the hub's group commit, claims and reads happen in the order it asked for them.
+  `LISTEN`s (`supd_submit`, `supd_finished`, `supd_cancel`, `supd_gate`, `supd_flow_finished`,
+  `supd_flow_cancel`). Jobs run in order (FIFO), so the hub's group commit, claims and reads
+  happen in the order it asked for them.
 - Periodic duties on the thread: renew this host's leases (`LeasesRenewed`), beat in the
-  `hosts` table, rescue expired leases of any host, refresh the fleet's totals.
+  `hosts` table, rescue expired leases of any host, renew this host's workflow engines'
+  leases and take over workflows whose engine's lease ended (`FlowLeases`), refresh the
+  fleet's totals.
 - A lost connection is `JournalChanged(problem)`; the thread reconnects with exponential
   backoff (capped) and says `JournalChanged(None)` when it is back. Noted writes are kept
   by the `PgStore` across the outage and committed after it.
@@ -39,6 +42,7 @@ from supervisord.core import lease
 from supervisord.core.task import Task
 from supervisord.events import (
     FleetNews,
+    FlowLeases,
     JournalAnswered,
     JournalChanged,
     JournalNotified,
@@ -46,6 +50,7 @@ from supervisord.events import (
     WritesFenced,
 )
 from supervisord.logs import log
+from supervisord.store import pgflows
 from supervisord.store.base import StoreError
 from supervisord.store.postgres import PgStore, connect
 
@@ -58,8 +63,9 @@ RESCUE_BATCH = 200
 
 Post = Callable[[object], None]
 #: what a fleet says of the verbs it does not carry yet
-AGENTS_NOT_YET = "retry and --resume are not yet supported on a fleet (PostgreSQL) journal: use a single-host supd"
-NOT_YET = "workflows are not yet supported on a fleet (PostgreSQL) journal: run them on a single-host supd"
+#: what a fleet says of agent work it cannot do: a session and a worktree live on one host's disk
+ONE_HOST_ONLY = ("is not supported on a fleet (PostgreSQL) journal: the {what} is on the disk of one host, and a fleet"
+                 " cannot pin a task to a host yet; run such tasks on a single-host supd")
 
 
 class Journal:
@@ -88,6 +94,7 @@ class Journal:
         """Connect, migrate and check the schema now (at start: a bad URL, a refused password
         or a newer schema stops supd with one line, `StoreError`)."""
         self.store = PgStore(self.url, host=self.host)
+        self.store.lease_s = self.lease_s
         self.problem = None
 
     def start(self, post: Post) -> None:
@@ -159,6 +166,10 @@ class Journal:
                 store.record(arg)
             case "cancel":
                 store.request_cancel(arg)
+            case "flow":
+                store.save_noted(*arg)
+            case "output":
+                store.append_output(*arg)
             case "release":
                 store.release_key(*arg)
             case "commit":
@@ -196,6 +207,10 @@ class Journal:
         self.post(LeasesRenewed(now, held))
         store.heartbeat(self.host, self.pid, self.started_at, self.children, self.running, self.phase)
         store.rescue(RESCUE_BATCH)
+        flows_held, flows_lost = store.renew_workflows(self.host, self.lease_s)
+        taken = store.take_workflows(self.host, self.lease_s)
+        if flows_held or flows_lost or taken:
+            self.post(FlowLeases(flows_held, taken, flows_lost))
         store.stop_spent()  # retries written back by any host into a batch that has spent its cap
         if store.pending:
             self._commit(store)
@@ -269,7 +284,8 @@ class Journal:
                 continue
             backoff = BACKOFF_S[0]
             try:
-                for channel in ("supd_submit", "supd_finished", "supd_cancel", "supd_gate"):
+                for channel in ("supd_submit", "supd_finished", "supd_cancel", "supd_gate", "supd_flow_finished",
+                                "supd_flow_cancel"):
                     db.execute(f"LISTEN {channel}")
                 self.post(JournalNotified("supd_submit", "listening"))  # claim what came meanwhile
                 while not self._stop.is_set():
@@ -339,7 +355,7 @@ class FleetStore:
     def known(self, ids: Sequence[str]) -> set[str]:
         raise StoreError("in a fleet reads are journal jobs (hub.fleet)")
 
-    # ---- batches are tallied in the database (pgrules); workflows are not yet fleet-wide ----
+    # ---- batches are tallied in the database (pgrules); workflows' reads are journal jobs ----
 
     def record_batch(self, batch: Any) -> None:
         pass  # a fleet's batch is stored with its tasks and tallied by the commit that ends each
@@ -354,10 +370,13 @@ class FleetStore:
         return []
 
     def accept_workflow(self, wf: Any, tasks: Sequence[Task]) -> None:
-        raise StoreError(NOT_YET)
+        raise StoreError("in a fleet a workflow is accepted by the journal thread (hub.fleetflows.run)")
 
     def save_workflow(self, wf: Any, tasks: Sequence[Task] = ()) -> None:
-        raise StoreError(NOT_YET)
+        """The record as it is now (encoded here: the hub goes on changing it) and its new
+        tasks, for the next group commit (fenced on this host's epoch of the workflow)."""
+        self._noted += 1
+        self.journal.note("flow", (pgflows.note(wf), [copy.copy(t) for t in tasks]))
 
     def workflow(self, wf_id: str) -> None:
         return None
@@ -371,19 +390,21 @@ class FleetStore:
     def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
         return {}
 
-    # ---- agent work: not yet fleet-wide (no transcripts kept; retry and --resume refused) ----
+    # ---- agent work: transcripts in the journal (read as journal jobs: hub.fleet.logs) ----
 
     def append_output(self, task_id: str, first: int, lines: builtins.list[Line], raw_bytes: int) -> None:
-        pass  # a fleet keeps no transcripts yet
+        """Transcript lines for the next group commit (numbered on from the extent the claim read)."""
+        self._noted += 1
+        self.journal.note("output", (task_id, first, list(lines), raw_bytes))
 
     def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[builtins.list[Line], int]:
-        return [], after
+        raise StoreError("in a fleet reads are journal jobs (hub.fleet.logs)")
 
     def transcript_extent(self, task_id: str) -> tuple[int, int]:
-        return 0, 0
+        return 0, 0  # a first attempt's; a claimed retry's extent comes with its claim (hub.fleet)
 
     def task(self, task_id: str) -> Task | None:
-        raise StoreError(AGENTS_NOT_YET)
+        raise StoreError("in a fleet reads are journal jobs (hub.fleet.retry)")
 
     def worktree_tasks(self) -> dict[str, tuple[str, str]]:
         return {}

@@ -43,13 +43,14 @@ from urllib.parse import urlsplit
 import msgspec
 import psycopg
 
-from proto.task import Outcome, TaskSpec, TaskState, TaskView
+from proto.task import Line, Outcome, TaskSpec, TaskState, TaskView
 from supervisord.core import fate as core
 from supervisord.core import lease
 from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
+from supervisord.core.workflow import Workflow
 from supervisord.logs import log
-from supervisord.store import pgrules
+from supervisord.store import pgflows, pgrules, pgtranscripts
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -109,18 +110,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 1 -> 2: fleet-wide exclusive keys, the rate-limit gate, batches and their tally (pgrules).
     pgrules.MIGRATION,
+    # 2 -> 3: workflows (the record, its engine's host, epoch and lease) and each task's job (pgflows).
+    pgflows.MIGRATION,
+    # 3 -> 4: transcripts, so `supctl logs` works from any host (pgtranscripts).
+    pgtranscripts.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, seq, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, host"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, workflow, step, host"
 )
 _INSERT = (
     "INSERT INTO tasks (id, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, key)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, key, workflow, step)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+#: a noted task whose row does not exist yet (a workflow's task): its first write is an INSERT
+_INSERT_FENCE = -1
 # A cancel request, once journaled, stays (OR). A task that leaves its attempt (queued, final)
 # leaves its lease; a blocked one keeps it (its owner still waits for its tree). `host` stays:
 # the last host that ran it (shown in the task's JSON).
@@ -187,6 +194,15 @@ class PgStore:
         self.done: builtins.list[Batch] = []
         #: the last claim skipped a key another host was claiming for (claim again soon)
         self.claim_contended = False
+        #: the lease a workflow's engine holds on its row (set by the journal from `[journal] lease_s`)
+        self.lease_s = 30.0
+        #: workflow records noted for the next commit; the epoch this host's engine holds on each
+        #: workflow it runs; workflows whose save was refused (taken over) since the last call
+        self._flows: dict[str, pgflows.Noted] = {}
+        self._flow_epochs: dict[str, int] = {}
+        self.flows_lost: builtins.list[str] = []
+        #: transcript chunks for the next commit
+        self._chunks: builtins.list[pgtranscripts.Chunk] = []
         self._closed = False
         self.db = connect(url)
         try:
@@ -239,11 +255,39 @@ class PgStore:
         except psycopg.Error as e:
             raise self._fail("the batch was not stored", e) from None
 
+    def accept_workflow(self, wf: Workflow, tasks: Sequence[Task]) -> None:
+        """A new workflow's record (this host its engine, with a lease) and its first tasks,
+        all or nothing, durable on return."""
+        try:
+            with self.db.transaction(), self.db.cursor() as cur:
+                if tasks:
+                    cur.executemany(_INSERT, [_row(t) for t in tasks])
+                pgflows.insert(cur, wf, self.host, self.lease_s)
+                cur.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
+        except psycopg.errors.UniqueViolation as e:
+            raise self._fail("a workflow or task id is already taken (UNIQUE)", e) from None
+        except psycopg.OperationalError as e:
+            raise StoreError(f"the journal at {self.where} is unreachable ({_first_line(e)}): the workflow was not "
+                             "stored") from None
+        except psycopg.Error as e:
+            raise self._fail("the workflow was not stored", e) from None
+        self._flow_epochs[wf.id] = 1
+
     # ---- the group: noted now, written by `commit` -------------------------------------
+
+    def save_workflow(self, wf: Workflow, tasks: Sequence[Task] = ()) -> None:
+        """Note the record (encoded now) and its new tasks: the next commit writes them, fenced
+        on this host's epoch of the workflow, in the group's transaction."""
+        self.save_noted(pgflows.note(wf), tasks)
+
+    def save_noted(self, noted: pgflows.Noted, tasks: Sequence[Task] = ()) -> None:
+        self._flows[noted.id] = noted
+        for t in tasks:
+            self._pending[t.id] = (t, _INSERT_FENCE)
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._cancels) + len(self._releases)
+        return len(self._pending) + len(self._cancels) + len(self._releases) + len(self._flows) + len(self._chunks)
 
     def release_key(self, task_id: str, epoch: int) -> None:
         """The attempt `epoch` of `task_id` is over and its tree dead: free its key at the next commit."""
@@ -266,8 +310,23 @@ class PgStore:
     def request_cancel(self, task_id: str) -> None:
         self._cancels[task_id] = None
 
+    def append_output(self, task_id: str, first: int, lines: builtins.list[Line], raw_bytes: int) -> None:
+        self._chunks.append((task_id, first, lines, raw_bytes))
+
+    # ---- transcripts (pgtranscripts) -------------------------------------------------------
+
+    def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[builtins.list[Line], int]:
+        return pgtranscripts.read(self.db, task_id, after, budget_bytes, self._chunks)
+
+    def transcript_extent(self, task_id: str) -> tuple[int, int]:
+        return self.transcript_extents([task_id]).get(task_id, (0, 0))
+
+    def transcript_extents(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(lines, raw bytes) so far of those of `ids` that have a transcript."""
+        return pgtranscripts.extents(self.db, ids, self._chunks)
+
     def commit(self) -> list[tuple[str, int]]:
-        if not self._pending and not self._cancels and not self._releases:
+        if not self._pending and not self._cancels and not self._releases and not self._flows and not self._chunks:
             return []
         spent: builtins.list[str] = []
         done: builtins.list[Batch] = []
@@ -279,7 +338,16 @@ class PgStore:
                 # rescued and run again (at least once). Batches and claims stay synchronous:
                 # a lost claim could hand one epoch to two hosts.
                 cur.execute("SET LOCAL synchronous_commit TO OFF")
+                # Workflow records first: a refused one (taken over) inserts none of its new tasks.
+                lost = [wid for wid, noted in self._flows.items()
+                        if (epoch := self._flow_epochs.get(wid)) is None or not pgflows.save(cur, noted, self.host, epoch)]
+                inserted = 0
                 for tid, (task, fence) in self._pending.items():
+                    if fence == _INSERT_FENCE:
+                        if task.workflow not in lost:
+                            cur.execute(_INSERT, _row(task))
+                            inserted += 1
+                        continue
                     cur.execute(_UPDATE, _update_args(task, fence))
                     if cur.rowcount == 0:
                         refused.append((tid, task.epoch))
@@ -290,6 +358,9 @@ class PgStore:
                     cur.execute("UPDATE tasks SET cancel_requested=TRUE WHERE id=%s AND state IN"
                                 " ('queued', 'blocked', 'running')", (tid,))
                 pgrules.release_keys(cur, self._releases)
+                if inserted:
+                    cur.execute("SELECT pg_notify('supd_submit', %s)", (str(inserted),))
+                pgtranscripts.write(cur, self._chunks)
         except psycopg.Error as e:
             self.write_errors += 1
             log("store_commit_failed", logging.ERROR, path=self.where, pending=self.pending,
@@ -298,6 +369,14 @@ class PgStore:
         self._pending.clear()
         self._cancels.clear()
         self._releases.clear()
+        for wid, noted in self._flows.items():
+            if noted.final or wid in lost:
+                self._flow_epochs.pop(wid, None)
+        for wid in lost:
+            log("workflow_fenced", logging.WARNING, workflow=wid, host=self.host)
+        self.flows_lost += lost
+        self._flows.clear()
+        self._chunks.clear()
         self.spent += spent
         self.done += done
         if spent:
@@ -381,17 +460,86 @@ class PgStore:
     def counts(self) -> dict[str, int]:
         return {str(s): int(n) for s, n in self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
 
+    # ---- workflows (pgflows) ---------------------------------------------------------------
+
+    def workflow(self, wf_id: str) -> Workflow | None:
+        held = self._flows.get(wf_id)
+        return pgflows.decode(held.record) if held is not None else pgflows.get(self.db, wf_id)
+
+    def workflows(self, state: str | None, limit: int) -> builtins.list[Workflow]:
+        return pgflows.listed(self.db, state, limit)
+
+    def unfinished_workflows(self) -> builtins.list[Workflow]:
+        return pgflows.unfinished(self.db)
+
+    def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
+        """A workflow's tasks by job key, as the fleet has them (noted states over stored ones)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE workflow=%s", (wf_id,)).fetchall()
+        found = {t.step or "": t for t in map(_task, rows)}
+        for task, _fence in self._pending.values():
+            if task.workflow == wf_id:
+                found[task.step or ""] = task
+        return found
+
+    def task(self, task_id: str) -> Task | None:
+        """One task's whole record (its spec too): pending state if any, else the stored one."""
+        held = self._pending.get(task_id)
+        if held is not None:
+            return held[0]
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=%s", (task_id,)).fetchone()
+        return _task(row) if row else None
+
+    def final_tasks(self, ids: Sequence[str]) -> builtins.list[Task]:
+        """Those of `ids` that are final in the journal, whole (a workflow's engine feeds them)."""
+        if not ids:
+            return []
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ANY(%s) AND state NOT IN"
+                               " ('queued', 'blocked', 'running')", (list(ids),)).fetchall()
+        return [_task(r) for r in rows]
+
+    def renew_workflows(self, host: str, lease_s: float) -> tuple[dict[str, bool], builtins.list[str]]:
+        """Extend the leases of the workflows this host's engine runs: (id -> cancel requested,
+        the ids it ran that another host has taken over since)."""
+        rows = pgflows.renew(self.db, host, lease_s)
+        held = {wid: cancel for wid, (epoch, cancel) in rows.items() if self._flow_epochs.get(wid) == epoch}
+        lost = [wid for wid in self._flow_epochs if wid not in held]
+        for wid in lost:
+            del self._flow_epochs[wid]
+        lost += self.flows_lost
+        self.flows_lost = []
+        return held, lost
+
+    def take_workflows(self, host: str, lease_s: float,
+                       limit: int = 100) -> builtins.list[tuple[Workflow, dict[str, Task], bool]]:
+        """Workflows whose engine's lease ended (or that this host ran in a previous life), now
+        this host's by compare-and-swap: (record, its tasks by job, cancel requested) of each."""
+        out = []
+        for wf, epoch, cancel, owner in pgflows.take(self.db, host, lease_s, list(self._flow_epochs), limit):
+            self._flow_epochs[wf.id] = epoch
+            log("workflow_taken_over", workflow=wf.id, owner=owner, host=host, epoch=epoch, state=wf.state.value)
+            out.append((wf, self.workflow_tasks(wf.id), cancel))
+        return out
+
+    def cancel_workflow(self, wf_id: str) -> Workflow | None:
+        """Flag a workflow for cancelling, wherever its engine runs (None: no such workflow)."""
+        return pgflows.request_cancel(self.db, wf_id)
+
     # ---- housekeeping ---------------------------------------------------------------------
 
     def prune(self, finished_before: float, limit: int = 500) -> int:
         try:
-            cur = self.db.execute(
-                "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < %s AND state NOT IN"
-                " ('queued', 'blocked', 'running') AND NOT (id = ANY(%s)) ORDER BY finished_at LIMIT %s)",
-                (finished_before, list(self._pending), limit))
+            with self.db.transaction(), self.db.cursor() as cur:
+                cur.execute(
+                    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < %s AND state NOT IN"
+                    " ('queued', 'blocked', 'running') AND NOT (id = ANY(%s))" + pgflows.KEEP_FLOW_TASKS +
+                    " ORDER BY finished_at LIMIT %s) RETURNING id", (finished_before, list(self._pending), limit))
+                ids = [str(r[0]) for r in cur.fetchall()]
+                gone = len(ids)
+                pgtranscripts.forget(cur, ids)
+                pgflows.prune(cur, finished_before, list(self._flows), limit)
         except psycopg.Error as e:
             raise self._fail("prune failed", e) from None
-        return int(cur.rowcount)
+        return gone
 
     def check(self) -> str | None:
         if self.db.closed or self.db.broken:
@@ -571,7 +719,7 @@ def _row(t: Task) -> tuple[object, ...]:
         t.id, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
         _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
         t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
-        t.epoch, t.forgiven, t.cancel_requested, t.spec.key,
+        t.epoch, t.forgiven, t.cancel_requested, t.spec.key, t.workflow, t.step,
     )
 
 
@@ -595,13 +743,14 @@ def _approx_bytes(t: Task) -> int:
 def _task(r: Sequence[Any]) -> Task:
     (tid, seq, _kind, state, _prio, attempts, retries, spec, outcome, child, trace_id, span_id,
      parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,
-     _host) = r
+     workflow, step, _host) = r
     return Task(
         id=str(tid), spec=_spec_dec.decode(spec), submitted_at=float(submitted_at), seq=int(seq),
         state=TaskState(state), attempts=int(attempts), retries=int(retries), epoch=int(epoch),
         forgiven=int(forgiven), outcome=_outcome_dec.decode(outcome) if outcome else None, child=child,
         trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, tracestate=tracestate,
         started_at=started_at, finished_at=finished_at, cancel_requested=bool(cancel_requested), host=_host,
+        workflow=workflow, step=step,
     )
 
 
