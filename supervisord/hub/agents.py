@@ -155,6 +155,8 @@ def dispatch_extras(h: Hub, task: Task, env: dict[str, str]) -> tuple[cp.Worktre
         what = (spec.prompt or " ".join(spec.argv or [])).strip().splitlines()
         plan = cp.WorktreePlan(repo=spec.repo, path=str(path_of(h, branch)), branch=branch, base=spec.base,
                                keep=h.config.worktrees.keep, message=f"{task.id}: {what[0] if what else ''}"[:500])
+    if task.attempts == 1 and task.id not in h.extents:
+        h.extents[task.id] = (0, 0)  # a first attempt has no transcript yet: no read on the hot path
     _lines, used = _extent(h, task.id)
     room = max(0, h.config.tasks.transcript_cap_bytes - used)
     if h.config.tasks.transcript_cap_bytes:
