@@ -39,6 +39,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,8 @@ from supervisord.store.base import StoreError
 LOCK_TIMEOUT_S = 0.1
 #: the checkpointer copies the WAL into the database once it is this big
 CHECKPOINT_ABOVE_BYTES = 4 << 20
+#: How often, at most, a commit wakes the checkpoint thread to look at the WAL's size.
+CHECKPOINT_LOOK_S = 0.5
 #: a WAL started over is cut back to this size (`journal_size_limit`)
 WAL_KEEP_BYTES = 64 << 20
 #: how many rows one `prune` call deletes at most (~25 ms for rows with 100 KiB results)
@@ -232,6 +235,7 @@ class SqliteStore:
             self.db.close()
             raise
         self._checkpointer = _Checkpointer(self.path)
+        self._next_checkpoint_look = 0.0
         self._checkpointer.start()
 
     def _open(self) -> None:
@@ -447,7 +451,10 @@ class SqliteStore:
         self._insert_seq.clear()
         self._batches.clear()
         self._chunks.clear()
-        self._checkpointer.wake.set()
+        now = time.monotonic()
+        if now >= self._next_checkpoint_look:  # a look at the WAL's size at most so often: waking
+            self._next_checkpoint_look = now + CHECKPOINT_LOOK_S  # the thread per commit costs the loop
+            self._checkpointer.wake.set()
         return refused
 
     def _rollback(self) -> None:
