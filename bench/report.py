@@ -15,9 +15,11 @@ TARGETS = ["speedup", "dispatch", "restart", "idle", "claude_overhead"]
 
 #: What limits a target that is not met (filled from profiling; see BENCHMARKS.md).
 LIMITS: dict[str, str] = {
-    "dispatch": "the 2 cores' CPU: ~1.5 ms per task in all (daemon 0.25, child 0.7 — mostly the kernel's"
-                " spawn work — and the `true` process 0.55), a ~1,330/s ceiling; see below",
-    "restart": "the successor child's CPython start-up and imports (children/__main__.py), not the daemon",
+    "dispatch": "a regression of this revision (0.62x before, in the same conditions): more CPU per task in"
+                " the child (per-attempt cgroup, poller resync) and the daemon (fenced writes, transcript rows);"
+                " see 'what regressed' below",
+    "restart": "the successor child's CPython start-up on this machine today (the previous revision: 134 ms"
+               " on the same day); see 'what regressed' below",
     "idle": "1 s heartbeats both ways (daemon.heartbeat_s) with 8 children; at psutil's 10 ms tick resolution",
     "claude_overhead": "within run-to-run noise (stdev 150-250 ms); see below",
     "speedup": "dispatch round trip per task (see dispatch)",
