@@ -50,7 +50,7 @@ from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
-from supervisord.store import pgflows, pgrules, pgtranscripts
+from supervisord.store import group, pgflows, pgrules, pgtranscripts
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -62,7 +62,7 @@ CONNECT_TIMEOUT_S = 5
 #: a statement the server takes longer than this to run is cancelled (milliseconds)
 STATEMENT_TIMEOUT_MS = 10_000
 
-_UNFINISHED = ("queued", "blocked", "running")
+_UNFINISHED = group.UNFINISHED
 
 #: Step N takes a database from version N to N + 1; each runs in one transaction.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -183,7 +183,7 @@ class PgStore:
         self.where = _redact(url)
         self.host = host
         self.write_errors = 0
-        self._pending: dict[str, tuple[Task, int]] = {}
+        self._pending: group.Pending = {}
         self._cancels: dict[str, None] = {}
         #: attempts this store claimed with `claim_next`: their `claim` is already written
         self._claimed: dict[str, int] = {}
@@ -304,8 +304,7 @@ class PgStore:
         self._note(task, task.epoch)
 
     def _note(self, task: Task, fence: int) -> None:
-        held = self._pending.get(task.id)
-        self._pending[task.id] = (task, fence if held is None else held[1])
+        group.note(self._pending, task, fence)
 
     def request_cancel(self, task_id: str) -> None:
         self._cancels[task_id] = None
@@ -387,16 +386,8 @@ class PgStore:
 
     def unfinished(self) -> list[Task]:
         """Every unfinished task of the fleet (for one host: `unfinished` of SQLite)."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('queued', 'blocked', 'running')"
-                               " ORDER BY seq").fetchall()
-        out = []
-        for r in rows:
-            held = self._pending.get(r[0])
-            if held is None:
-                out.append(_task(r))
-            elif held[0].state.value in _UNFINISHED:
-                out.append(held[0])
-        return out
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('queued', 'blocked', 'running') ORDER BY seq")
+        return group.unfinished(rows.fetchall(), self._pending, _task)
 
     def get(self, task_id: str) -> TaskView | None:
         held = self._pending.get(task_id)

@@ -52,6 +52,7 @@ from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
+from supervisord.store import group
 from supervisord.store.base import StoreError
 
 #: how long a write waits for a lock held by another connection before it fails
@@ -67,7 +68,7 @@ PRUNE_ROWS = 500
 #: what a row costs in a `list` reply beyond its blobs (its other fields, the envelope)
 ROW_OVERHEAD_BYTES = 1024
 
-_UNFINISHED = ("queued", "blocked", "running")
+_UNFINISHED = group.UNFINISHED
 _UNFINISHED_SQL = "('queued', 'blocked', 'running')"
 
 #: Step N takes a database from `user_version` N to N + 1; each runs in one transaction.
@@ -206,7 +207,7 @@ class SqliteStore:
         self.max_bytes = max_bytes
         self.write_errors = 0
         #: noted writes, latest state per id: (the task itself, the epoch its row must have)
-        self._pending: dict[str, tuple[Task, int]] = {}
+        self._pending: group.Pending = {}
         self._cancels: dict[str, None] = {}
         #: noted workflow records (the latest object per id) and the seq of noted new tasks
         self._flows: dict[str, Workflow] = {}
@@ -337,11 +338,7 @@ class SqliteStore:
         self._note(task, task.epoch)
 
     def _note(self, task: Task, fence: int) -> None:
-        held = self._pending.get(task.id)
-        # The group's first write fixes the fence: the row is as it was then. Later writes of
-        # the group (a claim, then the attempt's end) only make the task's latest state the one
-        # written.
-        self._pending[task.id] = (task, fence if held is None else held[1])
+        group.note(self._pending, task, fence)
 
     def request_cancel(self, task_id: str) -> None:
         self._cancels[task_id] = None
@@ -468,14 +465,7 @@ class SqliteStore:
 
     def unfinished(self) -> list[Task]:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE state IN {_UNFINISHED_SQL} ORDER BY seq")
-        tasks = []
-        for r in rows.fetchall():
-            held = self._pending.get(r[0])
-            if held is None:
-                tasks.append(_task(r))
-            elif held[0].state.value in _UNFINISHED:
-                tasks.append(held[0])
-        return tasks
+        return group.unfinished(rows.fetchall(), self._pending, _task)
 
     def get(self, task_id: str) -> TaskView | None:
         held = self._pending.get(task_id)

@@ -1,0 +1,39 @@
+"""The group of writes a backend holds between commits, and how reads see through it.
+
+Both backends (SQLite, PostgreSQL) note each claim and record here and write the group at
+`commit`; until then a read answers from the group first, so clients see the truth.
+Imports the core's records only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from supervisord.core.task import Task
+
+#: The states of a task not yet final, as stored.
+UNFINISHED = ("queued", "blocked", "running")
+
+#: task id -> (its latest state, the epoch the row must still have when the group is written)
+Pending = dict[str, tuple[Task, int]]
+
+
+def note(pending: Pending, task: Task, fence: int) -> None:
+    """The group's first write of a task fixes its fence: the row is as it was then. Later
+    writes of the group (a claim, then the attempt's end) only make the task's latest state
+    the one written."""
+    held = pending.get(task.id)
+    pending[task.id] = (task, fence if held is None else held[1])
+
+
+def unfinished(rows: Iterable[Any], pending: Pending, decode: Callable[[Any], Task]) -> list[Task]:
+    """Stored unfinished rows (id first), each replaced by its pending state, which may be final."""
+    out = []
+    for r in rows:
+        held = pending.get(r[0])
+        if held is None:
+            out.append(decode(r))
+        elif held[0].state.value in UNFINISHED:
+            out.append(held[0])
+    return out
