@@ -166,7 +166,8 @@ def test_a_pinned_task_whose_host_died_stays_queued_saying_so_and_is_cancelled_f
     assert listed[0].pin == "a" and listed[0].waiting.startswith("waiting for host a: pinned to it"), listed
     time.sleep(1.0)
     assert fleet.rows()[tid][:2] == ("queued", 1), "b never ran it"
-    assert b.info(ctl.Status())["fleet"]["pinned_waiting"] == {"a": 1}
+    # the fleet's totals are refreshed every couple of seconds
+    _until("counted in status", lambda: b.info(ctl.Status())["fleet"]["pinned_waiting"] == {"a": 1}, 10)
     shown = b.supctl("list", "--state", "queued")
     assert "queued (waiting for host a)" in shown.stdout, shown.stdout
     out = b.supctl("cancel", tid)
