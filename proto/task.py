@@ -100,11 +100,13 @@ class TaskSpec(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_
     resume: RefId | None = None
     # Filled in by supd at submit (a client may not set them): the session to resume, the
     # worktree's branch when it is not this task's own (a resumed worktree task), the main
-    # checkout's root, and the task this one is a `retry` of.
+    # checkout's root, the task this one is a `retry` of, and, in a fleet, the host that
+    # must run it (its worktree or session is on that host's disk: `supervisord.core.pin`).
     resume_session: NameStr | None = None
     worktree_branch: NameStr | None = None
     repo: PathStr | None = None
     retry_of: RefId | None = None
+    pin: NameStr | None = None
 
 
 class Line(msgspec.Struct, array_like=True, frozen=True):
@@ -263,3 +265,9 @@ class TaskView(msgspec.Struct, kw_only=True):
     key: str | None = None
     #: the batch (its submit) the task came in: the batch id is the trace id
     batch: str | None = None
+    #: in a fleet, the only host that may run it (a worktree or a resumed session is on its
+    #: disk); null when any host may
+    pin: str | None = None
+    #: why a queued task is not started, when it is something other than a free child (its
+    #: pinned host is not live); null otherwise
+    waiting: str | None = None

@@ -100,5 +100,5 @@ def view(t: Task) -> TaskView:
         batch=t.trace_id, host=t.host, structured_output=o.structured_output,
         worktree=o.worktree or (WorktreeInfo(repo=t.spec.repo, branch=t.spec.worktree_branch or f"supd/{t.id}")
                                 if t.spec.worktree and t.spec.repo else None),
-        resumed_from=t.spec.resume, retry_of=t.spec.retry_of, cwd=t.spec.cwd,
+        resumed_from=t.spec.resume, retry_of=t.spec.retry_of, cwd=t.spec.cwd, pin=t.spec.pin,
     )

@@ -164,6 +164,8 @@ def describe(t: TaskView) -> str:
                 f" head={(w.head or '?')[:12]}") if w.head else ""
         lines.append(f"  branch: {w.branch} in {w.repo}{stat}" + (f"  (kept at {w.path})" if w.path else "")
                      + (f"  git: {w.error}" if w.error else ""))
+    if t.pin:
+        lines.append(f"  pin:    host {t.pin}" + (f"  ({t.waiting})" if t.waiting else ""))
     if t.resumed_from or t.retry_of:
         lines.append("  from:   " + (f"resumes {t.resumed_from}" if t.resumed_from else f"retry of {t.retry_of}"))
     if t.structured_output is not None:
@@ -357,7 +359,7 @@ def cmd_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         emit_json({"tasks": reply.tasks})
         return EXIT_OK
-    rows = [[t.id, t.kind, t.state, str(t.attempts), _dur(t.duration_s), f"{t.workflow}:{t.step}" if t.workflow else "-",
+    rows = [[t.id, t.kind, t.state + (f" (waiting for host {t.pin})" if t.waiting else ""), str(t.attempts), _dur(t.duration_s), f"{t.workflow}:{t.step}" if t.workflow else "-",
              _short(t.prompt if t.kind == "claude" else " ".join(t.argv or []), 50)] for t in reply.tasks]
     print(table(rows, ["ID", "KIND", "STATE", "ATT", "DURATION", "FLOW:STEP", "TASK"]))
     return EXIT_OK
@@ -377,6 +379,8 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
         totals = fleet["tasks"]
         print(f"fleet: host {fleet['host']}, {fleet['hosts']} hosts, journal {fleet['journal']}; tasks "
               + ", ".join(f"{totals.get(s, 0)} {s}" for s in ("queued", "running", "succeeded", "failed")))
+        for host, n in sorted((fleet.get("pinned_waiting") or {}).items()):
+            print(f"pinned: {n} queued tasks wait for host {host}, which is not live (only it can run them)")
     gate = data.get("gate") or {}
     if gate.get("state") == "closed":
         print(f"rate-limit gate: closed until {time.strftime('%H:%M:%S', time.localtime(gate['resets_at']))}"

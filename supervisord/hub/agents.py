@@ -24,7 +24,7 @@ seen since start, and `Hub.notes`, the note that heads an attempt's lines). What
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -32,6 +32,7 @@ import msgspec
 from proto import children as cp
 from proto import control as ctl
 from proto.task import TaskSpec, TaskState
+from supervisord.core import pin
 from supervisord.core.task import Task
 from supervisord.hub.state import Hub
 from supervisord.logs import log
@@ -39,7 +40,7 @@ from supervisord.spokes import git
 from supervisord.store.base import StoreError
 
 #: spec fields only supd sets (a client that sends them is refused, naming the field)
-INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of")
+INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of", "pin")
 BRANCH_PREFIX = "supd/"
 
 
@@ -62,18 +63,26 @@ def path_of(h: Hub, branch: str) -> Path:
 # ---- submit --------------------------------------------------------------------------------
 
 
-def prepare(h: Hub, specs: list[TaskSpec]) -> list[TaskSpec] | str:
-    """The specs with what supd fills in, or the first problem (naming the task and field)."""
+def prepare(h: Hub, specs: list[TaskSpec], found: Mapping[str, Task | None] | None = None) -> list[TaskSpec] | str:
+    """The specs with what supd fills in, or the first problem (naming the task and field).
+    `found`: the tasks `--resume` specs name, as the journal has them (a fleet reads them
+    first, off the loop); without it they are looked up here. In a fleet each spec gets its
+    pin (`supervisord.core.pin`)."""
     out = []
     for i, spec in enumerate(specs):
-        got = _prepare_one(h, spec)
+        got = _prepare_one(h, spec, found)
         if isinstance(got, str):
             return got if len(specs) == 1 else f"task {i + 1}: {got}"
         out.append(got)
     return out
 
 
-def _prepare_one(h: Hub, spec: TaskSpec) -> TaskSpec | str:
+def resumed_ids(specs: list[TaskSpec]) -> list[str]:
+    """The tasks these specs resume (a fleet reads them from the journal before `prepare`)."""
+    return [s.resume for s in specs if s.resume is not None]
+
+
+def _prepare_one(h: Hub, spec: TaskSpec, found: Mapping[str, Task | None] | None) -> TaskSpec | str:
     for name in INTERNAL_FIELDS:
         if getattr(spec, name) is not None:
             return f"{name}: set by supd, not by a client"
@@ -84,26 +93,30 @@ def _prepare_one(h: Hub, spec: TaskSpec) -> TaskSpec | str:
             return "json_schema: only for claude tasks"
         if len(msgspec.json.encode(spec.json_schema)) > h.config.limits.max_prompt_bytes:
             return f"json_schema: exceeds limits.max_prompt_bytes={h.config.limits.max_prompt_bytes}"
+    host = h.fleet.host if h.fleet is not None else None
     if spec.resume is not None:
-        return _resumed(h, spec)
+        return _resumed(h, spec, found, host)
     if spec.worktree:
         if not spec.cwd:
             return "worktree: give cwd, a directory inside a git repository"
         root = git.repo_root(spec.cwd)
         if root is None:
             return f"worktree: cwd {spec.cwd} is not inside a git repository"
-        return msgspec.structs.replace(spec, repo=str(root))
+        return msgspec.structs.replace(spec, repo=str(root), pin=pin.at_submit(spec, host))
     return spec
 
 
-def _resumed(h: Hub, spec: TaskSpec) -> TaskSpec | str:
+def _resumed(h: Hub, spec: TaskSpec, found: Mapping[str, Task | None] | None, host: str | None) -> TaskSpec | str:
     assert spec.resume is not None
     if spec.kind != "claude":
         return "resume: only claude tasks have a session to resume"
-    try:
-        old = h.sched.tasks.get(spec.resume) or h.store.task(spec.resume)
-    except StoreError as e:
-        return f"resume: {e}"
+    if found is not None:
+        old = found.get(spec.resume)
+    else:
+        try:
+            old = h.sched.tasks.get(spec.resume) or h.store.task(spec.resume)
+        except StoreError as e:
+            return f"resume: {e}"
     if old is None:
         return f"resume: no task with id {spec.resume!r}"
     if not old.state.final:
@@ -114,7 +127,7 @@ def _resumed(h: Hub, spec: TaskSpec) -> TaskSpec | str:
     return msgspec.structs.replace(
         spec, resume_session=session, cwd=old.spec.cwd, worktree=old.spec.worktree, repo=old.spec.repo,
         worktree_branch=branch_of(old.id, old.spec) if old.spec.worktree else None,
-        base=None)
+        base=None, pin=pin.at_submit(spec, host, old))
 
 
 def retry_spec(h: Hub, task_id: str) -> TaskSpec | ctl.Error:
@@ -219,11 +232,20 @@ def diff(h: Hub, envelope: tuple[bytes, ...], req: ctl.Diff) -> ctl.Reply | None
         task = h.sched.tasks.get(req.id) or h.store.task(req.id)
     except StoreError as e:
         return ctl.Error(kind="journal", message=str(e))
+    return diff_of(h, envelope, req, task)
+
+
+def diff_of(h: Hub, envelope: tuple[bytes, ...], req: ctl.Diff, task: Task | None) -> ctl.Reply | None:
+    """`diff` of `task` as the store has it (a fleet reads it off the loop first). In a
+    fleet only the host the task is pinned to has its worktree: another host says which."""
     if task is None:
         return ctl.Error(kind="not_found", message=f"no task with id {req.id!r}")
     if not task.spec.worktree:
         return ctl.Error(kind="bad_request", message=f"task {task.id} did not run in a worktree "
                                                      "(submit it with --worktree)")
+    where = task.spec.pin or task.host
+    if h.fleet is not None and where is not None and (other := pin.elsewhere(task.id, where, h.fleet.host, "worktree")):
+        return ctl.Error(kind="other_host", message=f"diff: {other}")
     branch = branch_of(task.id, task.spec)
     if not task.state.final:
         return ctl.Error(kind="not_final", message=f"task {task.id} is {task.state.value}: its branch {branch} "

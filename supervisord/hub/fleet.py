@@ -18,6 +18,9 @@ runs. What changes from one host:
   journal jobs answered when the thread is done (`JournalAnswered`); `supd_finished`
   wakes waiters of tasks that finished on another host; `supd_cancel` and the renewal's
   cancel flags reach the owning host.
+- Pins (`supervisord.core.pin`): a `--worktree` task is pinned to the host that accepted
+  it, a `--resume` one to the host that ran the task it resumes; only that host claims it
+  (the store's claim filter), and `diff` is answered by it (another host names it).
 
 A fate is still the core's: this module only decides *where* a task is (here, or in the
 shared queue) and carries out what `supervisord.core.lease` says about leases.
@@ -42,7 +45,7 @@ from supervisord.hub import agents, batches, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
-from supervisord.store.journal import ONE_HOST_ONLY, Journal
+from supervisord.store.journal import Journal
 
 Envelope = tuple[bytes, ...]
 
@@ -302,16 +305,28 @@ def _unreachable(h: Hub) -> ctl.Error | None:
 
 
 def submit(h: Hub, envelope: Envelope, req: ctl.Submit) -> ctl.Reply | None:
-    """Accept tasks as one batch into the shared journal, durably, before the reply."""
+    """Accept tasks as one batch into the shared journal, durably, before the reply. A
+    `--worktree` task is pinned to this host, a `--resume` one to the host that ran the task
+    it resumes (read from the journal first): see `supervisord.core.pin`."""
     if problem := validate.batch_problem(req.tasks, h.config.limits):
         return ctl.Error(kind="bad_request", message=problem)
-    for i, spec in enumerate(req.tasks):
-        what = "resume" if spec.resume is not None else "worktree" if spec.worktree else None
-        if what is not None:
-            where = "session" if what == "resume" else "git worktree"
-            message = f"{what}: {ONE_HOST_ONLY.format(what=where)}"
-            return ctl.Error(kind="bad_request", message=message if len(req.tasks) == 1 else f"task {i + 1}: {message}")
-    specs = agents.prepare(h, req.tasks)
+    resumed = agents.resumed_ids(req.tasks)
+    if not resumed:
+        return _prepared(h, envelope, req, {})
+
+    def found(olds: dict[str, Task | None] | None, error: str | None) -> None:
+        reply = (ctl.Error(kind="journal", message=f"nothing was accepted: {error}") if error or olds is None
+                 else _prepared(h, envelope, req, olds))
+        if reply is not None:
+            h.spokes.control.reply(envelope, reply)
+
+    h.store.commit()  # this host's latest records first (a task that just ended here)
+    _journal(h).ask(lambda s: {tid: s.task(tid) for tid in resumed}, found)
+    return None
+
+
+def _prepared(h: Hub, envelope: Envelope, req: ctl.Submit, olds: dict[str, Task | None]) -> ctl.Reply | None:
+    specs = agents.prepare(h, req.tasks, olds)
     if isinstance(specs, str):
         return ctl.Error(kind="bad_request", message=specs)
     return _accept(h, envelope, specs, req.traceparent, req.tracestate, req.label, req.max_cost_usd)
@@ -554,7 +569,24 @@ def status(h: Hub) -> dict[str, object]:
         "tasks": totals.get("tasks", {}), "hosts": totals.get("hosts", 0),
         "claims": len(f.claim_ms), "claim_ms_p50": _pct(f.claim_ms, 50), "claim_ms_p99": _pct(f.claim_ms, 99),
         "keys": totals.get("keys", {}),
+        # queued tasks pinned to a host that is not live, by host (they wait for it)
+        "pinned_waiting": totals.get("pinned_waiting", {}),
     }
+
+
+def diff(h: Hub, envelope: Envelope, req: ctl.Diff) -> ctl.Reply | None:
+    """A worktree task's diff: answered by the host it is pinned to (its repository and
+    branch are on that host's disk); another host names that host."""
+    def found(task: Task | None, error: str | None) -> None:
+        reply = ctl.Error(kind="journal", message=error) if error else agents.diff_of(h, envelope, req, task)
+        if reply is not None:
+            h.spokes.control.reply(envelope, reply)
+
+    if (live := h.sched.tasks.get(req.id)) is not None:
+        return agents.diff_of(h, envelope, req, live)
+    h.store.commit()
+    _journal(h).ask(lambda s: s.task(req.id), found)
+    return None
 
 
 def _pct(values: deque[float], q: float) -> float | None:
@@ -567,8 +599,5 @@ def _pct(values: deque[float], q: float) -> float | None:
 HANDLERS: dict[type, Any] = {
     ctl.Submit: submit, ctl.Get: get, ctl.List: list_, ctl.Wait: wait, ctl.Hosts: hosts, ctl.Batch: batch,
     ctl.Retry: retry, ctl.Logs: logs,
-    # no task of a fleet has a worktree (refused at submit): say why rather than "not found"
-    ctl.Diff: lambda h, envelope, req: ctl.Error(kind="bad_request",
-                                                 message=f"diff: worktree {ONE_HOST_ONLY.format(what='git worktree')}"),
+    ctl.Diff: lambda h, envelope, req: diff(h, envelope, req),
 }
-

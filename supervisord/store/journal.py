@@ -62,10 +62,6 @@ TOTALS_EVERY_S = 2.0
 RESCUE_BATCH = 200
 
 Post = Callable[[object], None]
-#: what a fleet says of the verbs it does not carry yet
-#: what a fleet says of agent work it cannot do: a session and a worktree live on one host's disk
-ONE_HOST_ONLY = ("is not supported on a fleet (PostgreSQL) journal: the {what} is on the disk of one host, and a fleet"
-                 " cannot pin a task to a host yet; run such tasks on a single-host supd")
 
 
 class Journal:

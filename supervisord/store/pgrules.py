@@ -74,10 +74,12 @@ MIGRATION = (
 BATCH_COLUMNS = ("id, size, submitted_at, label, max_cost_usd, succeeded, failed, cancelled, cost_usd, input_tokens,"
                  " output_tokens, first_started_at, last_finished_at, budget_spent, done_at")
 
-# Claude tasks wait while the gate is closed or their batch has spent its cap.
+# Claude tasks wait while the gate is closed or their batch has spent its cap; a task pinned
+# to another host waits for that host.
 _CANDIDATES = (
     "SELECT t.id, t.key FROM tasks t WHERE t.state='queued' AND t.kind = ANY(%(kinds)s) AND t.run_after <= now()"
     " AND NOT (t.id = ANY(%(seen)s)) AND (t.key IS NULL OR NOT (t.key = ANY(%(full)s)))"
+    " AND (t.pin IS NULL OR t.pin = %(host)s)"  # a pinned task only for its host (pgpins)
     " AND (t.kind <> 'claude' OR (NOT EXISTS (SELECT 1 FROM gate WHERE until > now())"
     "  AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = t.trace_id AND b.budget_spent)))"
     " ORDER BY t.priority DESC, t.seq LIMIT %(n)s FOR UPDATE OF t SKIP LOCKED"
@@ -97,7 +99,7 @@ def claim(db: psycopg.Connection[Any], n: int, kinds: Sequence[str], host: str, 
         for _ in range(CLAIM_ROUNDS):
             asked = n - len(admitted)
             rows = db.execute(_CANDIDATES, {"kinds": list(kinds), "seen": seen, "full": sorted(full),
-                                            "n": asked}).fetchall()
+                                            "n": asked, "host": host}).fetchall()
             seen += [str(r[0]) for r in rows]
             over = False
             for tid, key in rows:

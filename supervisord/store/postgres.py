@@ -25,6 +25,8 @@ And the fleet's own verbs (`Fleet` below), each one short transaction:
   once the retry budget is spent), written as a compare-and-swap on the epoch of the row
   locked by `FOR UPDATE SKIP LOCKED`: a rescue never overwrites a finished task.
 - `heartbeat`, `hosts`, `fleet_counts`, `cancel` (of a task not running here).
+- Pins (`pgpins`): a pinned task is claimed only by its host, and keeps its pin through
+  rescues; a queued one whose host is not live says so in its view (`waiting`).
 
 The class is synchronous (psycopg 3): in the daemon it runs only on the journal thread
 (`supervisord.spokes.journal`), never on the event loop. Imports the stdlib, psycopg,
@@ -50,7 +52,7 @@ from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
-from supervisord.store import group, pgflows, pgrules, pgtranscripts
+from supervisord.store import group, pgflows, pgpins, pgrules, pgtranscripts
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -114,6 +116,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     pgflows.MIGRATION,
     # 3 -> 4: transcripts, so `supctl logs` works from any host (pgtranscripts).
     pgtranscripts.MIGRATION,
+    # 4 -> 5: a task's host pin, which the claim filters on (pgpins).
+    pgpins.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -123,8 +127,8 @@ _COLUMNS = (
 )
 _INSERT = (
     "INSERT INTO tasks (id, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, key, workflow, step)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, key, workflow, step, pin)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 #: a noted task whose row does not exist yet (a workflow's task): its first write is an INSERT
 _INSERT_FENCE = -1
@@ -394,7 +398,10 @@ class PgStore:
         if held is not None:
             return view(held[0])
         row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=%s", (task_id,)).fetchone()
-        return _view(row) if row else None
+        found = _view(row) if row else None
+        if found is not None:
+            pgpins.annotate(self.db, [found], self.lease_s)
+        return found
 
     def views(self, ids: Sequence[str]) -> dict[str, TaskView]:
         """The stored tasks of `ids` that exist, by id (one query)."""
@@ -403,6 +410,7 @@ class PgStore:
         if rest:
             for row in self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ANY(%s)", (rest,)):
                 found[str(row[0])] = _view(row)
+        pgpins.annotate(self.db, found.values(), self.lease_s)
         return found
 
     def list(self, state: str | None, limit: int, budget_bytes: int,
@@ -699,7 +707,8 @@ class PgStore:
         states = self.counts()
         live = self.db.execute("SELECT COUNT(*) FROM hosts WHERE heartbeat_at > now() - interval '60 seconds'"
                                ).fetchone()
-        return {"tasks": states, "hosts": int(live[0]) if live else 0}
+        return {"tasks": states, "hosts": int(live[0]) if live else 0,
+                "pinned_waiting": pgpins.waiting_counts(self.db, self.lease_s)}
 
 
 _T_COLUMNS = ", ".join("t." + c.strip() for c in _COLUMNS.split(","))
@@ -710,7 +719,7 @@ def _row(t: Task) -> tuple[object, ...]:
         t.id, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
         _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
         t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
-        t.epoch, t.forgiven, t.cancel_requested, t.spec.key, t.workflow, t.step,
+        t.epoch, t.forgiven, t.cancel_requested, t.spec.key, t.workflow, t.step, t.spec.pin,
     )
 
 
