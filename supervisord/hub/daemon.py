@@ -52,6 +52,7 @@ from supervisord.hub import (
     commands,
     fleet,
     fleetflows,
+    fleetrestart,
     flows,
     lifecycle,
     ratelimit,
@@ -119,6 +120,7 @@ def handle(h: Hub, event: Event) -> None:
                 fleetflows.on_event(h, event)
             case JournalChanged() | LeasesRenewed() | WritesFenced() | FleetNews():
                 fleet.on_event(h, event)
+                fleetrestart.on_event(h, event)
             case FlowLeases():
                 fleetflows.on_event(h, event)
     except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
@@ -267,7 +269,7 @@ class Daemon:
             fleetflows.install(h)
             j.start(lambda event: loop.call_soon_threadsafe(self.inbox.put_nowait, event))
         if h.fleet is not None:
-            fleet.recover(h)
+            fleetrestart.recover(h)
         else:
             tasks.recover(h)
         flows.recover(h)

@@ -343,7 +343,7 @@ class FleetStore:
         return []  # refusals come back as `WritesFenced`
 
     def unfinished(self) -> list[Task]:
-        return []  # a fleet recovers through `PgStore.rescue(host=…)` (hub.fleet.recover)
+        return []  # a fleet recovers through `PgStore.attempts_of` (hub.fleetrestart)
 
     def get(self, task_id: str) -> TaskView | None:
         raise StoreError("in a fleet reads are journal jobs (hub.fleet)")

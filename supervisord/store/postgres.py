@@ -587,9 +587,10 @@ class PgStore:
         return {str(r[0]): (int(r[1]), bool(r[2])) for r in rows}
 
     def rescue(self, limit: int = 100, *, host: str | None = None) -> builtins.list[Task]:
-        """Attempts whose lease ended (or, with `host`, every attempt of that host: it
-        restarted, so they are dead) get the core's rescue fate, written by compare-and-swap
-        on the epoch. The rescued tasks as written."""
+        """Attempts whose lease ended (or, with `host`, every attempt of that host, whatever
+        its trees: only for tests and tools; a restarting host uses `attempts_of` and waits for
+        its trees) get the core's rescue fate, written by compare-and-swap on the epoch. The
+        rescued tasks as written."""
         cond = "host=%s" if host is not None else "lease_until < now()"
         out: builtins.list[Task] = []
         with self.db.transaction():
@@ -615,6 +616,14 @@ class PgStore:
                     reason=fate.reason, attempts=task.attempts)
                 out.append(task)
         return out
+
+    def attempts_of(self, host: str) -> builtins.list[Task]:
+        """The attempts `host` still owns (running or blocked in the journal), as stored: at a
+        restart, what its previous life left. Nothing changes: they stay `host`'s (their leases
+        renewed, their keys held) until the hub has seen their trees dead (hub.fleetrestart)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE host=%s AND state IN ('running', 'blocked')"
+                               " ORDER BY seq", (host,)).fetchall()
+        return [_task(r) for r in rows]
 
     def cancel(self, task_id: str) -> TaskView | None:
         """Cancel a task this host does not run: a queued or blocked one now (final), a
