@@ -52,6 +52,7 @@ from supervisord.hub import (
     commands,
     fleet,
     fleetflows,
+    fleetprune,
     fleetrestart,
     flows,
     lifecycle,
@@ -72,9 +73,6 @@ from supervisord.store.base import Store
 from supervisord.store.journal import FleetStore
 
 __all__ = ["Daemon", "Paths", "Turn"]
-
-#: How often finished tasks older than `journal.retain_s` are pruned.
-PRUNE_EVERY_S = 3600.0
 
 
 @dataclass(slots=True)
@@ -193,8 +191,10 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
     if n.watchdog_interval_s and now >= t.next_watchdog:
         t.next_watchdog = now + n.watchdog_interval_s
         n.watchdog()
-    if h.config.journal.retain_s and now >= t.next_prune:
-        t.next_prune = now + PRUNE_EVERY_S
+    if h.fleet is not None:
+        fleetprune.tick(h, now)  # once per period for the whole fleet
+    elif h.config.journal.retain_s and now >= t.next_prune:
+        t.next_prune = now + h.config.journal.prune_every_s
         h.prune_before = max(h.prune_before or 0.0, h.clock.wall() - h.config.journal.retain_s)
     # a chunk per turn: a big prune never stalls the loop
     if h.prune_before is not None:

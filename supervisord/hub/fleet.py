@@ -78,6 +78,9 @@ class FleetState:
     gate_shared_until: float = 0.0
     #: the attempts of this host's previous life have been read (hub.fleetrestart)
     recovered: bool = False
+    #: when this host next looks whether the fleet's journal is due a prune; a pass is running (hub.fleetprune)
+    prune_at: float = 0.0
+    pruning: bool = False
 
     def release_key(self, task_id: str) -> None:
         """The attempt's tree is dead: its fleet-wide key is free (fenced on its epoch)."""

@@ -50,7 +50,7 @@ from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
-from supervisord.store import group, pgflows, pgrules, pgtranscripts
+from supervisord.store import group, pgflows, pgprune, pgrules, pgtranscripts
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -114,6 +114,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     pgflows.MIGRATION,
     # 3 -> 4: transcripts, so `supctl logs` works from any host (pgtranscripts).
     pgtranscripts.MIGRATION,
+    # 4 -> 5: the fleet's last pruning pass, so N hosts prune once per period (pgprune).
+    pgprune.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
