@@ -54,6 +54,7 @@ from supervisord.hub import (
     fleetflows,
     fleetprune,
     fleetrestart,
+    fleetwatch,
     flows,
     lifecycle,
     ratelimit,
@@ -116,6 +117,7 @@ def handle(h: Hub, event: Event) -> None:
             case JournalNotified():
                 fleet.on_event(h, event)
                 fleetflows.on_event(h, event)
+                fleetwatch.on_event(h, event)
             case JournalChanged() | LeasesRenewed() | WritesFenced() | FleetNews():
                 fleet.on_event(h, event)
                 fleetrestart.on_event(h, event)
@@ -193,6 +195,7 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
         n.watchdog()
     if h.fleet is not None:
         fleetprune.tick(h, now)  # once per period for the whole fleet
+        fleetwatch.tick(h)
     elif h.config.journal.retain_s and now >= t.next_prune:
         t.next_prune = now + h.config.journal.prune_every_s
         h.prune_before = max(h.prune_before or 0.0, h.clock.wall() - h.config.journal.retain_s)
@@ -266,6 +269,7 @@ class Daemon:
             j = store.journal
             h.fleet = fleet.FleetState(journal=j, host=j.host, lease_s=j.lease_s, renewed_at=clock.now())
             h.answer_from_fleet = fleet.answer
+            bus.host = j.host
             fleetflows.install(h)
             j.start(lambda event: loop.call_soon_threadsafe(self.inbox.put_nowait, event))
         if h.fleet is not None:

@@ -50,7 +50,7 @@ from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
-from supervisord.store import group, pgflows, pgprune, pgrules, pgtranscripts
+from supervisord.store import group, pgevents, pgflows, pgprune, pgrules, pgtranscripts
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -248,6 +248,7 @@ class PgStore:
                     cur.executemany(_INSERT, [_row(t) for t in tasks])
                     if isinstance(batch, Batch):
                         pgrules.accept_batch(cur, batch)
+                    pgevents.send(cur, self.host, self.host, True, [(t.id, "queued", "queued") for t in tasks])
                 self.db.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
         except psycopg.errors.UniqueViolation as e:
             raise self._fail("a task id is already taken (UNIQUE)", e) from None
@@ -343,6 +344,7 @@ class PgStore:
                 lost = [wid for wid, noted in self._flows.items()
                         if (epoch := self._flow_epochs.get(wid)) is None or not pgflows.save(cur, noted, self.host, epoch)]
                 inserted = 0
+                finals: builtins.list[pgevents.Event] = []
                 for tid, (task, fence) in self._pending.items():
                     if fence == _INSERT_FENCE:
                         if task.workflow not in lost:
@@ -355,6 +357,8 @@ class PgStore:
                     elif task.state.final:
                         cur.execute("SELECT pg_notify('supd_finished', %s)", (tid,))
                         pgrules.tally(cur, task, spent, done)
+                        finals.append((tid, "finished", task.state.value))
+                pgevents.send(cur, self.host, self.host, True, finals)
                 for tid in self._cancels:
                     cur.execute("UPDATE tasks SET cancel_requested=TRUE WHERE id=%s AND state IN"
                                 " ('queued', 'blocked', 'running')", (tid,))
@@ -560,7 +564,10 @@ class PgStore:
         self.claim_contended = False
         if n <= 0 or not kinds:
             return []
-        rows, self.claim_contended = pgrules.claim(self.db, n, kinds, host, lease_s, limits or {}, _T_COLUMNS)
+        def started(db: psycopg.Connection[Any], rows: builtins.list[Any]) -> None:
+            pgevents.send(db, host, host, True, [(str(r[0]), "started", "running") for r in rows])
+
+        rows, self.claim_contended = pgrules.claim(self.db, n, kinds, host, lease_s, limits or {}, _T_COLUMNS, started)
         out = []
         for r in rows:
             task = _task(r)
@@ -595,6 +602,7 @@ class PgStore:
         rescued tasks as written."""
         cond = "host=%s" if host is not None else "lease_until < now()"
         out: builtins.list[Task] = []
+        events: dict[str | None, builtins.list[pgevents.Event]] = {}
         with self.db.transaction():
             rows = self.db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('running', 'blocked') AND {cond}"
@@ -616,7 +624,11 @@ class PgStore:
                 self.db.execute("SELECT pg_notify('supd_submit', '1')")
                 log("task_rescued", task=task.id, owner=owner, epoch=task.epoch, state=task.state.value,
                     reason=fate.reason, attempts=task.attempts)
+                events.setdefault(owner, []).append(
+                    (task.id, "finished" if task.state.final else "queued", task.state.value))
                 out.append(task)
+            for owner, evs in events.items():
+                pgevents.send(self.db, self.host, owner, False, evs)
         return out
 
     def attempts_of(self, host: str) -> builtins.list[Task]:
@@ -646,6 +658,7 @@ class PgStore:
             core.decide(task, core.CancelRequested(), core.Context(now=0.0, wall=time.time(), rand=0.0))
             self.db.execute(_UPDATE, _update_args(task, fence))
             self.db.execute("SELECT pg_notify('supd_finished', %s)", (task_id,))
+            pgevents.send(self.db, self.host, row[-1], False, [(task_id, "finished", task.state.value)])
             with self.db.cursor() as tc:
                 pgrules.tally(tc, task, self.spent, self.done)
             return view(task)
@@ -659,6 +672,7 @@ class PgStore:
             if not cur.rowcount:
                 return False
             cur.execute("SELECT pg_notify('supd_finished', %s)", (task.id,))
+            pgevents.send(cur, self.host, task.host, False, [(task.id, "finished", task.state.value)])
             pgrules.tally(cur, task, self.spent, self.done)
             log("task_state", task=task.id, old="queued", new=task.state.value, reason="the batch's budget is spent",
                 error="budget", trace=task.trace_id)

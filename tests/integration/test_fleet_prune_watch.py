@@ -4,6 +4,7 @@ journal and says how many tasks, and `supctl watch` on one host shows the tasks 
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import zmq
 
 from proto import control as ctl
 from proto.task import TaskSpec
+from supervisord.ctl.watch import events_endpoint, format_event
 from tests.integration.test_fleet import Fleet, counting_task, wait_final
 
 pytestmark = pytest.mark.timeout(180)
@@ -66,3 +69,34 @@ def test_supctl_prune_on_any_host_prunes_the_fleet_and_says_how_many(fleet: Flee
     again = a.request(ctl.Prune(older_than_s=0.001))
     assert isinstance(again, ctl.Ok) and again.message.startswith("pruned 0 "), again
     assert isinstance(a.request(ctl.Cancel(id=alive)), ctl.Ok)
+
+
+def test_watch_on_one_host_sees_a_task_run_and_finish_on_another(fleet: Fleet, tmp_path: Path) -> None:
+    a, b = fleet.start("a", children=1), fleet.start("b", children=1)
+    b.request(ctl.Scale(children=0))  # only a runs tasks
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"task/")
+    sub.connect(events_endpoint(f"ipc://{b.state_dir / 'control.sock'}"))
+    try:
+        time.sleep(1.0)  # the subscription reaches b, and b asks its journal to relay the fleet's events
+        runs = tmp_path / "runs"
+        runs.mkdir()
+        (tid,) = a.submit(counting_task(runs, "w", 0.3))
+        seen: dict[str, dict[str, object]] = {}
+        deadline = time.monotonic() + 30
+        while "finished" not in seen:
+            assert time.monotonic() < deadline, seen
+            if sub.poll(200):
+                topic, body = sub.recv_multipart()
+                _, task_id, what = topic.decode().split("/")
+                if task_id == tid:
+                    seen[what] = json.loads(body)
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+    assert list(seen) == ["queued", "started", "finished"], seen
+    assert {e["host"] for e in seen.values()} == {"a"}, "each says the host that accepted or ran it"
+    assert seen["finished"]["state"] == "succeeded"
+    line = format_event(seen["finished"])
+    assert f"task {tid} finished" in line and "host=a" in line and "state=succeeded" in line, line
