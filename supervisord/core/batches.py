@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proto.task import TaskState
+from proto.task import Outcome, TaskState
 from supervisord.core.task import Task
 
 
@@ -45,22 +45,7 @@ class Batch:
     def task_ended(self, task: Task, wall: float) -> tuple[bool, bool]:
         """Tally a task that just became final: (the cost cap was just reached, the batch is
         now done)."""
-        if task.state is TaskState.SUCCEEDED:
-            self.succeeded += 1
-        elif task.state is TaskState.CANCELLED:
-            self.cancelled += 1
-        else:
-            self.failed += 1
-        o = task.outcome
-        if o is not None:
-            self.cost_usd += o.cost_usd or 0.0
-            if o.usage is not None:
-                self.input_tokens += o.usage.input_tokens
-                self.output_tokens += o.usage.output_tokens
-        if task.started_at is not None:
-            self.first_started_at = min(self.first_started_at or task.started_at, task.started_at)
-        end = task.finished_at or wall
-        self.last_finished_at = max(self.last_finished_at or end, end)
+        self.count(task.state, task.outcome, task.started_at, task.finished_at or wall)
         spent = (not self.budget_spent and self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd)
         if spent:
             self.budget_spent = True
@@ -68,6 +53,23 @@ class Batch:
         if done:
             self.done_at = wall
         return spent, done
+
+    def count(self, state: TaskState, o: Outcome | None, started_at: float | None, finished_at: float) -> None:
+        """Add one final task to the tally (also how a store rebuilds it from the tasks' rows)."""
+        if state is TaskState.SUCCEEDED:
+            self.succeeded += 1
+        elif state is TaskState.CANCELLED:
+            self.cancelled += 1
+        else:
+            self.failed += 1
+        if o is not None:
+            self.cost_usd += o.cost_usd or 0.0
+            if o.usage is not None:
+                self.input_tokens += o.usage.input_tokens
+                self.output_tokens += o.usage.output_tokens
+        if started_at is not None:
+            self.first_started_at = min(self.first_started_at or started_at, started_at)
+        self.last_finished_at = max(self.last_finished_at or finished_at, finished_at)
 
     def wall_s(self, wall: float) -> float:
         """From the submit to the last task's end (or to now while it runs)."""

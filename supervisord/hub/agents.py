@@ -1,7 +1,7 @@
 """Agent work in the hub: worktree tasks, resumed sessions, retries and transcripts.
 
 Functions of a `Hub` (their only state is `Hub.extents`, the transcript size of each task
-seen since start). What they own:
+seen since start, and `Hub.notes`, the note that heads an attempt's lines). What they own:
 
 - at submit, `prepare`: a `--worktree` task's `cwd` must be inside a git repository (a few
   `stat` calls, no git); a `--resume` task takes its predecessor's session, directory and
@@ -160,8 +160,12 @@ def dispatch_extras(h: Hub, task: Task, env: dict[str, str]) -> tuple[cp.Worktre
     _lines, used = _extent(h, task.id)
     room = max(0, h.config.tasks.transcript_cap_bytes - used)
     if h.config.tasks.transcript_cap_bytes:
+        if (unsaid := h.notes.pop(task.id, None)) is not None:  # the last attempt printed nothing, then failed
+            _append(h, task.id, [unsaid], 0)
         note = f"attempt {task.attempts} started on child {task.child}" + (f" in {plan.path}" if plan else "")
-        _append(h, task.id, [cp.Line(h.clock.wall(), "supd", task.attempts, note)], 0)
+        # Written with the attempt's first lines (or at its end, if it fails silently): an
+        # attempt that succeeds without a word costs no transcript row on the dispatch path.
+        h.notes[task.id] = cp.Line(h.clock.wall(), "supd", task.attempts, note)
     return plan, room
 
 
@@ -189,7 +193,8 @@ def on_output(h: Hub, msg: cp.Output) -> None:
         log("stale_output", logging.DEBUG, task=msg.task_id, epoch=msg.epoch, lines=len(msg.lines))
         return
     raw = sum(len(line.text.encode()) for line in msg.lines if line.stream != "supd")
-    nxt = _append(h, task.id, msg.lines, raw)
+    note = h.notes.pop(task.id, None)
+    nxt = _append(h, task.id, msg.lines if note is None else [note, *msg.lines], raw)
     h.spokes.events.publish(f"task/{task.id}/output", task=task.id, lines=len(msg.lines), next=nxt)
 
 
@@ -253,6 +258,8 @@ def diff(h: Hub, envelope: tuple[bytes, ...], req: ctl.Diff) -> ctl.Reply | None
 def on_final(h: Hub, task: Task) -> None:
     """A task is final: forget its transcript size; a worktree its child did not finish (the
     child was lost) is committed and removed off the loop."""
+    if (note := h.notes.pop(task.id, None)) is not None and task.state is not TaskState.SUCCEEDED:
+        _append(h, task.id, [note], 0)
     h.extents.pop(task.id, None)
     if not task.spec.worktree or not task.spec.repo or (task.outcome and task.outcome.worktree):
         return

@@ -211,6 +211,8 @@ class Hub:
     store_problem: str | None = None
     #: (transcript lines, raw bytes) of tasks seen since start, by task id (`hub.agents`)
     extents: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: the "attempt N started" line of each running attempt, written with its first output
+    notes: dict[str, cp.Line] = field(default_factory=dict)
     #: set when the journal is a PostgreSQL database shared by a fleet (supervisord.hub.fleet)
     fleet: FleetState | None = None
     #: in a fleet, how a waiter is answered (`fleet.answer`: views read from the shared journal)

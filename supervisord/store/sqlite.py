@@ -214,6 +214,8 @@ class SqliteStore:
         self._insert_seq: dict[str, int] = {}
         #: noted batch tallies, latest per id
         self._batches: dict[str, Batch] = {}
+        #: what the rows of open batches say (size, cap spent, done): a tally that only grew is not rewritten
+        self._batch_marks: dict[str, tuple[int, bool, bool]] = {}
         #: transcript chunks not yet committed: (task_id, first line, lines, raw bytes)
         self._chunks: list[tuple[str, int, list[Line], int]] = []
         #: (task_id, repo, branch, path) of worktree tasks pruned since the last `take_pruned_worktrees`
@@ -320,6 +322,8 @@ class SqliteStore:
             except sqlite3.Error:
                 pass  # the connection is unusable: the next write says why
         self._seq = seq
+        if batch is not None and batch.done_at is None:
+            self._batch_marks[batch.id] = _batch_mark(batch)
         self._checkpointer.wake.set()
 
     # ---- the group: noted now, written by `commit` -------------------------------------
@@ -329,7 +333,12 @@ class SqliteStore:
         return len(self._pending) + len(self._cancels) + len(self._flows) + len(self._batches) + len(self._chunks)
 
     def record_batch(self, batch: Batch) -> None:
-        self._batches[batch.id] = batch
+        """Note the batch if what its row says changed: its size, its cap spent, its end. A
+        tally that only grew is not written per task: `open_batches` counts it again from
+        the tasks' rows, which the same commits write."""
+        mark = _batch_mark(batch)
+        if self._batch_marks.get(batch.id) != mark:
+            self._batches[batch.id] = batch
 
     def claim(self, task: Task) -> None:
         self._note(task, task.epoch - 1)
@@ -446,6 +455,11 @@ class SqliteStore:
         self._cancels.clear()
         self._flows.clear()
         self._insert_seq.clear()
+        for b in self._batches.values():
+            if b.done_at is None:
+                self._batch_marks[b.id] = _batch_mark(b)
+            else:
+                self._batch_marks.pop(b.id, None)
         self._batches.clear()
         self._chunks.clear()
         now = time.monotonic()
@@ -531,8 +545,22 @@ class SqliteStore:
 
     def open_batches(self) -> builtins.list[Batch]:  # (`list` here is the method)
         rows = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE done_at IS NULL").fetchall()
-        found = [self._batches.get(str(r[0])) or _batch(r) for r in rows]
+        found = [self._batches.get(str(r[0])) or self._recount(_batch(r)) for r in rows]
         return [b for b in found if b.done_at is None]
+
+    def _recount(self, b: Batch) -> Batch:
+        """The tally of an open batch, counted from its final tasks' rows (the row's own
+        tally is only written when the batch's size, cap or end changes)."""
+        spent = b.budget_spent
+        fresh = Batch(id=b.id, size=b.size, submitted_at=b.submitted_at, label=b.label, max_cost_usd=b.max_cost_usd,
+                      budget_spent=spent)
+        rows = self.db.execute(f"SELECT state, outcome, started_at, finished_at FROM tasks WHERE trace_id=?"
+                               f" AND state NOT IN {_UNFINISHED_SQL}", (b.id,))
+        for state, outcome, started_at, finished_at in rows:
+            fresh.count(TaskState(state), _outcome_dec.decode(outcome) if outcome else None, started_at,
+                        finished_at if finished_at is not None else b.submitted_at)
+        self._batch_marks[b.id] = _batch_mark(fresh)
+        return fresh
 
     def batch_ids(self, label: str, limit: int = 10_000) -> builtins.list[str]:
         rows = self.db.execute("SELECT id FROM batches WHERE label=? ORDER BY submitted_at DESC LIMIT ?",
@@ -702,6 +730,10 @@ _TALLY = ("succeeded", "failed", "cancelled", "cost_usd", "input_tokens", "outpu
 
 def _tally(b: Batch) -> bytes:
     return _enc.encode({name: getattr(b, name) for name in _TALLY})
+
+
+def _batch_mark(b: Batch) -> tuple[int, bool, bool]:
+    return (b.size, b.budget_spent, b.done_at is not None)
 
 
 def _batch_row(b: Batch) -> tuple[object, ...]:

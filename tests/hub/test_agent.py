@@ -178,3 +178,46 @@ def test_a_429_without_a_reset_time_leaves_the_gate_open(tmp_path: Path) -> None
     rig.result(a, state="failed", outcome=Outcome(exit_code=1, error=TaskError(kind=ErrorKind.RATE_LIMITED,
                                                                                  message="API 429")))
     assert dispatched_ids(rig) == [a, b]
+
+
+# ---- transcripts and tallies on the dispatch path ------------------------------------------------
+
+
+def transcript(rig: Rig, task_id: str) -> list[tuple[str, str]]:
+    rig.store.commit()
+    got = rig.request(ctl.Logs(id=task_id))
+    assert isinstance(got, ctl.Transcript), got
+    return [(line.stream, line.text) for line in got.lines]
+
+
+def test_an_attempts_note_heads_its_lines_and_a_silent_success_writes_no_transcript(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config=CONFIG, children=1).boot()
+    quiet, loud, failing = rig.submit(exec_spec(), exec_spec(), exec_spec())
+    rig.result(quiet)
+    assert transcript(rig, quiet) == []
+    who, d = rig.dispatched(loud)
+    rig.say(who, cp.Output(task_id=loud, attempt=1, epoch=d.epoch, lines=[cp.Line(1.0, "stdout", 1, "hello")]))
+    rig.result(loud)
+    assert transcript(rig, loud) == [("supd", f"attempt 1 started on child {who}"), ("stdout", "hello")]
+    rig.result(failing, state="failed", outcome=Outcome(exit_code=3))
+    assert transcript(rig, failing) == [("supd", f"attempt 1 started on child {who}")]
+
+
+def test_an_open_batchs_counts_after_a_crash_come_from_its_tasks(tmp_path: Path) -> None:
+    config = CONFIG + '[hooks]\non_batch_done = ["/bin/cat"]\n'
+    rig = Rig(tmp_path, config=config, children=1).boot()
+    reply = rig.request(ctl.Submit(tasks=[exec_spec(), exec_spec(), exec_spec()], label="nightly"))
+    assert isinstance(reply, ctl.Accepted)
+    a, b, c = reply.ids
+    rig.result(a, outcome=Outcome(exit_code=0, cost_usd=0.5))
+    rig.result(b, state="failed", outcome=Outcome(exit_code=1, cost_usd=0.25))
+    rig.dispatched(c)
+    rig.store.commit()
+    rig.store.close()  # c was running: the daemon died
+    again = Rig(tmp_path, config=config, children=1).boot()
+    again.hello(next(iter(again.procs.spawned)))
+    again.result(c)
+    ((_name, _argv, data, _timeout),) = again.procs.hooks
+    summary = json.loads(data)
+    assert {k: summary[k] for k in ("label", "tasks", "succeeded", "failed", "cost_usd", "state")} == {
+        "label": "nightly", "tasks": 3, "succeeded": 2, "failed": 1, "cost_usd": 0.75, "state": "done"}

@@ -19,8 +19,7 @@ from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState, Usage
 from supervisord.core import fate
 from supervisord.core.fate import Context
 from supervisord.core.scheduler import Scheduler
-from supervisord.core.task import Task
-from supervisord.core.task import view
+from supervisord.core.task import Task, view
 from supervisord.store.base import StoreError
 from supervisord.store.sqlite import SCHEMA_VERSION, SqliteStore
 
@@ -638,3 +637,52 @@ def test_view_rounds_the_duration() -> None:
     v = view(t)
     assert v.duration_s == pytest.approx(1.234568, abs=1e-6)
     assert (v.exit_code, v.stderr, v.truncated, v.error) == (2, "oops", True, error)
+
+
+# ---- a batch's tally: written when its row changes, counted again from its tasks ---------------
+
+
+def test_an_open_batchs_tally_is_counted_from_its_tasks_after_a_crash(tmp_path: Path) -> None:
+    from supervisord.core.batches import Batch
+
+    s = SqliteStore(tmp_path / "tasks.db")
+    ts = [task(f"t{i}") for i in range(3)]
+    batch = Batch(id="ab" * 16, size=3, submitted_at=WALL, label="nightly", max_cost_usd=5.0)
+    s.accept(ts, batch)
+    costs = {"t0": 0.25, "t1": 1.5}
+    for t in ts[:2]:  # two of three end; the third still runs when the daemon dies
+        fate.start(t, "w00.1", WALL)
+        s.claim(t)
+        fate.decide(t, fate.Ended(t.epoch, S.SUCCEEDED if t.id == "t0" else S.FAILED,
+                                  Outcome(exit_code=0, cost_usd=costs[t.id], usage=Usage(input_tokens=10, output_tokens=7))),
+                    Context(1.0, WALL + 2, 0.0))
+        s.record(t)
+        assert batch.task_ended(t, WALL + 2) == (False, False)
+        s.record_batch(batch)
+        assert s.pending == 1, "the task's row only: a tally that only grew is not a write of its own"
+        assert s.commit() == []
+    fate.start(ts[2], "w00.1", WALL)
+    s.claim(ts[2])
+    assert s.commit() == []
+    s.close()  # no final write of the tally: as after kill -9
+
+    again = SqliteStore(tmp_path / "tasks.db")
+    try:
+        [found] = again.open_batches()
+        assert (found.id, found.size, found.label, found.max_cost_usd) == ("ab" * 16, 3, "nightly", 5.0)
+        assert (found.succeeded, found.failed, found.cancelled) == (1, 1, 0)
+        assert found.cost_usd == 1.75 and (found.input_tokens, found.output_tokens) == (20, 14)
+        assert found.done_at is None and found.budget_spent is False
+        ts[2].state = S.RUNNING
+        fate.decide(ts[2], fate.Ended(ts[2].epoch, S.SUCCEEDED, Outcome(exit_code=0, cost_usd=4.0)),
+                    Context(1.0, WALL + 3, 0.0))
+        again.record(ts[2])
+        assert found.task_ended(ts[2], WALL + 3) == (True, True)  # 5.75 >= 5.0, and the last one
+        again.record_batch(found)
+        assert again.commit() == []
+        stored = again.get_batch(found.id)
+        assert stored is not None and stored.done_at == WALL + 3 and stored.budget_spent
+        assert (stored.succeeded, stored.failed, stored.cost_usd) == (2, 1, 5.75)
+        assert again.open_batches() == []
+    finally:
+        again.close()
