@@ -136,5 +136,6 @@ def test_a_restarted_host_holds_its_old_attempts_keys_until_their_trees_are_dead
     assert done[first].attempts == 2 and done[second].attempts == 1
     lines = (tmp_path / "key.log").read_text().splitlines()
     assert len(lines) == 3 and all(line.endswith("alone") for line in lines), lines  # nothing ran twice at once
-    assert "leftovers=True" in a.log() and "tree_dead" in a.log()
+    if "mode=subreaper" in a.log():  # found by its tag and waited for (a cgroup's may be gone already: cgroup.kill)
+        assert "leftovers=True" in a.log() and "tree_dead" in a.log()
     assert_no_leftovers(tree + children, {first, second})
