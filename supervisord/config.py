@@ -113,6 +113,8 @@ class JournalConfig(_Section, frozen=True):
     max_mb: float = 0.0
     synchronous: str = "normal"
     retain_s: float = 604_800.0
+    #: how often finished tasks older than `retain_s` are pruned (on a fleet: once per period for all hosts)
+    prune_every_s: float = 3600.0
     #: a PostgreSQL database shared by a fleet (or $SUPD_JOURNAL_URL); None: SQLite in the state dir
     url: str | None = None
     #: this daemon's name in the fleet; None: `hostname:state_dir`
@@ -202,6 +204,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "web.port": (0, 65_535),
     "journal.max_mb": (0, 1 << 20),
     "journal.retain_s": (0, 3650 * DAY_S),
+    "journal.prune_every_s": (1, DAY_S),
     "journal.lease_s": (1, 3600),
     "hooks.timeout_s": (0.1, 3600),
     "gate.max_s": (1, DAY_S),

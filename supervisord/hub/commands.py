@@ -40,9 +40,10 @@ MAX_WAIT_S = 60.0
 def handle(h: Hub, envelope: Envelope, request: ctl.Request) -> None:
     handler = _HANDLERS[type(request)]
     if h.fleet is not None:
-        from supervisord.hub import fleet, fleetflows
+        from supervisord.hub import fleet, fleetflows, fleetprune
 
-        handler = fleet.route(h, request) or fleetflows.HANDLERS.get(type(request)) or handler
+        handler = (fleet.route(h, request) or fleetflows.HANDLERS.get(type(request))
+                   or fleetprune.HANDLERS.get(type(request)) or handler)
     try:
         reply = handler(h, envelope, request)
     except Exception as e:  # noqa: BLE001 (a bug must cost one request, never the daemon)

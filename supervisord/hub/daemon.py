@@ -52,6 +52,9 @@ from supervisord.hub import (
     commands,
     fleet,
     fleetflows,
+    fleetprune,
+    fleetrestart,
+    fleetwatch,
     flows,
     lifecycle,
     ratelimit,
@@ -71,9 +74,6 @@ from supervisord.store.base import Store
 from supervisord.store.journal import FleetStore
 
 __all__ = ["Daemon", "Paths", "Turn"]
-
-#: How often finished tasks older than `journal.retain_s` are pruned.
-PRUNE_EVERY_S = 3600.0
 
 
 @dataclass(slots=True)
@@ -117,8 +117,10 @@ def handle(h: Hub, event: Event) -> None:
             case JournalNotified():
                 fleet.on_event(h, event)
                 fleetflows.on_event(h, event)
+                fleetwatch.on_event(h, event)
             case JournalChanged() | LeasesRenewed() | WritesFenced() | FleetNews():
                 fleet.on_event(h, event)
+                fleetrestart.on_event(h, event)
             case FlowLeases():
                 fleetflows.on_event(h, event)
     except Exception as e:  # noqa: BLE001 (a bug in one handler must not end the daemon)
@@ -191,8 +193,11 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
     if n.watchdog_interval_s and now >= t.next_watchdog:
         t.next_watchdog = now + n.watchdog_interval_s
         n.watchdog()
-    if h.config.journal.retain_s and now >= t.next_prune:
-        t.next_prune = now + PRUNE_EVERY_S
+    if h.fleet is not None:
+        fleetprune.tick(h, now)  # once per period for the whole fleet
+        fleetwatch.tick(h)
+    elif h.config.journal.retain_s and now >= t.next_prune:
+        t.next_prune = now + h.config.journal.prune_every_s
         h.prune_before = max(h.prune_before or 0.0, h.clock.wall() - h.config.journal.retain_s)
     # a chunk per turn: a big prune never stalls the loop
     if h.prune_before is not None:
@@ -264,10 +269,11 @@ class Daemon:
             j = store.journal
             h.fleet = fleet.FleetState(journal=j, host=j.host, lease_s=j.lease_s, renewed_at=clock.now())
             h.answer_from_fleet = fleet.answer
+            bus.host = j.host
             fleetflows.install(h)
             j.start(lambda event: loop.call_soon_threadsafe(self.inbox.put_nowait, event))
         if h.fleet is not None:
-            fleet.recover(h)
+            fleetrestart.recover(h)
         else:
             tasks.recover(h)
         flows.recover(h)

@@ -79,6 +79,11 @@ class FleetState:
     key_epochs: dict[str, int] = field(default_factory=dict)
     #: the latest gate closing (monotonic `until`) this host wrote to, or read from, the journal
     gate_shared_until: float = 0.0
+    #: the attempts of this host's previous life have been read (hub.fleetrestart)
+    recovered: bool = False
+    #: when this host next looks whether the fleet's journal is due a prune; a pass is running (hub.fleetprune)
+    prune_at: float = 0.0
+    pruning: bool = False
 
     def release_key(self, task_id: str) -> None:
         """The attempt's tree is dead: its fleet-wide key is free (fenced on its epoch)."""
@@ -271,28 +276,6 @@ def tick(h: Hub, now: float) -> float | None:
     if live:
         deadlines.append(stop_at)
     return min(deadlines, default=None)
-
-
-def recover(h: Hub) -> None:
-    """At start: attempts this host owned in a previous life are dead (their children died
-    with it); rescue them now instead of waiting for their leases, killing any leftover."""
-    f = h.fleet
-    assert f is not None
-    host = f.host
-
-    def done(rescued: list[Task] | None, error: str | None) -> None:
-        if error:
-            log("fleet_recover_failed", logging.ERROR, error=error)
-            return
-        ids = [t.id for t in rescued or []]
-        for tid in h.spokes.procs.leftovers(ids) if ids else set():
-            h.spokes.procs.terminate_tree(tid, 0, None)
-        for t in rescued or []:
-            log("task_recovered", task=t.id, state=t.state.value, attempts=t.attempts, host=host)
-        if ids:
-            log("journal_recovered", tasks=len(ids), host=host)
-
-    f.journal.ask(lambda s: s.rescue(10_000, host=host), done)
 
 
 # ---- control verbs for tasks anywhere in the fleet ---------------------------------------------

@@ -39,6 +39,8 @@ class EventBus:
         #: topic prefixes with at least one subscriber (XPUB passes the first subscribe and
         #: the last unsubscribe of each, also when a subscriber disconnects)
         self.wanted: set[bytes] = set()
+        #: this daemon's name in a fleet: every event it publishes says `host` (None: one host)
+        self.host: str | None = None
         self._fd = self.sock.getsockopt(zmq.FD)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -70,6 +72,8 @@ class EventBus:
         if not any(raw.startswith(prefix) for prefix in self.wanted):
             return
         data["topic"], data["ts"] = topic, time.time()
+        if self.host is not None:
+            data.setdefault("host", self.host)
         try:
             self.sock.send_multipart([raw, self._enc.encode(data)], flags=zmq.NOBLOCK)
             self.published += 1

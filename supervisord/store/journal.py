@@ -9,7 +9,7 @@ only `tcp_user_timeout` ends) away from the loop by construction.
 
 - `Journal` (this module) owns the thread, the `PgStore` on it, and a second thread that
   `LISTEN`s (`supd_submit`, `supd_finished`, `supd_cancel`, `supd_gate`, `supd_flow_finished`,
-  `supd_flow_cancel`). Jobs run in order (FIFO), so the hub's group commit, claims and reads
+  `supd_flow_cancel`; and `supd_events`, handed on only while `relay_events`). Jobs run in order (FIFO), so the hub's group commit, claims and reads
   happen in the order it asked for them.
 - Periodic duties on the thread: renew this host's leases (`LeasesRenewed`), beat in the
   `hosts` table, rescue expired leases of any host, renew this host's workflow engines'
@@ -50,7 +50,7 @@ from supervisord.events import (
     WritesFenced,
 )
 from supervisord.logs import log
-from supervisord.store import pgflows
+from supervisord.store import pgevents, pgflows
 from supervisord.store.base import StoreError
 from supervisord.store.postgres import PgStore, connect
 
@@ -80,6 +80,8 @@ class Journal:
         #: the host's numbers for its heartbeat row, set by the hub each turn
         self.children, self.running, self.phase = 0, 0, "starting"
         self.write_errors = 0
+        #: hand the fleet's task events (`supd_events`) to the hub: someone watches them there
+        self.relay_events = False
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="journal", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="journal-listen", daemon=True)
@@ -281,12 +283,13 @@ class Journal:
             backoff = BACKOFF_S[0]
             try:
                 for channel in ("supd_submit", "supd_finished", "supd_cancel", "supd_gate", "supd_flow_finished",
-                                "supd_flow_cancel"):
+                                "supd_flow_cancel", pgevents.CHANNEL):
                     db.execute(f"LISTEN {channel}")
                 self.post(JournalNotified("supd_submit", "listening"))  # claim what came meanwhile
                 while not self._stop.is_set():
                     for n in db.notifies(timeout=0.5):
-                        self.post(JournalNotified(n.channel, n.payload))
+                        if n.channel != pgevents.CHANNEL or self.relay_events:  # the fleet's watch: if watched
+                            self.post(JournalNotified(n.channel, n.payload))
             except psycopg.Error:
                 pass
             finally:
@@ -339,7 +342,7 @@ class FleetStore:
         return []  # refusals come back as `WritesFenced`
 
     def unfinished(self) -> list[Task]:
-        return []  # a fleet recovers through `PgStore.rescue(host=…)` (hub.fleet.recover)
+        return []  # a fleet recovers through `PgStore.attempts_of` (hub.fleetrestart)
 
     def get(self, task_id: str) -> TaskView | None:
         raise StoreError("in a fleet reads are journal jobs (hub.fleet)")

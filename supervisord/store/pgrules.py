@@ -87,9 +87,11 @@ _CANDIDATES = (
 
 
 def claim(db: psycopg.Connection[Any], n: int, kinds: Sequence[str], host: str, lease_s: float,
-          limits: Mapping[str, int], columns: str) -> tuple[list[Any], bool]:
+          limits: Mapping[str, int], columns: str,
+          claimed: Callable[[psycopg.Connection[Any], list[Any]], None] | None = None) -> tuple[list[Any], bool]:
     """Claim up to `n` tasks (one transaction): the rows as updated, and whether a key was
-    skipped because another host held its lock (claim again soon)."""
+    skipped because another host held its lock (claim again soon). `claimed(db, rows)` runs
+    in the same transaction (the fleet's `started` events)."""
     admitted: list[str] = []
     seen: list[str] = []
     full: set[str] = set()
@@ -131,6 +133,8 @@ def claim(db: psycopg.Connection[Any], n: int, kinds: Sequence[str], host: str, 
             " key_epoch = CASE WHEN t.key IS NULL THEN NULL ELSE t.epoch + 1 END"
             f" WHERE t.id = ANY(%s) RETURNING {columns}",
             (host, lease_s, time.time(), admitted)).fetchall()
+        if claimed is not None:
+            claimed(db, out)
     return out, contended
 
 

@@ -52,7 +52,7 @@ from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
-from supervisord.store import group, pgflows, pgpins, pgrules, pgtranscripts
+from supervisord.store import group, pgevents, pgflows, pgpins, pgprune, pgrules, pgtranscripts
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -118,6 +118,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     pgtranscripts.MIGRATION,
     # 4 -> 5: a task's host pin, which the claim filters on (pgpins).
     pgpins.MIGRATION,
+    # 5 -> 6: the fleet's last pruning pass, so N hosts prune once per period (pgprune).
+    pgprune.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -250,6 +252,7 @@ class PgStore:
                     cur.executemany(_INSERT, [_row(t) for t in tasks])
                     if isinstance(batch, Batch):
                         pgrules.accept_batch(cur, batch)
+                    pgevents.send(cur, self.host, self.host, True, [(t.id, "queued", "queued") for t in tasks])
                 self.db.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
         except psycopg.errors.UniqueViolation as e:
             raise self._fail("a task id is already taken (UNIQUE)", e) from None
@@ -345,6 +348,7 @@ class PgStore:
                 lost = [wid for wid, noted in self._flows.items()
                         if (epoch := self._flow_epochs.get(wid)) is None or not pgflows.save(cur, noted, self.host, epoch)]
                 inserted = 0
+                finals: builtins.list[pgevents.Event] = []
                 for tid, (task, fence) in self._pending.items():
                     if fence == _INSERT_FENCE:
                         if task.workflow not in lost:
@@ -357,6 +361,8 @@ class PgStore:
                     elif task.state.final:
                         cur.execute("SELECT pg_notify('supd_finished', %s)", (tid,))
                         pgrules.tally(cur, task, spent, done)
+                        finals.append((tid, "finished", task.state.value))
+                pgevents.send(cur, self.host, self.host, True, finals)
                 for tid in self._cancels:
                     cur.execute("UPDATE tasks SET cancel_requested=TRUE WHERE id=%s AND state IN"
                                 " ('queued', 'blocked', 'running')", (tid,))
@@ -566,7 +572,10 @@ class PgStore:
         self.claim_contended = False
         if n <= 0 or not kinds:
             return []
-        rows, self.claim_contended = pgrules.claim(self.db, n, kinds, host, lease_s, limits or {}, _T_COLUMNS)
+        def started(db: psycopg.Connection[Any], rows: builtins.list[Any]) -> None:
+            pgevents.send(db, host, host, True, [(str(r[0]), "started", "running") for r in rows])
+
+        rows, self.claim_contended = pgrules.claim(self.db, n, kinds, host, lease_s, limits or {}, _T_COLUMNS, started)
         out = []
         for r in rows:
             task = _task(r)
@@ -595,11 +604,13 @@ class PgStore:
         return {str(r[0]): (int(r[1]), bool(r[2])) for r in rows}
 
     def rescue(self, limit: int = 100, *, host: str | None = None) -> builtins.list[Task]:
-        """Attempts whose lease ended (or, with `host`, every attempt of that host: it
-        restarted, so they are dead) get the core's rescue fate, written by compare-and-swap
-        on the epoch. The rescued tasks as written."""
+        """Attempts whose lease ended (or, with `host`, every attempt of that host, whatever
+        its trees: only for tests and tools; a restarting host uses `attempts_of` and waits for
+        its trees) get the core's rescue fate, written by compare-and-swap on the epoch. The
+        rescued tasks as written."""
         cond = "host=%s" if host is not None else "lease_until < now()"
         out: builtins.list[Task] = []
+        events: dict[str | None, builtins.list[pgevents.Event]] = {}
         with self.db.transaction():
             rows = self.db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('running', 'blocked') AND {cond}"
@@ -621,8 +632,20 @@ class PgStore:
                 self.db.execute("SELECT pg_notify('supd_submit', '1')")
                 log("task_rescued", task=task.id, owner=owner, epoch=task.epoch, state=task.state.value,
                     reason=fate.reason, attempts=task.attempts)
+                events.setdefault(owner, []).append(
+                    (task.id, "finished" if task.state.final else "queued", task.state.value))
                 out.append(task)
+            for owner, evs in events.items():
+                pgevents.send(self.db, self.host, owner, False, evs)
         return out
+
+    def attempts_of(self, host: str) -> builtins.list[Task]:
+        """The attempts `host` still owns (running or blocked in the journal), as stored: at a
+        restart, what its previous life left. Nothing changes: they stay `host`'s (their leases
+        renewed, their keys held) until the hub has seen their trees dead (hub.fleetrestart)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE host=%s AND state IN ('running', 'blocked')"
+                               " ORDER BY seq", (host,)).fetchall()
+        return [_task(r) for r in rows]
 
     def cancel(self, task_id: str) -> TaskView | None:
         """Cancel a task this host does not run: a queued or blocked one now (final), a
@@ -643,6 +666,7 @@ class PgStore:
             core.decide(task, core.CancelRequested(), core.Context(now=0.0, wall=time.time(), rand=0.0))
             self.db.execute(_UPDATE, _update_args(task, fence))
             self.db.execute("SELECT pg_notify('supd_finished', %s)", (task_id,))
+            pgevents.send(self.db, self.host, row[-1], False, [(task_id, "finished", task.state.value)])
             with self.db.cursor() as tc:
                 pgrules.tally(tc, task, self.spent, self.done)
             return view(task)
@@ -656,6 +680,7 @@ class PgStore:
             if not cur.rowcount:
                 return False
             cur.execute("SELECT pg_notify('supd_finished', %s)", (task.id,))
+            pgevents.send(cur, self.host, task.host, False, [(task.id, "finished", task.state.value)])
             pgrules.tally(cur, task, self.spent, self.done)
             log("task_state", task=task.id, old="queued", new=task.state.value, reason="the batch's budget is spent",
                 error="budget", trace=task.trace_id)
