@@ -45,9 +45,12 @@ def settle(h: Hub, task: Task, fate: Fate, event: core.Event | None = None) -> N
         log("task_event_ignored", logging.DEBUG, task=task.id, state=task.state.value, reason=fate.reason)
         return
     now = h.clock.now()
-    if fate.left is not None:  # one line per transition
+    if fate.left is not None:  # one line per transition (a final one also says how the task ended)
+        o = task.outcome if task.state.final else None
         log("task_state", task=task.id, old=fate.left.value, new=task.state.value, reason=fate.reason,
-            attempts=task.attempts, epoch=task.epoch, error=task.error.kind if task.error else None, trace=task.trace_id)
+            attempts=task.attempts, epoch=task.epoch, error=task.error.kind if task.error else None,
+            exit_code=o.exit_code if o else None, child=task.child if task.state.final else None,
+            trace=task.trace_id)
     if fate.kill_tree:
         pgid = h.processes.get(task.id, (None, None))[0]
         h.spokes.procs.terminate_tree(task.id, task.epoch, pgid)
@@ -119,8 +122,6 @@ def _final(h: Hub, task: Task) -> None:
     h.metrics.finish(task.spec.kind, task.state.value, error.kind if error else None, duration,
                      usage.input_tokens if usage else 0, usage.output_tokens if usage else 0,
                      (o.cost_usd if o else None) or 0.0)
-    log("task_finished", task=task.id, state=task.state.value, error=error.kind if error else None,
-        exit_code=o.exit_code if o else None, attempts=task.attempts, child=task.child, trace=task.trace_id)
     h.spokes.tracer.task_final(task, h.clock.wall_ns())
     h.spokes.events.publish(f"task/{task.id}/finished", task=task.id, state=task.state.value,
                             error=error.kind if error else None, attempts=task.attempts, kind=task.spec.kind,

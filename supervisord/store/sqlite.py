@@ -439,10 +439,11 @@ class SqliteStore:
             for b in self._batches.values():
                 self.db.execute("UPDATE batches SET size=?, tally=?, done_at=? WHERE id=?",
                                 (b.size, _tally(b), b.done_at, b.id))
-            self.db.executemany(
-                "INSERT OR REPLACE INTO transcripts (task_id, first, count, raw_bytes, data) VALUES (?, ?, ?, ?, ?)",
-                [(tid, first, len(lines), raw, zlib.compress(_enc.encode(lines), TRANSCRIPT_ZLIB_LEVEL))
-                 for tid, first, lines, raw in self._chunks])
+            if self._chunks:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO transcripts (task_id, first, count, raw_bytes, data) VALUES (?, ?, ?, ?, ?)",
+                    [(tid, first, len(lines), raw, zlib.compress(_enc.encode(lines), TRANSCRIPT_ZLIB_LEVEL))
+                     for tid, first, lines, raw in self._chunks])
             self.db.execute("COMMIT")
         except Exception as e:  # noqa: BLE001 (whatever it was, nothing is lost: the group stays for the next commit)
             self._rollback()
