@@ -63,6 +63,10 @@ MIGRATION_LOCK = 0x73757064
 CONNECT_TIMEOUT_S = 5
 #: a statement the server takes longer than this to run is cancelled (milliseconds)
 STATEMENT_TIMEOUT_MS = 10_000
+#: `accept` refreshes the planner's statistics of `tasks` once this host has added this share
+#: of the rows they counted (and at least `ANALYZE_MIN_ROWS`): see `PgStore._analyze`
+ANALYZE_GROWTH = 0.5
+ANALYZE_MIN_ROWS = 200
 
 _UNFINISHED = group.UNFINISHED
 
@@ -120,6 +124,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     pgpins.MIGRATION,
     # 5 -> 6: the fleet's last pruning pass, so N hosts prune once per period (pgprune).
     pgprune.MIGRATION,
+    # 6 -> 7: the queue in the claim's order (priority, then age), whatever the kinds claimed: a
+    # claim reads its first rows and stops, instead of sorting every queued task of its kinds
+    # (index rows read per 2,000 claims: ~1M -> ~8k).
+    (
+        "CREATE INDEX tasks_queue_order ON tasks (priority DESC, seq) WHERE state = 'queued'",
+        "DROP INDEX tasks_queue",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -210,6 +221,8 @@ class PgStore:
         #: transcript chunks for the next commit
         self._chunks: builtins.list[pgtranscripts.Chunk] = []
         self._closed = False
+        #: rows the planner's statistics of `tasks` counted when this store last looked, rows added since
+        self._rows_counted, self._rows_added = 0.0, 0
         self.db = connect(url)
         try:
             self._migrate()
@@ -261,6 +274,24 @@ class PgStore:
                              "stored") from None
         except psycopg.Error as e:
             raise self._fail("the batch was not stored", e) from None
+        self._rows_added += len(tasks)
+        if self._rows_added >= max(ANALYZE_MIN_ROWS, self._rows_counted * ANALYZE_GROWTH):
+            self._analyze()
+
+    def _analyze(self) -> None:
+        """Refresh the planner's statistics of `tasks` after it grew by half (and its cached
+        plans with them, on every host). The claim is a prepared statement whose plan is made
+        once: made while the table was nearly empty (a new journal), it would scan the table
+        whole on every claim as it grows, until autovacuum's next ANALYZE (a minute or more).
+        A failure costs nothing but the refresh."""
+        self._rows_added = 0
+        try:
+            self.db.execute("ANALYZE tasks")
+            row = self.db.execute("SELECT reltuples FROM pg_class WHERE oid = 'tasks'::regclass").fetchone()
+        except psycopg.Error as e:
+            log("store_analyze_failed", logging.WARNING, path=self.where, error=_first_line(e))
+            return
+        self._rows_counted = max(0.0, float(row[0])) if row else 0.0
 
     def accept_workflow(self, wf: Workflow, tasks: Sequence[Task]) -> None:
         """A new workflow's record (this host its engine, with a lease) and its first tasks,

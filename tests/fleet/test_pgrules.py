@@ -13,6 +13,7 @@ from proto.task import ErrorKind, Outcome, TaskError, TaskSpec, TaskState
 from supervisord.core import fate
 from supervisord.core.batches import Batch
 from supervisord.core.task import Task
+from supervisord.store import pgrules
 from supervisord.store.postgres import PgStore
 
 pytestmark = pytest.mark.timeout(90)
@@ -173,3 +174,21 @@ def test_a_retry_written_back_into_a_spent_batch_is_stopped_by_the_periodic_pass
     assert [b.id for b in done] == ["B"], "its last task is final: the batch is done"
     v = s.get(r.id)
     assert v is not None and v.state == "cancelled" and v.error is not None and v.error.kind == "budget"
+
+
+def test_a_claim_reads_the_head_of_a_deep_queue_in_order_not_the_whole_queue(pg_url: str) -> None:
+    """3,000 queued tasks of two kinds: the claim's plan walks the queue's order index and
+    stops at its LIMIT (no sort of every queued row), and takes the highest priority, then the oldest."""
+    a = PgStore(pg_url)
+    try:
+        tasks = [keyed(f"deep{i:04}", key=None, kind="claude" if i % 3 else "exec") for i in range(3000)]
+        tasks[1234].spec.priority = 5
+        a.accept(tasks)  # past ANALYZE_MIN_ROWS: the statistics are fresh
+        plan = "\n".join(r[0] for r in a.db.execute(
+            "EXPLAIN " + pgrules._CANDIDATES,
+            {"kinds": ["exec", "claude"], "seen": [], "full": [], "host": "a", "n": 4}).fetchall())
+        assert "tasks_queue_order" in plan and "Sort" not in plan, plan
+        rows, _ = pgrules.claim(a.db, 3, ["exec", "claude"], "a", 30.0, {}, "id")
+        assert sorted(r[0] for r in rows) == ["deep0000", "deep0001", "deep1234"]  # (RETURNING has no order)
+    finally:
+        a.close()
