@@ -12,7 +12,7 @@ name = "review"            # required
 max_parallel = 4           # 1..1024; absent: as many as the pool runs
 max_cost_usd = 2.5         # >= 0; Claude steps stop starting once the cost reaches it
 undo_retries = 3           # 0..100 retries of a failed undo
-[steps.NAME]               # any TaskSpec field, plus:
+[steps.NAME]               # any TaskSpec field (not worktree/resume/base yet, nor supd's own), plus:
 after = ["OTHER"]          # runs once these have succeeded
 map = "OTHER"              # once per non-empty line of OTHER's result (OTHER must be before it)
 compensate = { kind = "exec", argv = ["..."], continue = true }
@@ -62,6 +62,11 @@ _TASK_KEYS = frozenset(f.name for f in msgspec.structs.fields(TaskSpec))
 _TOP_KEYS = frozenset({"name", "max_parallel", "max_cost_usd", "undo_retries", "steps"})
 _STEP_EXTRA = frozenset({"after", "map", "compensate", "undo"})
 _TEMPLATED = frozenset({"prompt", "argv", "input", "env"})
+#: fields of a task that supd sets itself (a submit refuses them too)
+INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of", "pin")
+#: agent-work fields a step cannot use yet: a step is not prepared like a submit (no worktree
+#: is made, no session looked up), so accepting them would silently drop what they ask
+_NOT_IN_STEPS = {"worktree": "a git worktree", "resume": "a resumed session", "base": "a worktree's base"}
 
 
 class FlowSpecError(Exception):
@@ -260,6 +265,11 @@ def _task(table: dict[str, object], where: str, extra: frozenset[str], limits: L
             continue
         if key not in _TASK_KEYS:
             problems.append(f"{where}.{key}: unknown key")
+        elif key in INTERNAL_FIELDS:
+            problems.append(f"{where}.{key}: set by supd, not by a workflow file")
+        elif key in _NOT_IN_STEPS:
+            problems.append(f"{where}.{key}: a workflow step cannot have {_NOT_IN_STEPS[key]} yet "
+                            "(submit it as a task of its own)")
         elif _typed({key: value}, TaskSpec, f"{where}.{key}", problems) is not None:
             fields[key] = value
     if len(problems) > before:

@@ -33,6 +33,7 @@ from proto import children as cp
 from proto import control as ctl
 from proto.task import TaskSpec, TaskState
 from supervisord.core import pin
+from supervisord.core.flowspec import INTERNAL_FIELDS
 from supervisord.core.task import Task
 from supervisord.hub.state import Hub
 from supervisord.logs import log
@@ -40,7 +41,6 @@ from supervisord.spokes import git
 from supervisord.store.base import StoreError
 
 #: spec fields only supd sets (a client that sends them is refused, naming the field)
-INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of", "pin")
 BRANCH_PREFIX = "supd/"
 
 
