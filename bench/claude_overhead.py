@@ -1,6 +1,14 @@
 """Claude overhead: one real Claude Code CLI task through supd (submit → result) vs the same
 CLI run directly (subprocess, same argv and environment), against the stand-in API at
 latency 0 and 1 s, N runs each, interleaved; plus Claude tasks/s with 2 and 4 children.
+
+Two figures of what supd adds: per task, the client's wall time minus the CLI process's own
+lifetime (from its spawn to its tree's end, as the child saw it) — submit, journal, dispatch,
+spawn, result, commit and the reply, paired within one task, so the CLI's own run-to-run
+noise (stdev 60-250 ms here) cancels out; and, as a cross-check, the median of supd's walls
+minus the median of the direct runs' (which carries that noise). The direct runs get the
+environment the daemon gives the CLI (`taskenv`, incl. the debug log the rate-limit gate
+reads), so both run the same CLI. The target is the first, median over the runs.
 Writes bench/results/claude_overhead.json.
 """
 
@@ -18,19 +26,23 @@ from common import Daemon, clean_env, print_table, short_tmpdir, toml_table, wri
 
 from proto import control as ctl
 from proto.task import TaskSpec
+from supervisord.core import taskenv
 from supervisord.spokes import claude_cli
 
 MODEL = "claude-sonnet-4-5"
 
 
-def through_supd(d: Daemon, prompt: str) -> float:
+def through_supd(d: Daemon, prompt: str) -> tuple[float, float]:
+    """(the client's wall time, the CLI process's lifetime as the child measured it)."""
     t0 = time.perf_counter()
     reply = d.request(ctl.Submit(tasks=[TaskSpec(kind="claude", prompt=prompt, model=MODEL)]))
     assert isinstance(reply, ctl.Accepted), reply
     r = d.request(ctl.Wait(ids=reply.ids, timeout_s=60), timeout_s=90)
     elapsed = time.perf_counter() - t0
     assert isinstance(r, ctl.Tasks) and r.tasks and r.tasks[0].state == "succeeded", (r, d.tail())
-    return elapsed
+    t = r.tasks[0]
+    assert t.started_at is not None and t.finished_at is not None, t
+    return elapsed, t.finished_at - t.started_at
 
 
 def direct(cli: list[str], env: dict[str, str], prompt: str) -> float:
@@ -75,19 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         with fakeapi.FakeAPI(latency_s=latency) as api:
             home = short_tmpdir("supd-bench-home-")
             cenv = fakeapi.claude_env(api.url, str(home))
-            env = {**clean_env(), **cenv}
+            env = {**clean_env(), **cenv, **taskenv.RETRY_AFTER_LOG}  # as the daemon runs it (gate: "log")
             config = "[claude]\nenv = " + toml_table(cenv) + "\n"
-            via, raw = [], []
+            via, raw, added = [], [], []
             with Daemon(children=1, config=config) as d:
                 through_supd(d, "warm-up")
                 direct(cli, env, "warm-up")
                 for i in range(a.runs):
                     tag = uuid.uuid4().hex[:6]
                     raw.append(direct(cli, env, f"direct {i} {tag}"))
-                    via.append(through_supd(d, f"supd {i} {tag}"))
+                    wall, cli_s = through_supd(d, f"supd {i} {tag}")
+                    via.append(wall)
+                    added.append(wall - cli_s)
             overhead[f"latency {latency:g}s"] = {
                 "runs": a.runs, "direct_median_s": statistics.median(raw), "supd_median_s": statistics.median(via),
-                "overhead_ms": 1000 * (statistics.median(via) - statistics.median(raw)),
+                "overhead_ms": 1000 * statistics.median(added),
+                "overhead_max_ms": 1000 * max(added),
+                "median_difference_ms": 1000 * (statistics.median(via) - statistics.median(raw)),
                 "direct_stdev_s": statistics.stdev(raw) if len(raw) > 1 else 0.0,
                 "supd_stdev_s": statistics.stdev(via) if len(via) > 1 else 0.0,
             }
@@ -95,15 +111,16 @@ def main(argv: list[str] | None = None) -> int:
                 tput = [throughput(api.url, n, a.tput_tasks) for n in (2, 4)]
                 tput_latency = latency
     print_table(f"Claude task: through supd vs the CLI directly (median of {a.runs})",
-                ["stand-in API", "direct s", "supd s", "overhead ms", "stdev direct s", "stdev supd s"],
-                [[k, v["direct_median_s"], v["supd_median_s"], v["overhead_ms"], v["direct_stdev_s"],
-                  v["supd_stdev_s"]] for k, v in overhead.items()])
+                ["stand-in API", "direct s", "supd s", "added per task ms", "max ms", "medians' difference ms",
+                 "stdev direct s", "stdev supd s"],
+                [[k, v["direct_median_s"], v["supd_median_s"], v["overhead_ms"], v["overhead_max_ms"],
+                  v["median_difference_ms"], v["direct_stdev_s"], v["supd_stdev_s"]] for k, v in overhead.items()])
     print_table(f"Claude tasks/s ({a.tput_tasks} tasks, stand-in latency {tput_latency:g}s)",
                 ["children", "tasks", "succeeded", "wall s", "tasks/s"],
                 [[t["children"], t["tasks"], t["succeeded"], t["wall_s"], t["tasks_per_s"]] for t in tput])
     worst = max(v["overhead_ms"] for v in overhead.values())
     write_result("claude_overhead", {"overhead": overhead, "throughput": tput, "throughput_latency_s": tput_latency,
-                                     "target": {"what": "Claude overhead < 50 ms per task (median)", "value": worst,
+                                     "target": {"what": "Claude overhead < 50 ms per task (median of wall minus the CLI's lifetime)", "value": worst,
                                                 "limit": 50.0, "met": worst < 50.0}})
     return 0
 
