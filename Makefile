@@ -4,9 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean lint lock
+.PHONY: setup test demo bench clean lint lock bytecode
 
-setup: $(STAMP)
+setup: $(STAMP) bytecode
+
+# Every child worker's start imports supd's own modules: compiled once here, so that a
+# PYTHONDONTWRITEBYTECODE environment (CI, some containers) does not make each start
+# compile them from source again (quick when nothing changed).
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q children proto supervisord
 
 # The venv holds exactly what requirements.lock pins (with hashes), then supd itself.
 $(STAMP): pyproject.toml requirements.lock

@@ -18,6 +18,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING, NamedTuple
 
+# msgspec imports typing_extensions when it is installed (other libraries of the venv need it)
+# for kinds of types no wire schema of ours has; that import (with inspect, ast, dis and
+# tokenize) was ~10 ms of every child's boot. msgspec falls back to `typing` without it.
+sys.modules.setdefault("typing_extensions", None)  # type: ignore[arg-type]
+
 from children.log import bind, log
 from proto.children import BOOT_FAILURE_EXIT
 

@@ -9,8 +9,7 @@ Imports the stdlib, `proto` and `children.claude` only; must not import zmq or p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from children import claude
 from proto.children import Dispatch
@@ -27,8 +26,7 @@ Verdict = tuple[TaskState, TaskError]
 ProgressItem = tuple[str, str]  # (event, summary)
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     """Everything needed to start the task's process."""
 
     argv: list[str]
@@ -52,14 +50,16 @@ def plan_launch(dispatch: Dispatch, base_env: dict[str, str], cwd: str | None = 
     return Launch(argv=argv, env=env, cwd=cwd or spec.cwd, stdin=stdin)
 
 
-@dataclass
 class CappedBuffer:
     """The first `cap` bytes of a stream; the rest is counted and dropped, so the writer
     never blocks on a full pipe and the child's memory stays bounded."""
 
-    cap: int
-    data: bytearray = field(default_factory=bytearray)
-    dropped: int = 0
+    __slots__ = ("cap", "data", "dropped")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        self.dropped = 0
 
     def add(self, chunk: bytes) -> None:
         room = self.cap - len(self.data)

@@ -24,11 +24,9 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO
+from typing import IO, NamedTuple
 
 import msgspec
-import psutil
 import zmq
 
 from children.executors import (
@@ -66,8 +64,7 @@ class Phase(enum.Enum):
     KILLED = "killed"  # SIGKILL sent; waiting for the tree to be reaped
 
 
-@dataclass(frozen=True)
-class Cgroup:
+class Cgroup(NamedTuple):
     """Where attempts' groups go (the daemon's subtree) and the worker's own home group."""
 
     base: str
@@ -303,7 +300,7 @@ class RunningTask:
         grace = self.limits.kill_grace_s if grace_s is None else min(grace_s, self.limits.kill_grace_s)
         self._escalate(now, grace, why=error.kind)
 
-    def _targets(self) -> list[psutil.Process]:
+    def _targets(self) -> list[procs.psutil.Process]:
         """Every process of this task: our descendants (the subreaper brings back those that
         escaped with setsid) plus, as a safety net, any process tagged with the task id.
         Contained in a cgroup, none: the group itself is the list (no scan)."""
@@ -428,10 +425,10 @@ def fit(result: Result, max_bytes: int) -> Result:
     return result
 
 
-def _alive(proc: psutil.Process) -> bool:
+def _alive(proc: procs.psutil.Process) -> bool:
     try:
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
+        return bool(proc.is_running() and proc.status() != procs.psutil.STATUS_ZOMBIE)
+    except procs.psutil.NoSuchProcess:
         return False
 
 

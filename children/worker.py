@@ -21,14 +21,13 @@ and `supervisord.spokes.procs`; must not import asyncio or any daemon spoke.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 import zmq
@@ -64,8 +63,7 @@ OWN_BEAT_FACTOR = 1.5
 EXIT_LINGER_MS = 1000
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(NamedTuple):
     identity: str
     daemon_pid: int
     heartbeat_s: float
@@ -257,7 +255,7 @@ class Worker:
         hb = msg.heartbeat_s if msg.heartbeat_s is not None and msg.heartbeat_s > 0 else self.config.heartbeat_s
         live = msg.liveness if msg.liveness is not None and msg.liveness >= 1 else self.config.liveness
         if (hb, live) != (self.config.heartbeat_s, self.config.liveness):
-            self.config = dataclasses.replace(self.config, heartbeat_s=hb, liveness=live)
+            self.config = self.config._replace(heartbeat_s=hb, liveness=live)
             log("heartbeat_settings", heartbeat_s=hb, liveness=live)
 
     # ---- messages --------------------------------------------------------------------

@@ -24,15 +24,39 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib.util
 import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import TypeAlias
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeAlias
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
+
+
+def _lazy(name: str) -> ModuleType:
+    """`name`, imported at the first use of one of its attributes (the module if imported already)."""
+    if (found := sys.modules.get(name)) is not None:
+        return found
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None, name
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if not TYPE_CHECKING:
+    # The child worker needs psutil only off its hot path (the subreaper fallback's scans, the
+    # targets of a kill): imported at boot it was ~40 ms of every child's start (a crashed
+    # child's slot stays empty that long).
+    psutil = _lazy("psutil")
 
 __all__ = [
     "Adopted",
