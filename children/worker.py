@@ -34,7 +34,7 @@ import zmq
 
 import proto
 from children.log import log
-from children.running import Cgroup, RunningTask, fit, launch
+from children.running import POLLIN, POLLOUT, Cgroup, RunningTask, fit, launch
 from proto.children import (
     Cancel,
     ChildMessage,
@@ -155,9 +155,9 @@ class Worker:
         setproctitle(f"supd-child {self.config.identity} {state}")
 
     def _sync_poller(self) -> None:
-        wanted: dict[int, int] = {self.wake_r.fileno(): int(zmq.POLLIN)}
+        wanted: dict[int, int] = {self.wake_r.fileno(): POLLIN}
         if self.daemon_pidfd is not None:
-            wanted[self.daemon_pidfd] = int(zmq.POLLIN)
+            wanted[self.daemon_pidfd] = POLLIN
         if self.task is not None:
             wanted.update(self.task.watch())
         for fd in self.polled.keys() - wanted.keys():
@@ -166,7 +166,7 @@ class Worker:
             if self.polled.get(fd) != flags:
                 self.poller.register(fd, flags)
         self.polled = wanted
-        sock_flags = zmq.POLLIN | (zmq.POLLOUT if self.backlog else 0)
+        sock_flags = POLLIN | (POLLOUT if self.backlog else 0)
         if sock_flags != self.sock_flags:
             self.poller.register(self.sock, sock_flags)
             self.sock_flags = sock_flags
