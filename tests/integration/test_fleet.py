@@ -37,7 +37,7 @@ heartbeat_s = 0.2
 liveness = 5
 drain_s = 5
 [tasks]
-kill_grace_s = 0.5
+kill_grace_s = {kill_grace_s}
 [journal]
 lease_s = {lease_s}
 host = "{host}"
@@ -55,7 +55,7 @@ class Fleet:
         d = short_tmpdir(f"supd-{name}-")
         self.dirs.append(d)
         env = child_env(SUPD_JOURNAL_URL=url or self.url)
-        daemon = Supd(d, FLEET_TOML.format(lease_s=lease_s, host=name) + extra, children=children, env=env)
+        daemon = Supd(d, FLEET_TOML.format(lease_s=lease_s, host=name, kill_grace_s=0.5) + extra, children=children, env=env)
         daemon.start()
         self.daemons.append(daemon)
         return daemon

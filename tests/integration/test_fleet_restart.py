@@ -18,22 +18,9 @@ import pytest
 from proto import control as ctl
 from proto.task import TaskSpec
 from tests.conftest import Supd, assert_no_leftovers, child_env, short_tmpdir
-from tests.integration.test_fleet import Fleet, wait_final
+from tests.integration.test_fleet import FLEET_TOML, Fleet, wait_final
 
 pytestmark = pytest.mark.timeout(180)
-
-#: a long kill grace, so the old tree outlives the restart by a clear margin
-RESTART_TOML = """
-[daemon]
-heartbeat_s = 0.2
-liveness = 5
-drain_s = 5
-[tasks]
-kill_grace_s = 2.0
-[journal]
-lease_s = 20.0
-host = "{host}"
-"""
 
 #: A keyed task. Its first run (no marker yet) leaves a tree that ignores SIGTERM — a
 #: setsid'd grandchild writing its pid to `pids` — and sleeps. Every run first notes, in
@@ -73,7 +60,8 @@ def start(fleet: Fleet, name: str, cgroups: str, children: int = 1) -> Supd:
     d = short_tmpdir(f"supd-{name}-")
     fleet.dirs.append(d)
     env = child_env(SUPD_JOURNAL_URL=fleet.url, SUPD_CGROUPS=cgroups)
-    daemon = Supd(d, RESTART_TOML.format(host=name), children=children, env=env)
+    # a long kill grace, so the old tree outlives the restart by a clear margin
+    daemon = Supd(d, FLEET_TOML.format(host=name, lease_s=20.0, kill_grace_s=2.0), children=children, env=env)
     daemon.start()
     fleet.daemons.append(daemon)
     return daemon
