@@ -36,6 +36,7 @@ import proto
 from children.log import log
 from children.running import POLLIN, POLLOUT, Cgroup, RunningTask, fit, launch
 from proto.children import (
+    BOOT_FAILURE_EXIT,
     Cancel,
     ChildMessage,
     DaemonMessage,
@@ -187,6 +188,11 @@ class Worker:
         self.send(Hello(protocol=proto.PROTOCOL_VERSION, slot=self.config.identity, pid=os.getpid()))
         log("child_ready", daemon_pid=self.config.daemon_pid)
         self._title()
+        try:
+            procs.finish_imports()  # after Hello: the slot is ready sooner; a broken install still fails at boot
+        except ImportError as exc:
+            log("boot_failed", error=f"{type(exc).__name__}: {exc}", code=BOOT_FAILURE_EXIT)
+            return BOOT_FAILURE_EXIT
         while self.exit_code is None:
             self._sync_poller()
             ready = dict(self.poller.poll(self._timeout_ms(time.monotonic())))

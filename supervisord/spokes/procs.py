@@ -54,15 +54,23 @@ def _lazy(name: str) -> ModuleType:
 
 if not TYPE_CHECKING:
     # The child worker needs psutil only off its hot path (the subreaper fallback's scans, the
-    # targets of a kill): imported at boot it was ~40 ms of every child's start (a crashed
-    # child's slot stays empty that long).
+    # targets of a kill): imported before its Hello it was ~20 ms of every child's start (a
+    # crashed child's slot stays empty that long). `finish_imports` loads it right after.
     psutil = _lazy("psutil")
+
+
+def finish_imports() -> None:
+    """Run what `_lazy` deferred, now (ImportError if the install is broken): a child calls it
+    once it has said Hello, so a broken psutil fails its boot, not a kill later."""
+    psutil.Process  # noqa: B018 (the attribute access runs the deferred import)
+
 
 __all__ = [
     "Adopted",
     "Spawned",
     "children_pids",
     "descendants",
+    "finish_imports",
     "kill_task",
     "kill_tree_now",
     "leads_task_group",

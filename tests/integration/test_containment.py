@@ -83,7 +83,12 @@ signal.signal(signal.SIGTERM, term)
 print("stopping", flush=True)
 os.kill(os.getpid(), signal.SIGSTOP)
 import time
-time.sleep(60)  # continued: only the SIGTERM's handler ends it (not the end of this script)
+# Continued: only the SIGTERM's handler ends it. Short sleeps, not one long one: a SIGTERM that
+# lands between the continue and the start of a sleep's syscall is only handled when that sleep
+# returns (CPython checks for pending handlers on EINTR and between bytecodes, not before it
+# sleeps), so one 60 s sleep made this test wait for the SIGKILL now and then.
+while True:
+    time.sleep(0.05)
 """
 
 
