@@ -37,14 +37,15 @@ def recover(h: Hub) -> None:
     assert f is not None
     host = f.host
 
-    def done(found: list[Task] | None, error: str | None) -> None:
-        if error:
+    def done(found: tuple[list[Task], dict[str, int]] | None, error: str | None) -> None:
+        if error or found is None:
             log("fleet_recover_failed", logging.ERROR, error=error, host=host)
             return
         f.recovered = True
-        adopt(h, found or [])
+        attempts, final_keys = found
+        adopt(h, attempts, final_keys)
 
-    f.journal.ask(lambda s: s.attempts_of(host), done)
+    f.journal.ask(lambda s: (s.attempts_of(host), s.final_keys_of(host)), done)
 
 
 def on_event(h: Hub, event: Any) -> None:
@@ -54,12 +55,22 @@ def on_event(h: Hub, event: Any) -> None:
         recover(h)
 
 
-def adopt(h: Hub, found: list[Task]) -> None:
-    """The core decides for each attempt this host's previous life left; the hub carries it out."""
+def adopt(h: Hub, found: list[Task], final_keys: dict[str, int] | None = None) -> None:
+    """The core decides for each attempt this host's previous life left; the hub carries it out.
+    `final_keys`: keys held for tasks that ended while their trees were being killed (by task
+    id, their epoch): freed now unless a tree of theirs is still found (then they stay held,
+    and are freed when this host is next seen gone, `PgStore._free_orphaned_keys`)."""
     f = h.fleet
     assert f is not None
     found = [t for t in found if t.id not in h.sched.tasks]
-    leftovers = h.spokes.procs.leftovers([t.id for t in found]) if found else set()
+    final_keys = final_keys or {}
+    asked = [t.id for t in found] + list(final_keys)
+    leftovers = h.spokes.procs.leftovers(asked) if asked else set()
+    for tid, epoch in final_keys.items():
+        if tid not in leftovers:
+            f.key_epochs[tid] = epoch
+            f.release_key(tid)
+            log("key_released", task=tid, reason="final before the restart, no tree left", host=f.host)
     for task in found:
         alive = task.id in leftovers
         old = task.state

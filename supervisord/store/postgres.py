@@ -69,6 +69,7 @@ ANALYZE_GROWTH = 0.5
 ANALYZE_MIN_ROWS = 200
 
 _UNFINISHED = group.UNFINISHED
+_UNFINISHED_SQL = "('queued', 'blocked', 'running')"
 
 #: Step N takes a database from version N to N + 1; each runs in one transaction.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -668,7 +669,30 @@ class PgStore:
                 out.append(task)
             for owner, evs in events.items():
                 pgevents.send(self.db, self.host, owner, False, evs)
+            self._free_orphaned_keys()
         return out
+
+    def _free_orphaned_keys(self) -> None:
+        """A key still held by a final task (its tree was being killed when it ended) whose host
+        has not beaten for a lease, or said it stopped: nobody else would ever free it. Like a
+        rescue, it trusts the lease rule (a host that cannot renew stops its own attempts)."""
+        freed = self.db.execute(
+            "UPDATE tasks t SET key_epoch=NULL FROM hosts h WHERE t.key_epoch IS NOT NULL AND h.host = t.host"
+            f" AND t.state NOT IN {_UNFINISHED_SQL}"
+            " AND (h.heartbeat_at < now() - %s * interval '1 second' OR h.phase = 'stopped')"
+            " RETURNING t.id, t.key, t.host", (self.lease_s,)).fetchall()
+        for tid, key, owner in freed:
+            log("key_rescued", task=tid, key=key, owner=owner)
+        if freed:
+            self.db.execute("SELECT pg_notify('supd_submit', '1')")
+
+    def final_keys_of(self, host: str) -> dict[str, int]:
+        """Keys `host`'s previous life still holds for tasks that are already final (their trees
+        were being killed), by task id: the epoch each is held by (hub.fleetrestart frees them
+        once it has seen no tree of theirs)."""
+        rows = self.db.execute(f"SELECT id, key_epoch FROM tasks WHERE host=%s AND key_epoch IS NOT NULL"
+                               f" AND state NOT IN {_UNFINISHED_SQL}", (host,)).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def attempts_of(self, host: str) -> builtins.list[Task]:
         """The attempts `host` still owns (running or blocked in the journal), as stored: at a

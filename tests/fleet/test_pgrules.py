@@ -192,3 +192,31 @@ def test_a_claim_reads_the_head_of_a_deep_queue_in_order_not_the_whole_queue(pg_
         assert sorted(r[0] for r in rows) == ["deep0000", "deep0001", "deep1234"]  # (RETURNING has no order)
     finally:
         a.close()
+
+
+def test_a_key_held_by_a_final_task_is_freed_once_its_host_is_gone_or_back_without_its_tree(pg_url: str) -> None:
+    """A task ends while its tree is still being killed (its key stays held); then its host
+    dies. Nobody else would free that key: a rescue does, once the host has not beaten for a
+    lease; and a host that comes back finds the key among its previous life's (`final_keys_of`)."""
+    a, b = PgStore(pg_url), PgStore(pg_url)
+    try:
+        a.lease_s = b.lease_s = 5.0
+        a.accept([keyed("fk1"), keyed("fk2"), keyed("fk3")])
+        a.heartbeat("host-a", 1, 1.0, 1, 1, "running")
+        b.heartbeat("host-b", 2, 1.0, 1, 0, "running")
+        (t,) = a.claim_next(1, ["exec"], "host-a", 30)
+        run(a, t)
+        fate.decide(t, fate.Ended(t.epoch, S.SUCCEEDED, Outcome(exit_code=0)), CTX)
+        a.record(t)
+        assert a.commit() == []
+        assert a.final_keys_of("host-a") == {t.id: t.epoch}
+        b.rescue()
+        assert b.claim_next(1, ["exec"], "host-b", 30) == [], "host-a is alive: its key is still its own"
+        b.db.execute("UPDATE hosts SET heartbeat_at = now() - interval '6 seconds' WHERE host = 'host-a'")
+        b.rescue()
+        assert b.key_holders() == {}
+        (t2,) = b.claim_next(1, ["exec"], "host-b", 30)
+        assert t2.id == "fk2" and a.final_keys_of("host-a") == {}
+    finally:
+        a.close()
+        b.close()
