@@ -14,6 +14,8 @@ from supervisord.core.task import Task
 
 #: The states of a task not yet final, as stored.
 UNFINISHED = ("queued", "blocked", "running")
+#: the same, as an SQL list (both stores' queries)
+UNFINISHED_SQL = "(" + ", ".join(f"'{state}'" for state in UNFINISHED) + ")"
 
 #: task id -> (its latest state, the epoch the row must still have when the group is written)
 Pending = dict[str, tuple[Task, int]]

@@ -69,7 +69,7 @@ ANALYZE_GROWTH = 0.5
 ANALYZE_MIN_ROWS = 200
 
 _UNFINISHED = group.UNFINISHED
-_UNFINISHED_SQL = "('queued', 'blocked', 'running')"
+_UNFINISHED_SQL = group.UNFINISHED_SQL
 
 #: Step N takes a database from version N to N + 1; each runs in one transaction.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (

@@ -69,7 +69,7 @@ PRUNE_ROWS = 500
 ROW_OVERHEAD_BYTES = 1024
 
 _UNFINISHED = group.UNFINISHED
-_UNFINISHED_SQL = "('queued', 'blocked', 'running')"
+_UNFINISHED_SQL = group.UNFINISHED_SQL
 
 #: Step N takes a database from `user_version` N to N + 1; each runs in one transaction.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
