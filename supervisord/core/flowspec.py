@@ -62,7 +62,7 @@ _TASK_KEYS = frozenset(f.name for f in msgspec.structs.fields(TaskSpec))
 _TOP_KEYS = frozenset({"name", "max_parallel", "max_cost_usd", "undo_retries", "steps"})
 _STEP_EXTRA = frozenset({"after", "map", "compensate", "undo"})
 _TEMPLATED = frozenset({"prompt", "argv", "input", "env"})
-#: fields of a task that supd sets itself (a submit refuses them too)
+#: fields of a task that supd sets itself: a submit and a workflow file that give one are refused, naming it
 INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of", "pin")
 #: agent-work fields a step cannot use yet: a step is not prepared like a submit (no worktree
 #: is made, no session looked up), so accepting them would silently drop what they ask

@@ -40,7 +40,6 @@ from supervisord.logs import log
 from supervisord.spokes import git
 from supervisord.store.base import StoreError
 
-#: spec fields only supd sets (a client that sends them is refused, naming the field)
 BRANCH_PREFIX = "supd/"
 
 

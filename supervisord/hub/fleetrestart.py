@@ -14,6 +14,9 @@ single host (`Recovered(tree_alive)`, see `tasks.recover`):
 - a tree already gone: re-queued (or failed, its retries spent) now, its key freed with
   that record.
 
+Keys its previous life still held for tasks that had ended while their trees were being
+killed are freed now, unless a tree of theirs is found.
+
 A journal that cannot be read at start is asked again when it is back (`on_event`). Functions
 of a `Hub` in fleet mode; every fate is the core's.
 """
