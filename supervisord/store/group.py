@@ -2,7 +2,7 @@
 
 Both backends (SQLite, PostgreSQL) note each claim and record here and write the group at
 `commit`; until then a read answers from the group first, so clients see the truth.
-Imports the core's records only.
+Imports the core's records (and proto's `Line`) only.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from proto.task import Line
 from supervisord.core.task import Task
 
 #: The states of a task not yet final, as stored.
@@ -39,3 +40,22 @@ def unfinished(rows: Iterable[Any], pending: Pending, decode: Callable[[Any], Ta
         elif held[0].state.value in UNFINISHED:
             out.append(held[0])
     return out
+
+
+def transcript_page(chunks: Iterable[tuple[int, list[Line]]], after: int,
+                    budget_bytes: int) -> tuple[list[Line], int]:
+    """From a transcript's chunks (first line number, lines; stored and noted ones, in any
+    order): lines `after`.., stopping past `budget_bytes` of text (at least one chunk), and
+    the number of the line after the last one returned."""
+    out: list[Line] = []
+    size, nxt = 0, after
+    for first, lines in sorted(chunks, key=lambda c: c[0]):
+        if first + len(lines) <= nxt:
+            continue
+        if out and size > budget_bytes:
+            break
+        take = lines[max(0, nxt - first):]
+        out += take
+        size += sum(len(x.text) + 32 for x in take)
+        nxt = first + len(lines)
+    return out, nxt

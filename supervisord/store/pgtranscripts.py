@@ -19,6 +19,7 @@ import msgspec
 import psycopg
 
 from proto.task import Line
+from supervisord.store import group
 
 #: 3 -> 4: transcripts (appended to `postgres.MIGRATIONS`).
 MIGRATION = (
@@ -57,18 +58,7 @@ def read(db: psycopg.Connection[Any], task_id: str, after: int, budget_bytes: in
                       (task_id, after)).fetchall()
     chunks = [(int(f), _lines_dec.decode(zlib.decompress(d))) for f, d in rows]
     chunks += [(f, ls) for tid, f, ls, _ in pending if tid == task_id and f + len(ls) > after]
-    out: list[Line] = []
-    size, nxt = 0, after
-    for first, lines in sorted(chunks, key=lambda c: c[0]):
-        if first + len(lines) <= nxt:
-            continue
-        if out and size > budget_bytes:
-            break
-        take = lines[max(0, nxt - first):]
-        out += take
-        size += sum(len(x.text) + 32 for x in take)
-        nxt = first + len(lines)
-    return out, nxt
+    return group.transcript_page(chunks, after, budget_bytes)
 
 
 def extents(db: psycopg.Connection[Any], ids: Sequence[str], pending: Sequence[Chunk]) -> dict[str, tuple[int, int]]:

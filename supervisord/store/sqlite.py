@@ -360,23 +360,11 @@ class SqliteStore:
     def transcript(self, task_id: str, after: int, budget_bytes: int) -> tuple[list[Line], int]:
         """Lines `after`.. of the task's transcript, stopping past `budget_bytes` of text
         (at least one chunk); returns them and the number of the next line."""
-        out: list[Line] = []
-        size = 0
-        nxt = after
-        rows = self.db.execute("SELECT first, count, data FROM transcripts WHERE task_id=? AND first + count > ?"
+        rows = self.db.execute("SELECT first, data FROM transcripts WHERE task_id=? AND first + count > ?"
                                " ORDER BY first", (task_id, after)).fetchall()
-        chunks = [(int(f), _lines_dec.decode(zlib.decompress(d))) for f, _c, d in rows]
+        chunks = [(int(f), _lines_dec.decode(zlib.decompress(d))) for f, d in rows]
         chunks += [(f, ls) for tid, f, ls, _ in self._chunks if tid == task_id and f + len(ls) > after]
-        for first, lines in sorted(chunks, key=lambda c: c[0]):
-            if first + len(lines) <= nxt:
-                continue
-            if out and size > budget_bytes:
-                break
-            take = lines[max(0, nxt - first):]
-            out += take
-            size += sum(len(x.text) + 32 for x in take)
-            nxt = first + len(lines)
-        return out, nxt
+        return group.transcript_page(chunks, after, budget_bytes)
 
     def transcript_extent(self, task_id: str) -> tuple[int, int]:
         """(lines, raw bytes) of the task's transcript so far."""
