@@ -268,14 +268,21 @@ class PgStore:
                         pgrules.accept_batch(cur, batch)
                     pgevents.send(cur, self.host, self.host, True, [(t.id, "queued", "queued") for t in tasks])
                 self.db.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
-        except psycopg.errors.UniqueViolation as e:
-            raise self._fail("a task id is already taken (UNIQUE)", e) from None
-        except psycopg.OperationalError as e:
-            raise StoreError(f"the journal at {self.where} is unreachable ({_first_line(e)}): the batch was not "
-                             "stored") from None
         except psycopg.Error as e:
-            raise self._fail("the batch was not stored", e) from None
-        self._rows_added += len(tasks)
+            raise self._refused("batch", "a task id", e) from None
+        self._grown(len(tasks))
+
+    def _refused(self, what: str, ids: str, e: psycopg.Error) -> StoreError:
+        """The error of an `accept` whose transaction failed: nothing of the `what` was stored."""
+        if isinstance(e, psycopg.errors.UniqueViolation):
+            return self._fail(f"{ids} is already taken (UNIQUE)", e)
+        if isinstance(e, psycopg.OperationalError):
+            return StoreError(f"the journal at {self.where} is unreachable ({_first_line(e)}): the {what} was not "
+                              "stored")
+        return self._fail(f"the {what} was not stored", e)
+
+    def _grown(self, rows: int) -> None:
+        self._rows_added += rows
         if self._rows_added >= max(ANALYZE_MIN_ROWS, self._rows_counted * ANALYZE_GROWTH):
             self._analyze()
 
@@ -303,14 +310,10 @@ class PgStore:
                     cur.executemany(_INSERT, [_row(t) for t in tasks])
                 pgflows.insert(cur, wf, self.host, self.lease_s)
                 cur.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
-        except psycopg.errors.UniqueViolation as e:
-            raise self._fail("a workflow or task id is already taken (UNIQUE)", e) from None
-        except psycopg.OperationalError as e:
-            raise StoreError(f"the journal at {self.where} is unreachable ({_first_line(e)}): the workflow was not "
-                             "stored") from None
         except psycopg.Error as e:
-            raise self._fail("the workflow was not stored", e) from None
+            raise self._refused("workflow", "a workflow or task id", e) from None
         self._flow_epochs[wf.id] = 1
+        self._grown(len(tasks))
 
     # ---- the group: noted now, written by `commit` -------------------------------------
 
