@@ -9,11 +9,11 @@ is left". Processes are touched only through `supervisord.spokes.procs`.
 Imports the stdlib, zmq (poll flags only), `proto`, `children.executors`/`children.log`
 and `supervisord.spokes.procs`/`cgroups`; must not import the worker.
 
-Containment: with a cgroup base (the daemon's `--cgroup`), each attempt runs in its own
-cgroup v2 (`cgroups.group_path`): the worker moves itself in, spawns the task there and
-moves back, so every process the task ever starts is in the group, and the SIGKILL step
-is one `cgroup.kill` with no process scan. Without one, the fallback finds the tree
-through the subreaper (our descendants) and the SUPD_TASK_ID tag.
+Containment: with a cgroup base (the daemon's `--cgroup`), the worker lives in a cgroup v2
+of its own (`cgroups.WorkerGroup`) and each attempt is born there, marked with its name
+while its processes may live: every process the task ever starts is in the group, and
+the SIGKILL step is one `cgroup.kill` with no process scan. Without one, the fallback
+finds the tree through the subreaper (our descendants) and the SUPD_TASK_ID tag.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from typing import IO, NamedTuple
+from typing import IO
 
 import msgspec
 import zmq
@@ -43,7 +43,7 @@ from proto.children import ChildMessage, Dispatch, Output, Progress, Result, Sta
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
 from supervisord.spokes import cgroups, procs
 
-__all__ = ["Cgroup", "RunningTask", "fit", "launch", "spawn_failure"]
+__all__ = ["RunningTask", "fit", "launch", "spawn_failure"]
 
 READ_CHUNK = 1 << 16
 #: Reads per fd per wake-up, so one flooding stream cannot starve the socket.
@@ -64,13 +64,6 @@ class Phase(enum.Enum):
     KILLED = "killed"  # SIGKILL sent; waiting for the tree to be reaped
 
 
-class Cgroup(NamedTuple):
-    """Where attempts' groups go (the daemon's subtree) and the worker's own home group."""
-
-    base: str
-    home: str
-
-
 #: zmq's poll flags as plain ints (an enum.Flag conversion per fd per turn costs microseconds)
 POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 
@@ -79,12 +72,12 @@ class RunningTask:
     """A spawned task; see the module docstring for the protocol with the loop."""
 
     def __init__(self, dispatch: Dispatch, popen: subprocess.Popen[bytes] | procs.Spawned, stdin: bytes | None,
-                 send: Send, now: float, cgroup: str | None = None) -> None:
+                 send: Send, now: float, cgroup: cgroups.WorkerGroup | None = None) -> None:
         self.task_id, self.attempt, self.limits = dispatch.task_id, dispatch.attempt, dispatch.limits
         self.epoch = dispatch.epoch
         self.executor: ExecExecutor | ClaudeExecutor = make_executor(dispatch)
         self.popen, self.pid, self.send = popen, popen.pid, send
-        self.cgroup = cgroup  # the attempt's cgroup, when contained
+        self.cgroup = cgroup  # the worker's group, marked with this attempt, when contained
         self.pgid = popen.pid  # own session: the process leads its group
         self.pidfd: int | None
         if isinstance(popen, procs.Spawned):
@@ -326,7 +319,7 @@ class RunningTask:
             targets = self._targets()
             sent = procs.terminate_task(self._group(), targets)
             if self.cgroup is not None:
-                sent += cgroups.terminate(self.cgroup)
+                sent += self.cgroup.terminate()
             self.phase = Phase.TERMINATING
             log("task_terminating", task=self.task_id, why=why, signalled=sent, grace_s=grace_s)
         if self.phase is Phase.TERMINATING:
@@ -339,7 +332,7 @@ class RunningTask:
         targets = [p for p in self._targets() if _alive(p)]
         sent = procs.kill_task(self._group(), targets)
         if self.cgroup is not None:
-            sent += cgroups.kill(self.cgroup)
+            sent += self.cgroup.kill()
         if self.phase is not Phase.KILLED:
             self.give_up_at = now + GIVE_UP_S
             log("task_killing", task=self.task_id, signalled=sent, alive=len(targets))
@@ -386,13 +379,11 @@ class RunningTask:
                       outcome=outcome, started_at=self.started_at, finished_at=time.time())
 
     def close(self) -> None:
-        """Release fds and the attempt's cgroup (idempotent); the pipes are closed by the
-        Popen objects. A group still populated (an unkillable leftover) is killed and left
-        for the daemon to remove."""
+        """Release fds and the attempt's mark on the worker's group (idempotent); the pipes
+        are closed by the Popen objects. A group still populated (an unkillable leftover) is
+        left to the daemon, marked, and the worker moves to a new one."""
         if self.cgroup is not None:
-            if not cgroups.remove(self.cgroup):
-                cgroups.kill(self.cgroup)
-                log("task_cgroup_busy", task=self.task_id, cgroup=self.cgroup)
+            _settle(self.cgroup, self.task_id)
             self.cgroup = None
         self._close_pidfd()
         self._close_stdin()
@@ -474,33 +465,32 @@ def _base_env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _enter_group(dispatch: Dispatch, cg: Cgroup | None) -> str | None:
-    """Create the attempt's cgroup and move this worker into it (the task is then born
-    there); None, and the fallback for this task, if that fails."""
+def _mark(dispatch: Dispatch, cg: cgroups.WorkerGroup | None) -> cgroups.WorkerGroup | None:
+    """Mark the worker's group with the attempt about to be born there; None, and the
+    fallback for this task, if that fails."""
     if cg is None:
         return None
-    path = cgroups.group_path(cg.base, dispatch.task_id, dispatch.epoch, dispatch.attempt)
     try:
-        cgroups.create(path)
-        cgroups.enter(path)
+        cg.mark(dispatch.task_id, dispatch.epoch, dispatch.attempt)
     except OSError as exc:
-        log("task_cgroup_failed", task=dispatch.task_id, cgroup=path, error=exc.strerror or str(exc))
-        cgroups.remove(path)
+        log("task_cgroup_failed", task=dispatch.task_id, cgroup=cg.path, error=exc.strerror or str(exc))
         return None
-    return path
+    return cg
 
 
-def _leave_group(path: str | None, cg: Cgroup | None, spawned: bool) -> None:
-    if path is None or cg is None:
-        return
-    cgroups.enter(cg.home)  # must not fail: we came from there
-    if not spawned:
-        cgroups.remove(path)
+def _settle(cg: cgroups.WorkerGroup, task_id: str) -> None:
+    try:
+        problem = cg.settle()
+    except OSError as exc:
+        problem = f"group {cg.path}: {exc.strerror or exc}"
+    if problem is not None:
+        log("task_cgroup_busy", task=task_id, problem=problem)
 
 
-def launch(dispatch: Dispatch, send: Send, now: float, cg: Cgroup | None = None) -> RunningTask | Result:
-    """Spawn the task in its own session (and its own cgroup, given `cg`) and announce it;
-    a spawn failure is a Result."""
+def launch(dispatch: Dispatch, send: Send, now: float,
+           cg: cgroups.WorkerGroup | None = None) -> RunningTask | Result:
+    """Spawn the task in its own session (in the worker's group, given `cg`) and announce
+    it; a spawn failure is a Result."""
     if dispatch.spec.kind == "claude" and not dispatch.claude_command:
         return spawn_failure(dispatch, OSError(0, "no Claude CLI command given"), ["claude"])
     cwd, base = dispatch.spec.cwd, ""
@@ -515,7 +505,7 @@ def launch(dispatch: Dispatch, send: Send, now: float, cg: Cgroup | None = None)
     plan: Launch = plan_launch(dispatch, _base_env(), cwd)
     if not plan.argv:
         return _with_worktree(spawn_failure(dispatch, OSError(0, "empty argv"), plan.argv), dispatch, base)
-    group = _enter_group(dispatch, cg)
+    group = _mark(dispatch, cg)
     popen: subprocess.Popen[bytes] | procs.Spawned | None = None
     try:
         popen = procs.spawn(plan.argv, env=plan.env, cwd=plan.cwd, stdin_data=plan.stdin is not None,
@@ -525,7 +515,8 @@ def launch(dispatch: Dispatch, send: Send, now: float, cg: Cgroup | None = None)
     except ValueError as exc:  # an env key with "=" or a NUL byte in argv/env
         return _with_worktree(spawn_failure(dispatch, OSError(0, str(exc)), plan.argv), dispatch, base)
     finally:
-        _leave_group(group, cg, popen is not None)
+        if popen is None and group is not None:
+            _settle(group, dispatch.task_id)  # nothing was born: no mark to keep
     task = RunningTask(dispatch, popen, plan.stdin, send, now, group)
     task.base = base
     send(Started(task_id=task.task_id, attempt=task.attempt, epoch=task.epoch, pid=task.pid, pgid=task.pgid))

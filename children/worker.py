@@ -34,7 +34,7 @@ import zmq
 
 import proto
 from children.log import log
-from children.running import POLLIN, POLLOUT, Cgroup, RunningTask, fit, launch
+from children.running import POLLIN, POLLOUT, RunningTask, fit, launch
 from proto.children import (
     BOOT_FAILURE_EXIT,
     Cancel,
@@ -86,8 +86,7 @@ class Worker:
         self.backlog: deque[bytes] = deque()
         self.dropped = 0  # Progress/Heartbeats dropped since the socket last drained
         self.silent_logged = False
-        home = cgroups.home_dir() if config.cgroup_base else None
-        self.cgroup = Cgroup(config.cgroup_base, home) if config.cgroup_base and home else None
+        self.cgroup: cgroups.WorkerGroup | None = None  # the group we live in, once opened
         self.encode = msgspec.msgpack.Encoder().encode
         self.decode = msgspec.msgpack.Decoder(DaemonMessage).decode
         self.task: RunningTask | None = None
@@ -193,6 +192,7 @@ class Worker:
         except ImportError as exc:
             log("boot_failed", error=f"{type(exc).__name__}: {exc}", code=BOOT_FAILURE_EXIT)
             return BOOT_FAILURE_EXIT
+        self._open_group()
         while self.exit_code is None:
             self._sync_poller()
             ready = dict(self.poller.poll(self._timeout_ms(time.monotonic())))
@@ -215,6 +215,21 @@ class Worker:
             self._finish_task()
             self._on_time(now)
         return self.exit_code
+
+    def _open_group(self) -> None:
+        """Move into a cgroup of our own, where every attempt is born (the daemon's subtree
+        given): a Dispatch waits behind this, so it comes before the first one."""
+        base = self.config.cgroup_base
+        home = cgroups.home_dir() if base else None
+        if not base or home is None:
+            return
+        group = cgroups.WorkerGroup(base, self.config.identity, home)
+        try:
+            group.open()
+        except OSError as exc:  # every attempt falls back to the subreaper and the tag
+            log("cgroup_failed", base=base, error=exc.strerror or str(exc))
+            return
+        self.cgroup = group
 
     def _drain_wakeup(self) -> None:
         try:

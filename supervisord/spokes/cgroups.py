@@ -1,23 +1,28 @@
-"""Containment of task attempts: one cgroup v2 per attempt, so nothing a task starts
-outlives it, whatever it does (`env -i`, `setsid`, double forks, killing its own worker).
+"""Containment of task attempts in cgroup v2, so nothing a task starts outlives it,
+whatever it does (`env -i`, `setsid`, double forks, killing its own worker).
 
-Layout, deterministic so the daemon can kill an attempt whose worker is gone, and a new
-daemon can kill what a dead one left:
+Layout: each child worker lives in a group of its own, where its attempts are born:
 
-    <root>/supd-<hash of the state dir>/<task id>-<epoch>-<attempt>
+    <root>/supd-<hash of the state dir>/<worker identity>-<worker pid>
+
+and the group is marked (a `user.supd.attempt` xattr: "<task id> <epoch> <attempt>") for
+as long as an attempt's processes may be in it, so the daemon can kill an attempt whose
+worker is gone, and a new daemon what a dead one left, by task id. A mark is cleared only
+once the attempt's tree is dead and reaped. No process moves between groups on the
+per-task path (a move of the worker costs ~25 µs of CPU each way and a mkdir/rmdir pair
+~60 µs more): the worker leaves its group only to kill it (`cgroup.kill` kills every
+member), and comes back once it is empty, or makes a new one if it will not empty.
 
 `root` is the daemon's own cgroup (under systemd with `Delegate=yes`, the service's own
-subtree; in a container, often the cgroup2 mount itself) when it is cgroup v2, writable
-and has `cgroup.kill` (Linux 5.14). The child worker creates its attempt's group, moves
-itself in, posix_spawns the task (born inside: no window in which a fork escapes), and
-moves back to its home cgroup. A kill is one write to `cgroup.kill`; an empty group is
-removed with rmdir. No process table scan anywhere on this path.
+subtree; in a container, often the cgroup2 mount itself) when it is cgroup v2, writable,
+has `cgroup.kill` (Linux 5.14) and user xattrs. A kill is one write to `cgroup.kill`; an
+empty group is removed with rmdir. No process table scan anywhere on this path.
 
 Where no writable cgroup exists (or `SUPD_CGROUPS=0`), the fallback is the subreaper +
 `SUPD_TASK_ID` tag scheme of `procs`; `Containment.mode` says which one is in use.
 
-Both the daemon (`Containment`) and each child (the module functions) import it: the
-stdlib and `procs` only, no asyncio. Signals go through pidfds (`procs.signal_pidfd`).
+Both the daemon (`Containment`) and each child (`WorkerGroup`) import it: the stdlib and
+`procs` only, no asyncio. Signals go through pidfds (`procs.signal_pidfd`).
 """
 
 from __future__ import annotations
@@ -30,22 +35,28 @@ from collections.abc import Iterable
 from supervisord.spokes import procs
 
 __all__ = [
+    "MARK",
     "SWITCH_ENV",
     "Containment",
+    "WorkerGroup",
     "create",
     "enter",
-    "group_path",
+    "groups",
     "home_dir",
     "kill",
+    "marked_task",
     "members",
     "open_base",
     "populated",
     "remove",
     "signal_members",
+    "worker_group",
 ]
 
 #: Set to 0/off/no to force the subreaper fallback even where cgroups are writable.
 SWITCH_ENV = "SUPD_CGROUPS"
+#: The xattr naming the attempt whose processes a worker's group may hold.
+MARK = "user.supd.attempt"
 
 
 def _mountpoint() -> str | None:
@@ -95,35 +106,40 @@ def open_base(state_dir: str) -> tuple[str | None, str]:
         os.makedirs(base, exist_ok=True)
         probe = os.path.join(base, "probe")
         os.mkdir(probe)
-        has_kill = os.path.exists(os.path.join(probe, "cgroup.kill"))
-        os.rmdir(probe)
+        try:
+            has_kill = os.path.exists(os.path.join(probe, "cgroup.kill"))
+            os.setxattr(probe, MARK, b"probe")
+        finally:
+            os.rmdir(probe)
     except OSError as exc:
-        return None, f"{root} not writable ({exc.strerror})"
+        what = "has no user xattrs" if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) else "not writable"
+        return None, f"{root} {what} ({exc.strerror})"
     if not has_kill:
         return None, "no cgroup.kill (Linux < 5.14)"
     return base, f"cgroup v2 under {base}"
 
 
-def _safe(task_id: str) -> str:
-    return task_id.replace("/", "_").lstrip(".") or "_"
+def worker_group(base: str, identity: str, pid: int) -> str:
+    """The group a child worker lives in (a new pid, a new group: never a stale one)."""
+    return os.path.join(base, f"{identity}-{pid}")
 
 
-def group_path(base: str, task_id: str, epoch: int, attempt: int) -> str:
-    return os.path.join(base, f"{_safe(task_id)}-{epoch}-{attempt}")
-
-
-def _task_of(name: str) -> str:
-    return name.rsplit("-", 2)[0]
+def marked_task(path: str) -> str | None:
+    """The task whose attempt the group at `path` may hold, or None (idle, or gone)."""
+    try:
+        raw = os.getxattr(path, MARK)
+    except OSError:  # no mark (ENODATA), or no group
+        return None
+    return raw.decode(errors="replace").rsplit(" ", 2)[0] if raw else None
 
 
 def groups(base: str, task_id: str | None = None) -> list[str]:
-    """The attempt groups under `base` (of `task_id` only, if given)."""
+    """The groups under `base` (only those marked with `task_id`'s attempts, if given)."""
     try:
-        names = [e.name for e in os.scandir(base) if e.is_dir()]
+        paths = [e.path for e in os.scandir(base) if e.is_dir()]
     except FileNotFoundError:
         return []
-    want = _safe(task_id) if task_id is not None else None
-    return [os.path.join(base, n) for n in names if want is None or _task_of(n) == want]
+    return paths if task_id is None else [p for p in paths if marked_task(p) == task_id]
 
 
 def _write(path: str, text: str) -> None:
@@ -135,11 +151,8 @@ def _write(path: str, text: str) -> None:
 
 
 def create(path: str) -> None:
-    """mkdir the attempt's group; a leftover of the same name is killed first. OSError."""
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        kill(path)
+    """mkdir a group. OSError (FileExistsError for a name taken)."""
+    os.mkdir(path)
 
 
 def enter(path: str) -> None:
@@ -186,12 +199,15 @@ def remove(path: str) -> bool:
     return True
 
 
-def signal_members(path: str, sigs: Iterable[int]) -> int:
-    """Send each of `sigs` to every process in the group, through a pidfd opened and then
-    checked to be in the group (a pid listed and reused meanwhile is not signalled)."""
-    sigs, sent = list(sigs), 0
+def signal_members(path: str, sigs: Iterable[int], spare: Iterable[int] = ()) -> int:
+    """Send each of `sigs` to every process in the group but those in `spare` (a worker
+    living there), through a pidfd opened and then checked to be in the group (a pid
+    listed and reused meanwhile is not signalled)."""
+    sigs, sent, spared = list(sigs), 0, set(spare)
     rel = "/" + os.path.basename(path)
     for pid in members(path):
+        if pid in spared:
+            continue
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -206,9 +222,80 @@ def signal_members(path: str, sigs: Iterable[int]) -> int:
     return sent
 
 
-def terminate(path: str) -> int:
-    """SIGCONT + SIGTERM to every member (step one of the escalation)."""
-    return signal_members(path, (signal.SIGCONT, signal.SIGTERM))
+def terminate(path: str, spare: Iterable[int] = ()) -> int:
+    """SIGCONT + SIGTERM to every member but `spare` (step one of the escalation)."""
+    return signal_members(path, (signal.SIGCONT, signal.SIGTERM), spare)
+
+
+class WorkerGroup:
+    """A child worker's side: the group it lives in and its attempts are born in.
+
+    `open()` makes it and moves the worker in (once, at boot); `mark()` names the attempt
+    about to be spawned, `settle()` clears the name once the attempt's tree is dead and
+    reaped. `kill()` first moves the worker out to its home group (`cgroup.kill` spares
+    nobody), and `settle()` brings it back, or into a new group if the old one will not
+    empty (an unkillable leftover: the group is left marked, for the daemon).
+    """
+
+    def __init__(self, base: str, identity: str, home: str) -> None:
+        self.base, self.identity, self.home = base, identity, home
+        self.path = ""
+        self.outside = True  # not in `path` (yet, or after a kill)
+        self.marked = False
+
+    def open(self) -> None:
+        """Make a group of our own and move in. OSError."""
+        stem = worker_group(self.base, self.identity, os.getpid())
+        for n in range(100):
+            path = stem if n == 0 else f"{stem}-{n}"
+            try:
+                create(path)
+            except FileExistsError:  # a stale group of a past worker with our pid
+                continue
+            try:
+                enter(path)
+            except OSError:
+                remove(path)
+                raise
+            self.path, self.outside = path, False
+            return
+        raise FileExistsError(errno.EEXIST, "every group name is taken", stem)
+
+    def mark(self, task_id: str, epoch: int, attempt: int) -> None:
+        """Name the attempt about to be born here. OSError."""
+        os.setxattr(self.path, MARK, f"{task_id} {epoch} {attempt}".encode())
+        self.marked = True
+
+    def terminate(self) -> int:
+        return terminate(self.path, spare=(os.getpid(),))
+
+    def kill(self) -> int:
+        """SIGKILL every process of the attempt at once (the worker steps out first)."""
+        if not self.outside:
+            enter(self.home)  # must not fail: we came from there
+            self.outside = True
+        return int(kill(self.path))
+
+    def settle(self) -> str | None:
+        """The attempt's tree is dead and reaped: clear the mark and be back inside. The
+        problem (a group that stays populated is left to the daemon), or None."""
+        if self.outside and populated(self.path):
+            kill(self.path)
+            left, problem = self.path, f"group {self.path} still populated: left marked for the daemon"
+            try:
+                self.open()
+            except OSError as exc:
+                self.path = left
+                return f"{problem}; no new group ({exc.strerror or exc})"
+            self.marked = False
+            return problem
+        if self.marked:
+            os.removexattr(self.path, MARK)
+            self.marked = False
+        if self.outside:
+            enter(self.path)
+            self.outside = False
+        return None
 
 
 class Containment:
@@ -232,15 +319,14 @@ class Containment:
         """Extra arguments of `python -m children` for this mode."""
         return ["--cgroup", self.base] if self.base is not None else []
 
-    def kill_task(self, task_id: str, spare_attempt: int | None = None) -> int:
-        """SIGKILL every attempt group of `task_id` (but those of `spare_attempt`, a retry
-        running now) and remove the empty ones. No scan: cgroup mode only (0 otherwise)."""
+    def kill_task(self, task_id: str) -> int:
+        """SIGKILL every group marked with an attempt of `task_id` (a lost attempt's: its
+        worker, if still there, goes with it) and remove the empty ones. No process scan:
+        cgroup mode only (0 otherwise)."""
         if self.base is None:
             return 0
         killed = 0
         for path in groups(self.base, task_id):
-            if spare_attempt is not None and path.endswith(f"-{spare_attempt}"):
-                continue
             if kill(path):
                 killed += 1
                 self.doomed.add(path)
@@ -248,13 +334,24 @@ class Containment:
         return killed
 
     def terminate_task(self, task_id: str) -> int:
-        """SIGCONT + SIGTERM to every process of every attempt group of `task_id`."""
+        """SIGCONT + SIGTERM to every process of every group marked with `task_id`, but
+        the workers."""
         if self.base is None:
             return 0
-        return sum(terminate(path) for path in groups(self.base, task_id))
+        return sum(terminate(path, spare=self.spawned.keys()) for path in groups(self.base, task_id))
+
+    def worker_exited(self, identity: str, pid: int) -> None:
+        """A worker is gone: its groups go once empty (one still holding a lost attempt's
+        tree is killed by the look at that attempt, `kill_task`)."""
+        if self.base is None:
+            return
+        stem = os.path.basename(worker_group(self.base, identity, pid))
+        self.doomed.update(p for p in groups(self.base)
+                           if (name := os.path.basename(p)) == stem or name.startswith(stem + "-"))
+        self.remove_empty()
 
     def kill_all(self) -> int:
-        """SIGKILL every attempt group (the daemon is leaving, or starting after a crash)."""
+        """SIGKILL every group (the daemon is leaving, or starting after a crash)."""
         if self.base is None:
             return 0
         found = groups(self.base)

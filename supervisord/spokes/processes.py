@@ -68,6 +68,7 @@ class ProcessSpoke:
         returncode = proc.poll()  # reaped by pid
         proc.close_pidfd()
         self.c.spawned.pop(proc.pid, None)
+        self.c.worker_exited(identity, proc.pid)
         self._sweep_adopted()  # its orphans have just been re-parented to us
         self.inbox.put_nowait(ChildExited(identity, proc.pid, returncode))
 
@@ -180,7 +181,7 @@ class ProcessSpoke:
         that confirms it."""
         wanted = set(task_ids)
         if self.c.mode == "cgroup":
-            return {t for t in wanted if cgroups.groups(self.c.base or "", t)}
+            return {t for p in cgroups.groups(self.c.base or "") if (t := cgroups.marked_task(p)) in wanted}
         return {tid for tid in procs.tagged_by_task() if tid in wanted}
 
     # ---- the end -------------------------------------------------------------------------

@@ -313,3 +313,94 @@ def _tagged_procs(task_id: str) -> list[psutil.Process]:
 def _tagged(task_id: str) -> bool:
     return bool(_tagged_procs(task_id))
 
+
+
+# ---- 10. a worker's own group: attempts born there, marked while they may live -------------------
+
+SPAWNS_A_DAEMON = r"""
+import os, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _group_of(pid: int) -> str:
+    from supervisord.spokes import cgroups
+
+    return cgroups.home_dir(pid) or ""
+
+
+def _mark(path: str) -> bytes | None:
+    try:
+        return os.getxattr(path, "user.supd.attempt")
+    except OSError:
+        return None
+
+
+@needs_cgroups
+def test_a_worker_lives_in_its_own_group_and_its_attempts_are_born_marked_there(tmp_path: Path) -> None:
+    from proto.children import Stop
+
+    h = ChildHarness(identity="w05.3")
+    try:
+        hello = h.hello()
+        task_id = tid("t-marked")
+        h.send(exec_dispatch(task_id, [PY, "-c", SPAWNS_A_DAEMON], timeout_s=1.0, kill_grace_s=0.5))
+        started, _ = h.until(Started)
+        group = _group_of(hello.pid)
+        assert h.cgroup_base is not None
+        assert group == os.path.join(h.cgroup_base, f"w05.3-{hello.pid}"), group
+        assert _group_of(started.pid) == group, "the task is born in its worker's group"
+        assert _mark(group) == f"{task_id} 0 1".encode()
+        assert h.wait_for(lambda: len(procs.tagged(task_id)) == 2, 5), "its setsid grandchild runs"
+        escaped = [p.pid for p in procs.tagged(task_id) if p.pid != started.pid]
+        result, _ = h.until(Result, 10)  # the wall-clock timeout: TERM, then cgroup.kill
+        assert result.state == "timed_out", result
+        assert all(_gone(p) for p in [started.pid, *escaped])
+        assert _group_of(hello.pid) == group, "back in its group after the kill"
+        assert _mark(group) is None, "no mark once the tree is dead"
+        again, _ = h.run(exec_dispatch(tid("t-next"), ["true"]))
+        assert again.state == "succeeded" and _mark(group) is None
+        h.send(Stop())
+        assert h.wait_exit(5) == 0
+    finally:
+        h.close()
+
+
+@needs_cgroups
+def test_the_daemon_removes_a_worker_group_once_its_worker_is_gone(supd_factory: Any) -> None:
+    from proto import control as ctl
+
+    d = supd_factory(children=2).start()
+    (base,) = {os.path.dirname(_group_of(pid)) for pid in d.children_pids()}
+    (task_id,) = d.submit(TaskSpec(kind="exec", argv=["true"]))
+    d.wait([task_id], timeout_s=30)
+    assert len([e for e in os.scandir(base) if e.is_dir()]) == 2, "one group per worker"
+    reply = d.request(ctl.Scale(children=1))
+    assert not isinstance(reply, ctl.Error), reply
+    assert _wait(lambda: len([e for e in os.scandir(base) if e.is_dir()]) == 1, 10)
+    assert [os.path.basename(_group_of(pid)) for pid in d.children_pids()] == \
+        [e.name for e in os.scandir(base) if e.is_dir()]
+
+
+@needs_cgroups
+def test_a_lost_attempt_is_killed_by_its_mark_and_no_other_worker_is_touched(supd_factory: Any) -> None:
+    from proto import control as ctl
+
+    d = supd_factory(children=2, config="[tasks]\nkill_grace_s = 0.5\n").start()
+    sleeper = [PY, "-c", "import time; time.sleep(60)"]
+    lost, kept = d.submit(TaskSpec(kind="exec", argv=sleeper, retries=0), TaskSpec(kind="exec", argv=sleeper))
+    assert _wait(lambda: _tagged(lost) and _tagged(kept), 20)
+    (lost_proc,) = _tagged_procs(lost)
+    (kept_proc,) = _tagged_procs(kept)
+    lost_worker, kept_worker = lost_proc.ppid(), kept_proc.ppid()
+    assert lost_worker != kept_worker and {lost_worker, kept_worker} == set(d.children_pids())
+    os.kill(lost_worker, signal.SIGKILL)
+    (task,) = d.wait([lost], timeout_s=30)
+    assert task.state == "failed" and task.error is not None and task.error.kind == "worker_lost"
+    assert _wait(lambda: _gone(lost_proc.pid), 10)
+    assert kept_proc.is_running() and psutil.Process(kept_worker).is_running(), "the other worker's group is not its"
+    assert (_mark(_group_of(kept_worker)) or b"").startswith(kept.encode() + b" ")
+    d.request(ctl.Cancel(id=kept))
+    d.wait([kept], timeout_s=30)
