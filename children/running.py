@@ -39,7 +39,7 @@ from children.executors import (
     plan_launch,
 )
 from children.log import log
-from proto.children import ChildMessage, Dispatch, Output, Progress, Result, Started
+from proto.children import STARTED_AFTER_S, ChildMessage, Dispatch, Output, Progress, Result, Started
 from proto.task import ErrorKind, Outcome, TaskError, TaskState
 from supervisord.spokes import cgroups, procs
 
@@ -104,6 +104,8 @@ class RunningTask:
         self.transcript = Transcriber(dispatch.limits.transcript_cap_bytes, dispatch.attempt,
                                       json_stdout=dispatch.spec.kind == "claude")
         self.flush_at: float | None = None
+        #: when Started goes, unless a Progress or Output takes it along first (None: sent)
+        self.announce_at: float | None = now + STARTED_AFTER_S
         #: the worktree the task runs in, and the commit its branch started from
         self.worktree = dispatch.worktree
         self.base = ""
@@ -131,8 +133,15 @@ class RunningTask:
 
     def next_deadline(self) -> float | None:
         pending = [t for t in (self.wall_at, self.stall_at, self.grace_at, self.kill_at,
-                               self.recheck_at, self.give_up_at, self.flush_at) if t is not None]
+                               self.recheck_at, self.give_up_at, self.flush_at, self.announce_at) if t is not None]
         return min(pending) if pending else None
+
+    def announce(self) -> None:
+        """Send Started, once (before anything else of this attempt but its Result)."""
+        if self.announce_at is not None:
+            self.announce_at = None
+            self.send(Started(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, pid=self.pid,
+                              pgid=self.pgid))
 
     def on_ready(self, fd: int, now: float) -> None:
         if fd == self.pidfd:
@@ -171,6 +180,8 @@ class RunningTask:
             self.flush_at = now + OUTPUT_FLUSH_S
         if fd == self.out_fd:
             active, progress = self.executor.feed_stdout(chunk)
+            if progress:
+                self.announce()
             for event, summary in progress:
                 self.send(Progress(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, event=event,
                                    summary=summary))
@@ -263,10 +274,14 @@ class RunningTask:
         self.flush_at = None
         lines = self.transcript.take(time.time(), final)
         if lines:
+            if not final:  # the last lines go right before the Result, which then names the pid
+                self.announce()
             self.send(Output(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, lines=lines))
 
     def on_time(self, now: float) -> None:
         """Act on every deadline that has passed."""
+        if self.announce_at is not None and now >= self.announce_at:
+            self.announce()
         if self.flush_at is not None and now >= self.flush_at:
             self.flush_output()
         if self.wall_at is not None and now >= self.wall_at:
@@ -376,7 +391,8 @@ class RunningTask:
         log("task_finished", task=self.task_id, attempt=self.attempt, state=state.value,
             error=outcome.error.kind if outcome.error else None, returncode=self.returncode)
         return Result(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, state=state.value,
-                      outcome=outcome, started_at=self.started_at, finished_at=time.time())
+                      outcome=outcome, started_at=self.started_at, finished_at=time.time(),
+                      pid=self.pid if self.announce_at is not None else None)
 
     def close(self) -> None:
         """Release fds and the attempt's mark on the worker's group (idempotent); the pipes
@@ -519,6 +535,5 @@ def launch(dispatch: Dispatch, send: Send, now: float,
             _settle(group, dispatch.task_id)  # nothing was born: no mark to keep
     task = RunningTask(dispatch, popen, plan.stdin, send, now, group)
     task.base = base
-    send(Started(task_id=task.task_id, attempt=task.attempt, epoch=task.epoch, pid=task.pid, pgid=task.pgid))
     log("task_started", task=task.task_id, attempt=task.attempt, kind=dispatch.spec.kind, task_pid=task.pid)
     return task

@@ -46,7 +46,9 @@ class Heartbeat(msgspec.Struct, tag=True, kw_only=True):
 
 
 class Started(msgspec.Struct, tag=True, kw_only=True):
-    """The task's process is running: its pid, and the session/pgid it leads."""
+    """The task's process is running: its pid, and the session/pgid it leads. Sent once the
+    process has run for `STARTED_AFTER_S`, or before its first Progress or Output; a task
+    that ends sooner sends none, and its `Result` carries the pid."""
 
     task_id: str
     attempt: int
@@ -89,7 +91,13 @@ class Result(msgspec.Struct, tag=True, kw_only=True):
     outcome: Outcome
     started_at: float
     finished_at: float
+    #: the task's process (and session leader), when no `Started` said it (None: no process)
+    pid: int | None = None
 
+
+#: How long a task's process runs before its `Started` goes: most short tasks then send
+#: one message, not two (a message is ~4 thread wake-ups across both processes).
+STARTED_AFTER_S = 0.05
 
 ChildMessage = Hello | Heartbeat | Started | Progress | Output | Result
 

@@ -21,7 +21,7 @@ import msgspec
 import psutil
 import pytest
 
-from proto.children import Cancel, Dispatch, Progress, Result, Started, Stop
+from proto.children import STARTED_AFTER_S, Cancel, Dispatch, Progress, Result, Started, Stop
 from proto.task import TaskSpec
 from supervisord.spokes import procs
 from tests.childharness import REPO, ChildHarness, exec_dispatch, limits, tid
@@ -82,15 +82,24 @@ def _wait_tree(h: ChildHarness, task_id: str, count: int = 2) -> list[psutil.Pro
 # ---- plain exec tasks ------------------------------------------------------------------
 
 
-def test_echo_starts_then_succeeds(child: ChildHarness) -> None:
+def test_echo_succeeds_and_its_result_names_the_process_it_ended_too_soon_to_announce(child: ChildHarness) -> None:
     result, seen = child.run(exec_dispatch(tid("t-echo"), ["echo", "hi"]))
-    assert [type(m) for m in seen] == [Started]
-    started = seen[0]
-    assert isinstance(started, Started) and started.pid == started.pgid
+    assert not [m for m in seen if isinstance(m, Started)], "no Started: it ended within STARTED_AFTER_S"
+    assert result.pid is not None and result.pid > 1
     assert result.state == "succeeded"
     assert result.outcome.result == "hi\n" and result.outcome.exit_code == 0
     assert result.outcome.error is None and not result.outcome.truncated
     assert result.started_at <= result.finished_at <= time.time()
+
+
+def test_a_task_that_runs_on_is_announced_before_anything_else(child: ChildHarness) -> None:
+    argv = [sys.executable, "-c", f"import time; time.sleep({STARTED_AFTER_S * 4}); print('late')"]
+    result, seen = child.run(exec_dispatch(tid("t-slow"), argv))
+    assert [type(m) for m in seen] == [Started], seen
+    started = seen[0]
+    assert isinstance(started, Started) and started.pid == started.pgid
+    assert result.state == "succeeded" and result.pid is None, "announced already"
+
 
 
 def test_exit_1_is_failed_exit(child: ChildHarness) -> None:
