@@ -89,6 +89,9 @@ class RunningTask:
         self.verdict: Verdict | None = None
         self.phase = Phase.RUNNING
         self.finished = False
+        #: no child of ours is left, seen after the main process was reaped: nothing of the
+        #: tree can come back then (an orphan is re-parented only from a live descendant)
+        self.tree_empty = False
         self.out_fd = self._nonblocking(popen.stdout)
         self.err_fd = self._nonblocking(popen.stderr)
         self.in_fd = self._nonblocking(popen.stdin) if stdin else None
@@ -142,6 +145,7 @@ class RunningTask:
             self.announce_at = None
             self.send(Started(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, pid=self.pid,
                               pgid=self.pgid))
+            log("task_started", task=self.task_id, attempt=self.attempt, task_pid=self.pid)
 
     def on_ready(self, fd: int, now: float) -> None:
         if fd == self.pidfd:
@@ -242,7 +246,9 @@ class RunningTask:
         for fd in (self.out_fd, self.err_fd):
             if fd is not None:
                 self._read(fd, now, READS_PER_WAKE)  # bounded: a leftover may write forever
-        if self.phase is Phase.RUNNING and procs.children_pids(os.getpid()):
+        left = procs.children_pids(os.getpid())
+        self.tree_empty = not left
+        if self.phase is Phase.RUNNING and left:
             self._escalate(now, grace_s=0.0, why="leftovers")
 
     def _close_pidfd(self) -> None:
@@ -262,7 +268,7 @@ class RunningTask:
     def _check_done(self) -> None:
         if self.finished or self.returncode is None or self.out_fd is not None or self.err_fd is not None:
             return
-        if self._reap_orphans():
+        if not self.tree_empty and self._reap_orphans():
             return  # a SIGCHLD will tell us when the rest is gone
         self.finished = True
         self.kill_at = self.recheck_at = self.give_up_at = None
@@ -389,7 +395,7 @@ class RunningTask:
             log("task_worktree", task=self.task_id, branch=outcome.worktree.branch, head=outcome.worktree.head,
                 files=outcome.worktree.files_changed, error=outcome.worktree.error)
         log("task_finished", task=self.task_id, attempt=self.attempt, state=state.value,
-            error=outcome.error.kind if outcome.error else None, returncode=self.returncode)
+            error=outcome.error.kind if outcome.error else None, returncode=self.returncode, task_pid=self.pid)
         return Result(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, state=state.value,
                       outcome=outcome, started_at=self.started_at, finished_at=time.time(),
                       pid=self.pid if self.announce_at is not None else None)
@@ -535,5 +541,4 @@ def launch(dispatch: Dispatch, send: Send, now: float,
             _settle(group, dispatch.task_id)  # nothing was born: no mark to keep
     task = RunningTask(dispatch, popen, plan.stdin, send, now, group)
     task.base = base
-    log("task_started", task=task.task_id, attempt=task.attempt, kind=dispatch.spec.kind, task_pid=task.pid)
     return task

@@ -199,7 +199,6 @@ class Worker:
             now = time.monotonic()
             if self.wake_r.fileno() in ready:
                 self._drain_wakeup()
-            self._on_signals(now)
             if self.daemon_pidfd is not None and self.daemon_pidfd in ready:
                 os.close(self.daemon_pidfd)  # stays readable: watch it no more
                 self.daemon_pidfd = None
@@ -212,6 +211,9 @@ class Worker:
                 for fd in self.task.watch().keys() & ready.keys():
                     self.task.on_ready(fd, now)
                 self.task.on_time(now)
+            # after the task's fds: the SIGCHLD of a main process whose pidfd was ready too
+            # then finds it reaped, and does not look for orphans again
+            self._on_signals(now)
             self._finish_task()
             self._on_time(now)
         return self.exit_code

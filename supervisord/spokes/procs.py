@@ -173,7 +173,10 @@ def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_ses
     """posix_spawn with pipes: ~70 µs of our CPU per task where Popen spends ~150-220 µs.
     Our fds are all close-on-exec (Python's default, libzmq's and pidfds' too), so only
     the three given here reach the task. Without `capture`, stdout/stderr are ours."""
-    program = _program(argv[0], env)
+    # The PATH search in C (posix_spawnp) when the task's PATH is ours, as it mostly is: it
+    # searches as execvp does, like `_program`, in a tenth of the time.
+    spawnp = os.sep not in argv[0] and env.get("PATH") == os.environ.get("PATH")
+    program = argv[0] if spawnp else _program(argv[0], env)
     ours: list[int] = []
     theirs: list[int] = []
     actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = []
@@ -188,7 +191,8 @@ def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_ses
             r, w = os.pipe()
             ours.append(r), theirs.append(w)
             actions.append((os.POSIX_SPAWN_DUP2, w, target))
-        pid = os.posix_spawn(program, argv, env, file_actions=actions, setsid=new_session)
+        pid = (os.posix_spawnp if spawnp else os.posix_spawn)(program, argv, env, file_actions=actions,
+                                                              setsid=new_session)
     except BaseException:
         for fd in ours:
             os.close(fd)

@@ -373,9 +373,10 @@ def test_the_daemon_removes_a_worker_group_once_its_worker_is_gone(supd_factory:
     from proto import control as ctl
 
     d = supd_factory(children=2).start()
+    d.wait(d.submit(TaskSpec(kind="exec", argv=["true"]), TaskSpec(kind="exec", argv=["true"])), timeout_s=30)
+    # a worker moves into its group right after its Hello (before any Dispatch of its is read)
+    assert _wait(lambda: len({os.path.dirname(_group_of(pid)) for pid in d.children_pids()}) == 1, 5)
     (base,) = {os.path.dirname(_group_of(pid)) for pid in d.children_pids()}
-    (task_id,) = d.submit(TaskSpec(kind="exec", argv=["true"]))
-    d.wait([task_id], timeout_s=30)
     assert len([e for e in os.scandir(base) if e.is_dir()]) == 2, "one group per worker"
     reply = d.request(ctl.Scale(children=1))
     assert not isinstance(reply, ctl.Error), reply
