@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 # tokenize) was ~10 ms of every child's boot. msgspec falls back to `typing` without it.
 sys.modules.setdefault("typing_extensions", None)  # type: ignore[arg-type]
 
+import proto
 from children.log import bind, log
 from proto.children import BOOT_FAILURE_EXIT
 
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         from children.worker import Worker, WorkerConfig
 
         ctx = zmq.Context()
+        ctx.set(zmq.THREAD_SCHED_POLICY, proto.IO_THREAD_SCHED_POLICY)
         sock = connect(ctx, args.endpoint, args.identity)
         config = WorkerConfig(args.identity, args.daemon_pid, args.heartbeat_s, args.liveness, args.cgroup)
         worker = Worker(sock, config, daemon_pidfd)

@@ -24,6 +24,7 @@ from typing import Any
 
 import zmq.asyncio
 
+import proto
 from supervisord.config import Config
 from supervisord.core import taskenv
 from supervisord.core.traceids import Ids
@@ -241,6 +242,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         ctx = zmq.asyncio.Context()
+        ctx.set(zmq.THREAD_SCHED_POLICY, proto.IO_THREAD_SCHED_POLICY)
         limit = self.config.limits.max_message_bytes
         transport = ChildTransport(ctx, self.paths.children, self.inbox, limit)
         keys = curve.server_keys(self.config.security)  # main() already refused bad keys with exit 2
