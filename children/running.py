@@ -114,7 +114,7 @@ class RunningTask:
         self.base = ""
 
     @staticmethod
-    def _nonblocking(pipe: IO[bytes] | None) -> int | None:
+    def _nonblocking(pipe: IO[bytes] | procs.PipeEnd | None) -> int | None:
         if pipe is None:
             return None
         fd = pipe.fileno()

@@ -27,6 +27,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 import msgspec
@@ -71,6 +72,9 @@ class WorkerConfig(NamedTuple):
     liveness: int
     cgroup_base: str = ""  #: the daemon's cgroup subtree for attempts ("": fallback)
 
+
+#: setproctitle.setproctitle, once imported (after Hello)
+_setproctitle: Callable[[str], None] | None = None
 
 #: Messages that may be dropped under back-pressure; any other is kept until sent.
 DROPPABLE = (Progress, Heartbeat)
@@ -147,12 +151,13 @@ class Worker:
             self.dropped = 0
 
     def _title(self) -> None:
-        # Imported here, first used after Hello: setproctitle imports `logging` (~20 ms), and
-        # the time to Hello is how long a crashed child's slot stays empty.
-        from setproctitle import setproctitle
-
+        global _setproctitle
+        if _setproctitle is None:
+            # Imported here, first used after Hello: setproctitle imports `logging` (~20 ms),
+            # and the time to Hello is how long a crashed child's slot stays empty.
+            from setproctitle import setproctitle as _setproctitle
         state = f"busy {self.task.task_id}" if self.task else "idle"
-        setproctitle(f"supd-child {self.config.identity} {state}")
+        _setproctitle(f"supd-child {self.config.identity} {state}")
 
     def _sync_poller(self) -> None:
         wanted: dict[int, int] = {self.wake_r.fileno(): POLLIN}
@@ -242,6 +247,8 @@ class Worker:
 
     def _on_signals(self, now: float) -> None:
         signals, self.signals = self.signals, []
+        if signals:  # their wake-up bytes are in already (the C handler writes first): no second turn
+            self._drain_wakeup()
         for signum in signals:
             if signum == signal.SIGCHLD:
                 self._on_sigchld(now)
