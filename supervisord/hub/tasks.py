@@ -187,7 +187,10 @@ def answer(h: Hub, waiter: Waiter) -> None:
     if h.answer_from_fleet is not None:  # a fleet reads the views from the shared journal
         h.answer_from_fleet(h, waiter)
         return
-    done = [v for tid in waiter.ids if tid not in waiter.pending and (v := task_view(h, tid))]
+    wanted = [tid for tid in waiter.ids if tid not in waiter.pending]
+    live = {tid: view(task) for tid in wanted if (task := h.sched.tasks.get(tid)) is not None}
+    stored = h.store.views([tid for tid in wanted if tid not in live])  # one query, not one per task
+    done = [v for tid in wanted if (v := live.get(tid) or stored.get(tid)) is not None]
     views, later = within_budget(done, h.reply_budget)
     h.after_commit.append((waiter.envelope, ctl.Tasks(tasks=views, pending=sorted(waiter.pending) + later)))
 
@@ -210,20 +213,16 @@ def pump(h: Hub) -> None:
 
 def dispatch(h: Hub, slot: Slot, task: Task, now: float) -> None:
     spec, t, d = task.spec, h.config.tasks, h.config.daemon
-    core.start(task, slot.identity, h.clock.wall())  # QUEUED -> RUNNING, attempt + 1, epoch + 1
+    child = slot.identity
+    core.start(task, child, h.clock.wall())  # QUEUED -> RUNNING, attempt + 1, epoch + 1
     task.span_id = h.ids.span_id()
-    log("task_state", task=task.id, old="queued", new="running", reason="dispatched", child=slot.identity,
+    log("task_state", task=task.id, old="queued", new="running", reason="dispatched", child=child,
         attempts=task.attempts, epoch=task.epoch, trace=task.trace_id, span=task.span_id)
     if spec.kind == "claude" and (changed := h.breaker.started(now)):
         breaker_changed(h, changed, probe=task.id)
     if spec.kind == "claude" and spec.model is None and h.config.claude.model:
         spec = msgspec.structs.replace(spec, model=h.config.claude.model)
     timeout_s = spec.timeout_s or t.timeout_s
-    limits = cp.Limits(
-        timeout_s=timeout_s, stall_timeout_s=spec.stall_timeout_s or t.stall_timeout_s,
-        result_grace_s=t.result_grace_s, kill_grace_s=t.kill_grace_s,
-        output_cap_bytes=min(t.output_cap_bytes, result_room(h)), max_result_bytes=result_room(h),
-    )
     backstop = timeout_s + t.result_grace_s + 2 * t.kill_grace_s + d.heartbeat_s * (d.liveness + 1)
     h.pool.assign(slot, task.id, now + backstop, now)
     span = traceids.SpanRef(task.trace_id or "", task.span_id)
@@ -232,14 +231,19 @@ def dispatch(h: Hub, slot: Slot, task: Task, now: float) -> None:
     if spec.kind == "claude":
         env.update(h.spokes.tracer.claude_env())
     worktree, transcript_room = agents.dispatch_extras(h, task, env)
-    limits = msgspec.structs.replace(limits, transcript_cap_bytes=transcript_room)
-    h.spokes.tracer.attempt_started(task, slot.identity, h.clock.wall_ns())
+    room = result_room(h)
+    limits = cp.Limits(
+        timeout_s=timeout_s, stall_timeout_s=spec.stall_timeout_s or t.stall_timeout_s,
+        result_grace_s=t.result_grace_s, kill_grace_s=t.kill_grace_s,
+        output_cap_bytes=min(t.output_cap_bytes, room), max_result_bytes=room, transcript_cap_bytes=transcript_room,
+    )
+    h.spokes.tracer.attempt_started(task, child, h.clock.wall_ns())
     h.store.claim(task)
-    sent = h.spokes.children.send(slot.identity, cp.Dispatch(
+    sent = h.spokes.children.send(child, cp.Dispatch(
         task_id=task.id, attempt=task.attempts, epoch=task.epoch, spec=spec, limits=limits, env=env,
         claude_command=h.claude.argv if spec.kind == "claude" else [], worktree=worktree,
     ))
-    h.spokes.events.publish(f"task/{task.id}/started", task=task.id, child=slot.identity, attempt=task.attempts,
+    h.spokes.events.publish(f"task/{task.id}/started", task=task.id, child=child, attempt=task.attempts,
                             trace_id=task.trace_id, span_id=task.span_id)
     if not sent:  # the child is not connected: it never got the task (a free re-run)
         kill_slot(h, slot, f"cannot send Dispatch for {task.id}", ours=True)

@@ -117,6 +117,10 @@ class Store(Protocol):
         """One task: its pending state if any, else the stored one."""
         ...
 
+    def views(self, ids: Sequence[str]) -> dict[str, TaskView]:
+        """The tasks of `ids` that exist, by id, as `get` sees each (one query)."""
+        ...
+
     def list(self, state: str | None, limit: int, budget_bytes: int,
              batches: Sequence[str] | None = None) -> list[TaskView]:
         """The newest tasks first (optionally in one state, of these batches), at most `limit`,

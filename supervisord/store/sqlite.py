@@ -477,6 +477,15 @@ class SqliteStore:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
         return view(_task(row)) if row else None
 
+    def views(self, ids: Sequence[str]) -> dict[str, TaskView]:
+        found = {tid: view(self._pending[tid][0]) for tid in ids if tid in self._pending}
+        rest = [tid for tid in ids if tid not in found]
+        if rest:
+            rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+                                   (json.dumps(rest),))
+            found.update((str(row[0]), view(_task(row))) for row in rows)
+        return found
+
     def list(self, state: str | None, limit: int, budget_bytes: int,
              batches: Sequence[str] | None = None) -> list[TaskView]:
         # First the rows' sizes (length() reads no blob), to choose; then decode only those chosen.

@@ -445,6 +445,17 @@ def test_get_sees_pending_writes_first(backend: Backend, store: Any) -> None:
     assert store.known(["a", "nope"]) == {"a"}
 
 
+def test_views_reads_many_at_once_pending_writes_first(backend: Backend, store: Any) -> None:
+    a, b, c = task("a"), task("b"), task("c")
+    store.accept([a, b, c])
+    b.state, b.attempts, b.epoch, b.child = S.RUNNING, 1, 1, "w00.2"
+    store.claim(b)  # pending: the store's reply is this, not the stored row
+    got = store.views(["c", "nope", "b", "a"])
+    assert sorted(got) == ["a", "b", "c"], "an unknown id is left out"
+    assert (got["a"].state, got["b"].state, got["b"].child, got["c"].state) == ("queued", "running", "w00.2", "queued")
+    assert store.views([]) == {}
+
+
 def _outcome(kib: int) -> Outcome:
     return Outcome(exit_code=0, result="r" * (kib << 10))
 
