@@ -73,6 +73,7 @@ class WorkerConfig(NamedTuple):
     cgroup_base: str = ""  #: the daemon's cgroup subtree for attempts ("": fallback)
 
 
+_EVENTS, _NOBLOCK = int(zmq.EVENTS), int(zmq.NOBLOCK)
 #: setproctitle.setproctitle, once imported (after Hello)
 _setproctitle: Callable[[str], None] | None = None
 
@@ -239,9 +240,10 @@ class Worker:
         self.cgroup = group
 
     def _drain_wakeup(self) -> None:
+        # One read: a byte per signal, so 4096 is all there is (what is left, if ever, polls
+        # readable again); reading until EAGAIN would raise once per signal.
         try:
-            while self.wake_r.recv(4096):
-                pass
+            self.wake_r.recv(4096)
         except BlockingIOError:
             pass
 
@@ -291,9 +293,11 @@ class Worker:
     # ---- messages --------------------------------------------------------------------
 
     def _receive(self, now: float) -> None:
-        while True:
+        # While the socket says a message waits (zmq_poll is level-triggered for it): no
+        # zmq.Again raised per wake-up.
+        while self.sock.getsockopt(_EVENTS) & POLLIN:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = self.sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             self.daemon_seen = now  # any message counts as a heartbeat

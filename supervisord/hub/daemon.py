@@ -152,9 +152,9 @@ def turn(h: Hub, t: Turn) -> None:
     for envelope, reply in h.after_commit:
         h.spokes.control.reply(envelope, reply)
     h.after_commit.clear()
+    lifecycle.show_status(h, t.shown, now)
     t.armed_at = _next_wake(h, t, now)
     h.spokes.wake_at(t.armed_at)
-    lifecycle.show_status(h, t.shown)
     if t.on_turn is not None:
         t.on_turn()
 
@@ -213,7 +213,7 @@ def _timers(h: Hub, t: Turn, now: float) -> None:
 def _next_wake(h: Hub, t: Turn, now: float) -> float:
     candidates = [h.pool.next_deadline(), h.sched.next_due(), t.next_heartbeat, h.orphans.next_deadline(),
                   h.waiters.next_deadline(), h.flows.waiters.next_deadline(),
-                  *(p.deadline for p in h.pending_loss.values()), t.fleet_due]
+                  *(p.deadline for p in h.pending_loss.values()), t.fleet_due, t.shown.wake_at()]
     if h.prune_before is not None:
         candidates.append(now + 0.01)
     if h.sched.queued and (b := h.breaker.next_change()) is not None:

@@ -57,17 +57,33 @@ def drain_step(h: Hub, now: float) -> None:
         life.move(Phase.STOPPED)  # STOPPING -> STOPPED
 
 
+#: STATUS= and the process title are looked at most this often once running (a busy hub
+#: turns hundreds of times a second; the last change is shown when the time comes)
+STATUS_EVERY_S = 0.25
+
+
 @dataclass(slots=True)
 class Shown:
     """What was last told to systemd and to `ps` (each is sent again only when it changes)."""
 
     status: str = ""
     title: str = ""
+    #: no look before this; `due`: a turn came meanwhile (the hub wakes at `next_at` for it)
+    next_at: float = 0.0
+    due: bool = False
+
+    def wake_at(self) -> float | None:
+        return self.next_at if self.due else None
 
 
-def show_status(h: Hub, shown: Shown) -> None:
+def show_status(h: Hub, shown: Shown, now: float) -> None:
     """After each batch: READY=1 once no child is booting, then STATUS= and the process
-    title, each only when its text changed (an idle daemon sends WATCHDOG=1, nothing else)."""
+    title, each only when its text changed and at most every STATUS_EVERY_S (an idle
+    daemon sends WATCHDOG=1, nothing else)."""
+    if h.life.phase is not Phase.STARTING and now < shown.next_at:
+        shown.due = True
+        return
+    shown.due, shown.next_at = False, now + STATUS_EVERY_S
     counts = h.pool.counts()
     line = status_line(h, counts)
     notifier = h.spokes.notifier
