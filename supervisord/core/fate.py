@@ -13,7 +13,6 @@ asyncio, zmq, sqlite3 or any spoke.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -276,7 +275,10 @@ def _final(task: Task, state: TaskState, ctx: Context, reason: str, finished_at:
 
 
 def _with(fate: Fate, *, release_key: bool = False, hold_key: bool = False) -> Fate:
-    return dataclasses.replace(fate, release_key=release_key or fate.release_key, hold_key=hold_key or fate.hold_key)
+    # Field by field, not dataclasses.replace (which looks each field up by name: ~10 µs,
+    # and this runs for every Result)
+    return Fate(fate.verdict, fate.reason, fate.left, fate.kill_tree, fate.cancel_child, fate.retry,
+                release_key or fate.release_key, hold_key or fate.hold_key)
 
 
 def _with_error(outcome: Outcome, kind: str, message: str) -> Outcome:
