@@ -142,8 +142,10 @@ def on_result(h: Hub, slot: Slot | None, identity: str, msg: cp.Result) -> None:
         state = TaskState(msg.state)
     except ValueError:
         state = TaskState.FAILED
-    if msg.pid is not None and msg.epoch == task.epoch:  # it ended before its Started was due
-        h.processes.setdefault(task.id, (msg.pid, msg.pid))  # own session: it led its group
+    if msg.pid is not None and msg.epoch == task.epoch and task.id not in h.processes:
+        # it ended before its Started was due: what Started would have said, said now
+        h.processes[task.id] = (msg.pid, msg.pid)  # its own session: it led its group
+        h.spokes.events.publish(f"task/{task.id}/process", task=task.id, child=identity, pid=msg.pid, pgid=msg.pid)
     fate = tasks.decide(h, task, core.Ended(msg.epoch or task.epoch, state, msg.outcome, msg.started_at,
                                             msg.finished_at))
     if not fate.changed:
