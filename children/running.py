@@ -416,6 +416,9 @@ class RunningTask:
 
 #: Room kept under `max_result_bytes` for msgpack headers, which grow with string lengths.
 FIT_SLACK_BYTES = 64
+#: What a Result without an error, a worktree or a structured output carries besides its
+#: output, at most (usage, ids, numbers): one whose output is this far under the cap fits.
+FIT_SURELY_BYTES = 64 << 10
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -428,9 +431,12 @@ def fit(result: Result, max_bytes: int) -> Result:
     """Make the encoded Result at most `max_bytes` (0: no cap) by cutting the outcome's
     `result` and `stderr` (stderr gets at most a quarter of the room), marking it
     `truncated`: a message above the socket's limit would make libzmq drop the connection."""
-    if max_bytes <= 0 or len(_encode(result)) <= max_bytes:
-        return result
     o = result.outcome
+    if max_bytes <= 0 or (o.structured_output is None and o.error is None and o.worktree is None
+                          and FIT_SURELY_BYTES + 4 * (len(o.result or "") + len(o.stderr or "")) <= max_bytes):
+        return result  # surely fits (at most 4 bytes a character): not encoded just to measure it
+    if len(_encode(result)) <= max_bytes:
+        return result
     text, err = o.result or "", o.stderr or ""
     o.result, o.stderr, o.truncated = "", "", True
     room = max(0, max_bytes - len(_encode(result)) - FIT_SLACK_BYTES)

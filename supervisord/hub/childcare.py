@@ -130,6 +130,9 @@ def _check_beat(h: Hub, slot: Slot, task_id: str | None, epoch: int, now: float)
         stop(h, due.slot, due.reason)
 
 
+_STATES = {s.value: s for s in TaskState}
+
+
 def on_result(h: Hub, slot: Slot | None, identity: str, msg: cp.Result) -> None:
     now = h.clock.now()
     if slot is not None:
@@ -138,10 +141,7 @@ def on_result(h: Hub, slot: Slot | None, identity: str, msg: cp.Result) -> None:
     if task is None:
         log("stale_result", logging.WARNING, task=msg.task_id, child=identity, reason="not a live task")
         return
-    try:
-        state = TaskState(msg.state)
-    except ValueError:
-        state = TaskState.FAILED
+    state = _STATES.get(msg.state, TaskState.FAILED)  # a child never sends another (a dict: no enum call)
     if msg.pid is not None and msg.epoch == task.epoch and task.id not in h.processes:
         # it ended before its Started was due: what Started would have said, said now
         h.processes[task.id] = (msg.pid, msg.pid)  # its own session: it led its group
