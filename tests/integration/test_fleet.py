@@ -175,7 +175,12 @@ def test_sigstop_past_the_lease_then_sigcont_late_results_are_refused(fleet: Fle
     assert a.proc is not None
     os.kill(a.proc.pid, signal.SIGSTOP)
     b.request(ctl.Scale(children=1))
-    time.sleep(4.0)  # past a's lease: b rescues and runs the task
+    # Past a's lease (2 s), b rescues the attempt and claims it again; a stays stopped until it
+    # has (a fixed sleep here raced b's rescue on a loaded machine: a then finished it first).
+    deadline = time.monotonic() + 60
+    while fleet.rows()[tid][1:] != (2, "b") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fleet.rows()[tid][1:] == (2, "b"), fleet.rows()[tid]
     os.kill(a.proc.pid, signal.SIGCONT)
     (done,) = wait_final(b, [tid]).values()
     assert done.state == "succeeded" and done.host == "b" and done.attempts == 2
