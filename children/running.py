@@ -394,8 +394,12 @@ class RunningTask:
             outcome.worktree = git.finish(self.worktree, self.base)
             log("task_worktree", task=self.task_id, branch=outcome.worktree.branch, head=outcome.worktree.head,
                 files=outcome.worktree.files_changed, error=outcome.worktree.error)
-        log("task_finished", task=self.task_id, attempt=self.attempt, state=state.value,
-            error=outcome.error.kind if outcome.error else None, returncode=self.returncode, task_pid=self.pid)
+        if self.announce_at is None or state is not TaskState.SUCCEEDED:
+            # A quick success is the daemon's `task_state` line alone: the child's line, one write
+            # per task into the log every child shares, is for what ran long enough to be announced
+            # or ended otherwise.
+            log("task_finished", task=self.task_id, attempt=self.attempt, state=state.value,
+                error=outcome.error.kind if outcome.error else None, returncode=self.returncode, task_pid=self.pid)
         return Result(task_id=self.task_id, attempt=self.attempt, epoch=self.epoch, state=state.value,
                       outcome=outcome, started_at=self.started_at, finished_at=time.time(),
                       pid=self.pid if self.announce_at is not None else None)
