@@ -167,7 +167,8 @@ class ChildHarness:
         return found
 
     def groups(self) -> list[str]:
-        """The attempt cgroups that exist now under this harness's subtree."""
+        """The cgroups that exist now under this harness's subtree (the worker's own, and
+        any left marked with an attempt that would not die)."""
         return cgroups.groups(self.cgroup_base) if self.cgroup_base else []
 
     def close(self) -> None:

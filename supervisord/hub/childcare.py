@@ -99,17 +99,23 @@ def on_message(h: Hub, identity: str, message: cp.ChildMessage) -> None:
                 h.spokes.events.publish(f"child/{identity}/ready", child=identity, pid=pid)
         case cp.Started(task_id=task_id, epoch=epoch, pid=pid, pgid=pgid):
             h.pool.seen(slot, now)
-            task = h.sched.tasks.get(task_id)
-            if task is not None and task.epoch == epoch:
-                h.processes[task_id] = (pgid, pid)
-            log("task_process", logging.DEBUG, task=task_id, child=identity, pid=pid, pgid=pgid)
-            h.spokes.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
+            _process_known(h, task_id, epoch, identity, pid, pgid)
         case cp.Output():
             h.pool.seen(slot, now)
             agents.on_output(h, message)
         case cp.Progress(task_id=task_id, event=kind, summary=summary):
             h.pool.seen(slot, now)
             h.spokes.events.publish(f"task/{task_id}/progress", task=task_id, event=kind, summary=summary)
+
+
+def _process_known(h: Hub, task_id: str, epoch: int, identity: str, pid: int, pgid: int) -> None:
+    """A task's process, from its Started or (a short task) its Result: kept for the current
+    attempt (the tree's kill, the span's pid) and published either way."""
+    task = h.sched.tasks.get(task_id)
+    if task is not None and task.epoch == epoch:
+        h.processes[task_id] = (pgid, pid)
+    log("task_process", logging.DEBUG, task=task_id, child=identity, pid=pid, pgid=pgid)
+    h.spokes.events.publish(f"task/{task_id}/process", task=task_id, child=identity, pid=pid, pgid=pgid)
 
 
 def _check_beat(h: Hub, slot: Slot, task_id: str | None, epoch: int, now: float) -> None:
@@ -142,10 +148,8 @@ def on_result(h: Hub, slot: Slot | None, identity: str, msg: cp.Result) -> None:
         log("stale_result", logging.WARNING, task=msg.task_id, child=identity, reason="not a live task")
         return
     state = _STATES.get(msg.state, TaskState.FAILED)  # a child never sends another (a dict: no enum call)
-    if msg.pid is not None and msg.epoch == task.epoch and task.id not in h.processes:
-        # it ended before its Started was due: what Started would have said, said now
-        h.processes[task.id] = (msg.pid, msg.pid)  # its own session: it led its group
-        h.spokes.events.publish(f"task/{task.id}/process", task=task.id, child=identity, pid=msg.pid, pgid=msg.pid)
+    if msg.pid is not None and task.id not in h.processes:  # it ended before its Started was due
+        _process_known(h, task.id, msg.epoch, identity, msg.pid, msg.pid)  # its own session: it led its group
     fate = tasks.decide(h, task, core.Ended(msg.epoch or task.epoch, state, msg.outcome, msg.started_at,
                                             msg.finished_at))
     if not fate.changed:
