@@ -102,6 +102,7 @@ class Worker:
         self.poller = zmq.Poller()
         self.polled: dict[int, int] = {}
         self.sock_flags = 0
+        self.titled: str | None = None  # the task our process title names (None: idle)
         now = time.monotonic()
         self.last_sent = now
         self.daemon_seen = now
@@ -151,14 +152,16 @@ class Worker:
             log("progress_dropped", count=self.dropped)
             self.dropped = 0
 
-    def _title(self) -> None:
+    def _title(self, task_id: str | None) -> None:
+        """Show `task_id` (None: idle) in our process title. A task is shown once it is
+        announced (runs 50 ms), like `Started`: a short one changes no title."""
         global _setproctitle
         if _setproctitle is None:
             # Imported here, first used after Hello: setproctitle imports `logging` (~20 ms),
             # and the time to Hello is how long a crashed child's slot stays empty.
             from setproctitle import setproctitle as _setproctitle
-        state = f"busy {self.task.task_id}" if self.task else "idle"
-        _setproctitle(f"supd-child {self.config.identity} {state}")
+        self.titled = task_id
+        _setproctitle(f"supd-child {self.config.identity} {f'busy {task_id}' if task_id else 'idle'}")
 
     def _sync_poller(self) -> None:
         wanted: dict[int, int] = {self.wake_r.fileno(): POLLIN}
@@ -192,7 +195,7 @@ class Worker:
         self._sync_poller()
         self.send(Hello(protocol=proto.PROTOCOL_VERSION, slot=self.config.identity, pid=os.getpid()))
         log("child_ready", daemon_pid=self.config.daemon_pid)
-        self._title()
+        self._title(None)
         try:
             procs.finish_imports()  # after Hello: the slot is ready sooner; a broken install still fails at boot
         except ImportError as exc:
@@ -217,6 +220,8 @@ class Worker:
                 for fd in self.task.watch().keys() & ready.keys():
                     self.task.on_ready(fd, now)
                 self.task.on_time(now)
+                if self.task.announced and self.titled is None:
+                    self._title(self.task.task_id)
             # after the task's fds: the SIGCHLD of a main process whose pidfd was ready too
             # then finds it reaped, and does not look for orphans again
             self._on_signals(now)
@@ -340,7 +345,6 @@ class Worker:
             self.send(started)
             return
         self.task = started
-        self._title()
 
     def _on_cancel(self, msg: Cancel, now: float) -> None:
         if self.task is None or self.task.task_id != msg.task_id:
@@ -369,7 +373,8 @@ class Worker:
         result = fit(task.result(), task.limits.max_result_bytes)
         task.close()
         self.send(result)
-        self._title()
+        if self.titled is not None:
+            self._title(None)
         if self.exiting is not None:
             self.exit_code = self.exiting
 

@@ -210,6 +210,52 @@ def test_leftovers_of_a_finished_task_are_killed(child: ChildHarness) -> None:
     _no_zombies_or_children(child)
 
 
+#: The task forks a grandchild that double-forks: the middle process exits at once and the
+#: grandchild (an orphan, re-parented to the child) exits a moment later; the task reaps
+#: its own child and runs on (until it is cancelled).
+ORPHAN = r"""
+import os, sys, time
+if os.fork() == 0:
+    if os.fork() == 0:
+        time.sleep(0.2)
+        os._exit(0)
+    os._exit(0)
+os.wait()
+print("forked", flush=True)
+time.sleep(30)
+"""
+
+
+def test_an_orphan_that_dies_while_the_task_runs_is_reaped_before_the_task_ends(child: ChildHarness) -> None:
+    child.send(exec_dispatch(tid("t-orphan"), [PY, "-c", ORPHAN], timeout_s=20.0))
+    started, _ = child.until(Started)
+    main_pid = started.pid
+
+    def only_the_task_is_left() -> bool:
+        return [p.pid for p in child.child_children()] == [main_pid]
+
+    # the orphan came back to the child (subreaper) and died: reaped while the task still runs
+    assert child.wait_for(only_the_task_is_left, 5), [(p.pid, p.status()) for p in child.child_children()]
+    assert psutil.Process(main_pid).status() != psutil.STATUS_ZOMBIE
+    child.send(Cancel(task_id=tid("t-orphan"), reason="done"))
+    result, _ = child.until(Result)
+    assert result.state == "cancelled"
+    _no_zombies_or_children(child)
+
+
+def test_the_process_title_names_an_announced_task_and_goes_back_to_idle(child: ChildHarness) -> None:
+    def title() -> str:
+        return " ".join(" ".join(psutil.Process(child.proc.pid).cmdline()).split())  # setproctitle pads
+
+    assert child.wait_for(lambda: title() == "supd-child w00.1 idle", 5), title()
+    child.send(exec_dispatch(tid("t-title"), ["sleep", "30"]))
+    child.until(Started)
+    assert child.wait_for(lambda: title() == f"supd-child w00.1 busy {tid('t-title')}", 5), title()
+    child.send(Cancel(task_id=tid("t-title"), reason="done"))
+    child.until(Result)
+    assert child.wait_for(lambda: title() == "supd-child w00.1 idle", 5), title()
+
+
 def test_dispatch_while_busy_and_foreign_cancel(child: ChildHarness) -> None:
     child.send(exec_dispatch(tid("t-long"), ["sleep", "30"]))
     child.until(Started)
