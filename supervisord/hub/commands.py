@@ -119,7 +119,8 @@ def wait(h: Hub, envelope: Envelope, req: ctl.Wait) -> ctl.Reply | None:
     for tid in req.ids:
         if tid not in live and tid not in known:
             return ctl.Error(kind="not_found", message=f"no task with id {tid!r}")
-    waiter = Waiter(envelope, list(req.ids), live, h.clock.now() + max(0.0, min(req.timeout_s, MAX_WAIT_S)))
+    waiter = Waiter(envelope, list(req.ids), live, h.clock.now() + max(0.0, min(req.timeout_s, MAX_WAIT_S)),
+                    room=h.reply_budget)
     if live and req.timeout_s > 0:
         h.waiters.add(waiter)
     else:

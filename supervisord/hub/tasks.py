@@ -127,7 +127,10 @@ def _final(h: Hub, task: Task) -> None:
                             error=error.kind if error else None, attempts=task.attempts, kind=task.spec.kind,
                             duration_s=duration, tokens=(usage.input_tokens + usage.output_tokens) if usage else None,
                             cost_usd=o.cost_usd if o else None)
-    for waiter in h.waiters.task_final(task.id):
+    held: TaskView | None = None
+    if h.answer_from_fleet is None and h.waiters.waits_for(task.id):
+        held = view(task)  # now, from memory: the answer then reads no row back
+    for waiter in h.waiters.task_final(task.id, held, reply_cost(held) if held else 0):
         answer(h, waiter)
     if task.workflow is not None:  # its workflow hears of it at the turn (hub/flows.py)
         h.flows.ended.append(task)
@@ -167,13 +170,18 @@ def task_view(h: Hub, task_id: str) -> TaskView | None:
     return view(live) if live else h.store.get(task_id)
 
 
+def reply_cost(v: TaskView) -> int:
+    """What a view costs in a reply, without encoding it (its big strings, and the rest)."""
+    return len(v.result or "") + len(v.stderr or "") + len(v.prompt or "") + 1024
+
+
 def within_budget(views: list[TaskView], budget_bytes: int) -> tuple[list[TaskView], list[str]]:
     """The views that fit in one reply (at least one), and the ids of those that do not:
     thousands of tasks with megabytes of output each must not become one giant message."""
     fitting: list[TaskView] = []
     size = 0
     for i, v in enumerate(views):
-        cost = len(v.result or "") + len(v.stderr or "") + len(v.prompt or "") + 1024
+        cost = reply_cost(v)
         if fitting and size + cost > budget_bytes:
             return fitting, [rest.id for rest in views[i:]]
         fitting.append(v)
@@ -188,9 +196,10 @@ def answer(h: Hub, waiter: Waiter) -> None:
         h.answer_from_fleet(h, waiter)
         return
     wanted = [tid for tid in waiter.ids if tid not in waiter.pending]
-    live = {tid: view(task) for tid in wanted if (task := h.sched.tasks.get(tid)) is not None}
-    stored = h.store.views([tid for tid in wanted if tid not in live])  # one query, not one per task
-    done = [v for tid in wanted if (v := live.get(tid) or stored.get(tid)) is not None]
+    held: dict[str, TaskView] = waiter.held  # the views kept as their tasks became final
+    live = {tid: view(task) for tid in wanted if tid not in held and (task := h.sched.tasks.get(tid)) is not None}
+    stored = h.store.views([tid for tid in wanted if tid not in held and tid not in live])  # one query
+    done = [v for tid in wanted if (v := held.get(tid) or live.get(tid) or stored.get(tid)) is not None]
     views, later = within_budget(done, h.reply_budget)
     h.after_commit.append((waiter.envelope, ctl.Tasks(tasks=views, pending=sorted(waiter.pending) + later)))
 

@@ -1,12 +1,15 @@
 """Waiters: `Wait` requests not yet answered, indexed by the tasks they wait for.
 
 Part of the hub; owns nothing but the waiters. A final task wakes only the waiters that
-name it (a dict lookup, not a scan of every waiter).
+name it (a dict lookup, not a scan of every waiter). A waiter given room keeps the
+answers of its tasks as they become final, up to that many bytes, so that its reply
+need not read them back from the store.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True, eq=False)
@@ -17,6 +20,9 @@ class Waiter:
     ids: list[str]
     pending: set[str]
     deadline: float
+    #: bytes of answers it may still keep (`held`: task id -> answer)
+    room: int = 0
+    held: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -29,11 +35,18 @@ class Waiters:
         for tid in waiter.pending:
             self._by_task.setdefault(tid, []).append(waiter)
 
-    def task_final(self, task_id: str) -> list[Waiter]:
-        """`task_id` is final: the waiters that now have every task they asked for (removed)."""
+    def waits_for(self, task_id: str) -> bool:
+        return task_id in self._by_task
+
+    def task_final(self, task_id: str, answer: object = None, cost: int = 0) -> list[Waiter]:
+        """`task_id` is final (its `answer` costs `cost` bytes, kept by each waiter with the
+        room): the waiters that now have every task they asked for (removed)."""
         done = []
         for waiter in self._by_task.pop(task_id, []):
             waiter.pending.discard(task_id)
+            if answer is not None and cost <= waiter.room:
+                waiter.held[task_id] = answer
+                waiter.room -= cost
             if not waiter.pending:
                 self._drop(waiter)
                 done.append(waiter)

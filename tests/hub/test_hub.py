@@ -6,13 +6,16 @@ Each test names the defect or promise it holds to. Expected outcomes are written
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from proto import children as cp
 from proto import control as ctl
-from proto.task import ErrorKind, Outcome, TaskError
+from proto.task import ErrorKind, Outcome, TaskError, TaskView
+from supervisord.events import RequestReceived
+from supervisord.store.sqlite import SqliteStore
 from tests.hub.rig import Rig, exec_spec
 
 pytestmark = pytest.mark.timeout(30)
@@ -357,3 +360,33 @@ def test_finished_tasks_past_retain_s_are_pruned_a_chunk_at_a_time(tmp_path: Pat
     rig.step()
     for tid in ids:
         assert isinstance(rig.request(ctl.Get(id=tid)), ctl.Error)
+
+
+class _CountingStore(SqliteStore):
+    """The real store, noting which ids each `views` read asked for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked: list[list[str]] = []
+
+    def views(self, ids: Sequence[str]) -> dict[str, TaskView]:
+        self.asked.append(list(ids))
+        return super().views(ids)
+
+
+def test_a_waiters_answer_is_kept_as_its_tasks_end_and_only_what_did_not_fit_is_read_back(tmp_path: Path) -> None:
+    # reply budget 32 KiB; each 10 KiB result costs 11,264 bytes (+1 KiB for the rest of the view)
+    store = _CountingStore(tmp_path / "tasks.db")
+    rig = Rig(tmp_path, config="[limits]\nmax_message_bytes = 65536\n", children=3, store=store).boot()
+    a, b, c = rig.submit(exec_spec(), exec_spec(), exec_spec())
+    waiter = (b"w",)
+    rig.step(RequestReceived(waiter, ctl.Wait(ids=[a, b, c], timeout_s=30)))
+    for tid in (a, b, c):
+        rig.result(tid, outcome=Outcome(exit_code=0, result=tid[-1] * 10240))
+    (answer,) = [r for e, r in rig.control.replies if e == waiter]
+    assert isinstance(answer, ctl.Tasks)
+    assert [t.id for t in answer.tasks] == [a, b] and answer.pending == [c]  # c did not fit this reply
+    assert answer.tasks == [rig.stored(a), rig.stored(b)]  # what a reader of the journal sees
+    assert store.asked == [[c]]  # a and b were kept as they ended; only c was read back
+    again = rig.request(ctl.Wait(ids=[c], timeout_s=30))
+    assert isinstance(again, ctl.Tasks) and again.tasks == [rig.stored(c)] and again.pending == []
