@@ -2,7 +2,7 @@
 
 The worker's poll loop asks a `RunningTask` which fds to watch (`watch()`) and when it
 next needs the clock (`next_deadline()`), and hands back readiness (`on_ready`), time
-(`on_time`) and SIGCHLD (`on_sigchld`). When `finished`, `result()` is the one
+(`on_time`) and SIGCHLD (`on_sigchld`, while `wants_sigchld`). When `finished`, `result()` is the one
 `Result` of the attempt: it is only ready once the main process is reaped, its pipes are
 at EOF and every descendant is dead and reaped, so a Result means "nothing of this task
 is left". Processes are touched only through `supervisord.spokes.procs`.
@@ -52,10 +52,6 @@ READS_PER_WAKE = 16
 #: to give up on a process that will not die (uninterruptible sleep) and report anyway.
 RECHECK_S = 0.25
 GIVE_UP_S = 5.0
-#: A SIGCHLD while the main process runs (an adopted orphan died, or the main process
-#: itself is exiting) is looked into this much later: a short task's own exit is then
-#: handled first, and its reap reads the list of our children once for both.
-ORPHAN_LOOK_S = 0.05
 #: transcript lines go up in one `Output` once this many bytes wait, or this long after the first
 OUTPUT_FLUSH_BYTES, OUTPUT_FLUSH_S = 64 << 10, 0.2
 
@@ -108,7 +104,7 @@ class RunningTask:
         self.kill_at: float | None = None
         self.recheck_at: float | None = None
         self.give_up_at: float | None = None
-        self.orphans_at: float | None = None  # when a SIGCHLD's orphans are looked for
+        self.gave_up = False  # reported with processes left that would not die
         self.transcript = Transcriber(dispatch.limits.transcript_cap_bytes, dispatch.attempt,
                                       json_stdout=dispatch.spec.kind == "claude")
         self.flush_at: float | None = None
@@ -140,13 +136,19 @@ class RunningTask:
         return fds
 
     def next_deadline(self) -> float | None:
-        pending = [t for t in (self.wall_at, self.stall_at, self.grace_at, self.kill_at, self.recheck_at,
-                               self.give_up_at, self.flush_at, self.announce_at, self.orphans_at) if t is not None]
+        pending = [t for t in (self.wall_at, self.stall_at, self.grace_at, self.kill_at,
+                               self.recheck_at, self.give_up_at, self.flush_at, self.announce_at) if t is not None]
         return min(pending) if pending else None
 
     @property
     def announced(self) -> bool:
         return self.announce_at is None
+
+    @property
+    def wants_sigchld(self) -> bool:
+        """Whether the loop should catch SIGCHLD: while an orphan of ours may die (the task
+        has run long enough to have made one, or its leftovers are being ended)."""
+        return not self.finished and (self.announce_at is None or self.returncode is not None)
 
     def announce(self) -> None:
         """Send Started, once (before anything else of this attempt but its Result)."""
@@ -166,11 +168,9 @@ class RunningTask:
         self._check_done()
 
     def on_sigchld(self, now: float) -> None:
-        """A child of ours changed state: maybe an adopted orphan died; reap it (soon, while
-        the main process runs: see ORPHAN_LOOK_S)."""
+        """A child of ours changed state: maybe an adopted orphan died; reap it."""
         if self.returncode is None:
-            if self.orphans_at is None:
-                self.orphans_at = now + ORPHAN_LOOK_S
+            self._reap_orphans()
         else:
             self._check_done()
 
@@ -249,7 +249,6 @@ class RunningTask:
         if rc is None:
             return  # spurious wake-up: still running
         self.returncode = self.popen.returncode = rc
-        self.orphans_at = None  # the list is read here, and reaped by _check_done
         self._close_pidfd()
         self._close_stdin()
         self.wall_at = self.stall_at = self.grace_at = None
@@ -302,9 +301,6 @@ class RunningTask:
             self.announce()
         if self.flush_at is not None and now >= self.flush_at:
             self.flush_output()
-        if self.orphans_at is not None and now >= self.orphans_at:
-            self.orphans_at = None
-            self._reap_orphans()
         if self.wall_at is not None and now >= self.wall_at:
             message = f"wall-clock timeout of {self.limits.timeout_s:g}s"
             self.stop(TaskState.TIMED_OUT, TaskError(kind=ErrorKind.TIMEOUT, message=message), now)
@@ -392,7 +388,7 @@ class RunningTask:
                 self._close_output(fd)
         self._close_stdin()
         self._close_pidfd()
-        self.finished = True
+        self.finished = self.gave_up = True
         self.kill_at = self.recheck_at = self.give_up_at = None
 
     # ---- the end ---------------------------------------------------------------------

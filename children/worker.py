@@ -15,6 +15,11 @@ Two rules about the daemon:
   to its linger. A single `zmq.Poller` watches the socket, the wakeup fd and whatever the
 running task asks for; its timeout is the time to the next deadline (heartbeat,
 liveness, the task's timers). Process work is delegated to `children.running`.
+
+SIGCHLD is caught only while a task may leave orphans to reap (it has run 50 ms, or its
+main process is gone and the rest of its tree is not): a short task's own exit comes
+through its pidfd, with no signal, wake-up byte or interrupted poll. The default
+disposition is not SIG_IGN, so nothing is reaped behind our back meanwhile.
 Imports the stdlib, zmq, msgspec, setproctitle (late), `proto`, `children.running`/`children.log`
 and `supervisord.spokes.procs`; must not import asyncio or any daemon spoke.
 """
@@ -98,6 +103,9 @@ class Worker:
         self.exiting: int | None = None  # exit code once leaving was decided
         self.exit_code: int | None = None  # set when the loop may end
         self.signals: list[int] = []
+        self.sigchld = False  # SIGCHLD caught (see the module docstring)
+        #: processes of a task we gave up on (unkillable) may still die and need reaping
+        self.stragglers = False
         self.wake_r, self.wake_w = socket.socketpair()
         self.poller = zmq.Poller()
         self.polled: dict[int, int] = {}
@@ -114,8 +122,15 @@ class Worker:
         for s in (self.wake_r, self.wake_w):
             s.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._record_signal)
+
+    def _catch_sigchld(self, on: bool, now: float) -> None:
+        """Catch SIGCHLD from now on (and look at once for what died before), or no more."""
+        signal.signal(signal.SIGCHLD, self._record_signal if on else signal.SIG_DFL)
+        self.sigchld = on
+        if on:
+            self._on_sigchld(now)
 
     def _record_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)
@@ -226,6 +241,9 @@ class Worker:
             # then finds it reaped, and does not look for orphans again
             self._on_signals(now)
             self._finish_task()
+            wanted = self.task.wants_sigchld if self.task is not None else self.stragglers
+            if wanted != self.sigchld:
+                self._catch_sigchld(wanted, now)
             self._on_time(now)
         return self.exit_code
 
@@ -266,13 +284,14 @@ class Worker:
         if self.task is not None:
             self.task.on_sigchld(now)
             return
-        for pid in procs.children_pids(os.getpid()):
-            procs.reap(pid)  # a straggler from a task we gave up on
+        left = [pid for pid in procs.children_pids(os.getpid()) if procs.reap(pid) is None]
+        self.stragglers = bool(left)  # from a task we gave up on: caught until they are reaped
 
     def _on_time(self, now: float) -> None:
         cfg = self.config
         silent_s = now - self.daemon_seen
-        if self.exiting is None and os.getppid() != cfg.daemon_pid:
+        # re-parented: the daemon is gone (looked at only without its pidfd, which tells at once)
+        if self.exiting is None and self.daemon_pidfd is None and os.getppid() != cfg.daemon_pid:
             self._leave(DAEMON_LOST_EXIT, f"daemon lost (parent {os.getppid()})", EXIT_GRACE_S, now)
         elif self.exiting is None and not self.silent_logged and silent_s > cfg.heartbeat_s * cfg.liveness:
             # Alive (its pidfd has not fired) but silent: stopped or slow. Stay.
@@ -372,6 +391,7 @@ class Worker:
         task, self.task = self.task, None
         result = fit(task.result(), task.limits.max_result_bytes)
         task.close()
+        self.stragglers = task.gave_up
         self.send(result)
         if self.titled is not None:
             self._title(None)
