@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=1000)
     p.add_argument("--roundtrips", type=int, default=2000)
-    p.add_argument("--repeat", type=int, default=5,
+    p.add_argument("--repeat", type=int, default=7,
                    help="rounds; each runs every runner once, interleaved, so drift hits all alike")
     a = p.parse_args(argv)
     n = a.tasks
