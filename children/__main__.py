@@ -94,6 +94,7 @@ def boot_process(args: Args) -> int:
         os.close(daemon_pidfd)
         raise BootError(f"the daemon {args.daemon_pid} exited during boot")
     procs.set_child_subreaper()
+    procs.run_batch()  # the tasks it starts run as normal
     return daemon_pidfd
 
 

@@ -79,7 +79,12 @@ class ChildHarness:
             argv += ["--cgroup", self.cgroup_base]
         if launcher is not None:  # a stand-in daemon process between us and the child
             argv = [sys.executable, "-c", launcher, *argv]
-        self.proc: procs.Spawned = procs.spawn_child(argv, env=child_env)
+        try:
+            self.proc: procs.Spawned = procs.spawn_child(argv, env=child_env)
+        except BaseException:  # no child: close the socket, or the context's term() hangs the run at exit
+            self.router.close(0)
+            self.ctx.term()
+            raise
 
     # ---- talking ---------------------------------------------------------------------
 

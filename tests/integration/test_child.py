@@ -243,6 +243,17 @@ def test_an_orphan_that_dies_while_the_task_runs_is_reaped_before_the_task_ends(
     _no_zombies_or_children(child)
 
 
+@pytest.mark.parametrize("in_cwd", [False, True], ids=["posix_spawn", "popen"])
+def test_the_worker_runs_batch_and_its_task_runs_as_normal(child: ChildHarness, tmp_path: Path,
+                                                          in_cwd: bool) -> None:
+    assert os.sched_getscheduler(child.proc.pid) == os.SCHED_BATCH
+    extra = {"cwd": str(tmp_path)} if in_cwd else {}
+    result, _ = child.run(exec_dispatch(tid("t-sched"), [PY, "-c", "import os; print(os.sched_getscheduler(0))"],
+                                        **extra))
+    assert result.state == "succeeded" and result.outcome.result == f"{os.SCHED_OTHER}\n"
+    assert os.sched_getscheduler(child.proc.pid) == os.SCHED_BATCH  # put back after a Popen
+
+
 def test_the_process_title_names_an_announced_task_and_goes_back_to_idle(child: ChildHarness) -> None:
     def title() -> str:
         return " ".join(" ".join(psutil.Process(child.proc.pid).cmdline()).split())  # setproctitle pads
