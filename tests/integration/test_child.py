@@ -214,7 +214,7 @@ def test_leftovers_of_a_finished_task_are_killed(child: ChildHarness) -> None:
 #: grandchild (an orphan, re-parented to the child) exits a moment later; the task reaps
 #: its own child and runs on (until it is cancelled).
 ORPHAN = r"""
-import os, sys, time
+import os, time
 if os.fork() == 0:
     if os.fork() == 0:
         time.sleep(0.2)
