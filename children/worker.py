@@ -12,7 +12,7 @@ Two rules about the daemon:
 - A message that is not Progress or Heartbeat is never dropped: when the socket is full
   (a stream-json flood, a paused daemon) it waits in a backlog, in order, and goes when
   the socket drains; Progress is dropped meanwhile. The exit waits for the backlog up
-  to its linger. A single `zmq.Poller` watches the socket, the wakeup fd and whatever the
+  to its linger. A single `zmq_poll` watches the socket, the wakeup fd and whatever the
 running task asks for; its timeout is the time to the next deadline (heartbeat,
 liveness, the task's timers). Process work is delegated to `children.running`.
 
@@ -107,9 +107,7 @@ class Worker:
         #: processes of a task we gave up on (unkillable) may still die and need reaping
         self.stragglers = False
         self.wake_r, self.wake_w = socket.socketpair()
-        self.poller = zmq.Poller()
-        self.polled: dict[int, int] = {}
-        self.sock_flags = 0
+        self.wake_fd = self.wake_r.fileno()
         self.titled: str | None = None  # the task our process title names (None: idle)
         now = time.monotonic()
         self.last_sent = now
@@ -178,22 +176,18 @@ class Worker:
         self.titled = task_id
         _setproctitle(f"supd-child {self.config.identity} {f'busy {task_id}' if task_id else 'idle'}")
 
-    def _sync_poller(self) -> None:
-        wanted: dict[int, int] = {self.wake_r.fileno(): POLLIN}
+    def _poll_items(self) -> list[tuple[zmq.Socket[bytes] | int, int]]:
+        """What the poll watches now: the socket (for room too while a backlog waits), the
+        wake-up fd, the daemon's pidfd and the running task's fds. A fresh list per turn
+        handed to `zmq_poll` as it is: cheaper than a Poller's register/unregister per fd
+        as a task comes and goes."""
+        items: list[tuple[zmq.Socket[bytes] | int, int]] = [
+            (self.sock, (POLLIN | POLLOUT) if self.backlog else POLLIN), (self.wake_fd, POLLIN)]
         if self.daemon_pidfd is not None:
-            wanted[self.daemon_pidfd] = POLLIN
+            items.append((self.daemon_pidfd, POLLIN))
         if self.task is not None:
-            wanted.update(self.task.watch())
-        for fd in self.polled.keys() - wanted.keys():
-            self.poller.unregister(fd)
-        for fd, flags in wanted.items():
-            if self.polled.get(fd) != flags:
-                self.poller.register(fd, flags)
-        self.polled = wanted
-        sock_flags = POLLIN | (POLLOUT if self.backlog else 0)
-        if sock_flags != self.sock_flags:
-            self.poller.register(self.sock, sock_flags)
-            self.sock_flags = sock_flags
+            items += self.task.watch().items()
+        return items
 
     def _timeout_ms(self, now: float) -> int:
         cfg = self.config
@@ -207,7 +201,6 @@ class Worker:
     # ---- the loop --------------------------------------------------------------------
 
     def run(self) -> int:
-        self._sync_poller()
         self.send(Hello(protocol=proto.PROTOCOL_VERSION, slot=self.config.identity, pid=os.getpid()))
         log("child_ready", daemon_pid=self.config.daemon_pid)
         self._title(None)
@@ -218,10 +211,9 @@ class Worker:
             return BOOT_FAILURE_EXIT
         self._open_group()
         while self.exit_code is None:
-            self._sync_poller()
-            ready = dict(self.poller.poll(self._timeout_ms(time.monotonic())))
+            ready = dict(zmq.zmq_poll(self._poll_items(), self._timeout_ms(time.monotonic())))
             now = time.monotonic()
-            if self.wake_r.fileno() in ready:
+            if self.wake_fd in ready:
                 self._drain_wakeup()
             if self.daemon_pidfd is not None and self.daemon_pidfd in ready:
                 os.close(self.daemon_pidfd)  # stays readable: watch it no more

@@ -395,20 +395,32 @@ def children_pids(pid: int) -> list[int]:
     the per-task path. Orphans re-parented to a subreaper go to its main thread while that
     thread lives (the kernel's find_alive_thread starts at the group leader), so the main
     thread's list is the whole list. Falls back to psutil without CONFIG_PROC_CHILDREN.
+    Our own list's file stays open: a seq_file read again from offset 0 is made afresh, so
+    each look is one `pread` (no path walk through procfs, no open and close).
     """
-    try:
-        fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        if not os.path.exists(f"/proc/{pid}"):
-            return []
-        return [p.pid for p in _safe_children(pid, recursive=False)]
+    fd = _children_fd.get(pid, -1)
+    if fd < 0:
+        try:
+            fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}"):
+                return []
+            return [p.pid for p in _safe_children(pid, recursive=False)]
+        if pid == os.getpid():
+            _children_fd.clear()  # a forked copy's entry names its parent: not ours
+            _children_fd[pid] = fd
     chunks: list[bytes] = []
-    try:  # os.read, not open(): no buffered file object (~5 syscalls and an io object less)
-        while chunk := os.read(fd, 1 << 16):  # a seq_file: a short read is not yet the end
+    try:
+        while chunk := os.pread(fd, 1 << 16, sum(map(len, chunks))):  # a short read is not yet the end
             chunks.append(chunk)
     finally:
-        os.close(fd)
+        if _children_fd.get(pid) != fd:
+            os.close(fd)
     return [int(p) for p in b"".join(chunks).split()]
+
+
+#: pid -> the open children file of that pid, for our own pid only (see `children_pids`)
+_children_fd: dict[int, int] = {}
 
 
 def _safe_children(pid: int, *, recursive: bool) -> list[psutil.Process]:

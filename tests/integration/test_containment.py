@@ -93,6 +93,21 @@ def test_signals_go_through_the_pidfd_and_stop_once_reaped() -> None:
     assert proc.pidfd is None and not proc.send_signal(signal.SIGKILL)
 
 
+
+def test_our_children_are_read_afresh_at_each_look() -> None:
+    """The list's file stays open between looks: each look sees the children of that moment
+    (a new one, one exited but unreaped, none once reaped), not the first look's."""
+    me = os.getpid()
+    before = set(procs.children_pids(me))
+    proc = procs.spawn_child([PY, "-c", "import time; time.sleep(30)"], env=dict(os.environ))
+    assert set(procs.children_pids(me)) - before == {proc.pid}
+    assert proc.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert set(procs.children_pids(me)) - before == {proc.pid}, "a zombie is still our child"
+    assert proc.wait(10) == -signal.SIGKILL
+    assert set(procs.children_pids(me)) - before == set()
 # ---- 3. a stopped task is continued before SIGTERM --------------------------------------------
 
 STOPPED = r"""
