@@ -120,6 +120,12 @@ def set_child_subreaper() -> None:
 #: it starts is put back to SCHED_OTHER (a task never inherits a policy meant for its worker).
 _own_policy: int | None = None
 _NORMAL = (os.SCHED_OTHER, os.sched_param(0))
+#: Every signal a process may set: what posix_spawn starts at SIG_DFL. A process we start
+#: begins with default dispositions, SIGPIPE and SIGXFSZ too (Python ignores them, and an
+#: ignored disposition would pass through exec), as with Popen's `restore_signals`. Named
+#: in full, glibc sets each once in the new process (~60 calls) instead of first reading
+#: each of them (~120).
+_DEFAULT_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
 
 
 def run_batch() -> None:
@@ -245,9 +251,10 @@ def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_ses
             actions.append((os.POSIX_SPAWN_DUP2, w, target))
         spawn = os.posix_spawnp if spawnp else os.posix_spawn
         if _own_policy is None:
-            pid = spawn(program, argv, env, file_actions=actions, setsid=new_session)
+            pid = spawn(program, argv, env, file_actions=actions, setsid=new_session, setsigdef=_DEFAULT_SIGNALS)
         else:  # the new process runs as normal, not as its worker does
-            pid = spawn(program, argv, env, file_actions=actions, setsid=new_session, scheduler=_NORMAL)
+            pid = spawn(program, argv, env, file_actions=actions, setsid=new_session, setsigdef=_DEFAULT_SIGNALS,
+                        scheduler=_NORMAL)
     except BaseException:
         for fd in ours:
             os.close(fd)
@@ -276,7 +283,7 @@ def spawn_fed(argv: list[str], *, env: dict[str, str], data: bytes) -> Spawned:
         os.write(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
         actions = [(os.POSIX_SPAWN_DUP2, fd, 0), (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
-        pid = os.posix_spawn(program, argv, env, file_actions=actions, setsid=True)
+        pid = os.posix_spawn(program, argv, env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS)
     finally:
         os.close(fd)
     return Spawned(pid, None, None, None)

@@ -254,6 +254,17 @@ def test_the_worker_runs_batch_and_its_task_runs_as_normal(child: ChildHarness, 
     assert os.sched_getscheduler(child.proc.pid) == os.SCHED_BATCH  # put back after a Popen
 
 
+@pytest.mark.parametrize("in_cwd", [False, True], ids=["posix_spawn", "popen"])
+def test_a_task_starts_with_no_signal_ignored(child: ChildHarness, tmp_path: Path, in_cwd: bool) -> None:
+    """The worker (Python) ignores SIGPIPE and SIGXFSZ; its task must not inherit that,
+    however it is started (a pipeline's writer then dies of SIGPIPE as it should)."""
+    extra = {"cwd": str(tmp_path)} if in_cwd else {}
+    result, _ = child.run(exec_dispatch(tid("t-sigign"), ["grep", "SigIgn", "/proc/self/status"], **extra))
+    assert result.state == "succeeded", result.outcome
+    ignored = int(result.outcome.result.split()[1], 16)  # bit n-1 for signal n
+    assert [s for s in (signal.SIGPIPE, signal.SIGXFSZ) if ignored & 1 << (s - 1)] == []
+
+
 def test_the_process_title_names_an_announced_task_and_goes_back_to_idle(child: ChildHarness) -> None:
     def title() -> str:
         return " ".join(" ".join(psutil.Process(child.proc.pid).cmdline()).split())  # setproctitle pads
