@@ -6,17 +6,17 @@ Stdlib only and no `logging` import, so the child can use it without paying for 
 from __future__ import annotations
 
 
-def value(v: object) -> str:
-    """A value as logfmt wants it: bare when it can be, else quoted and escaped."""
-    if type(v) is int:  # most values on the hot path (pids, attempts, epochs): never quoted
-        return str(v)
-    text = str(v)
-    # five `in` tests, not a generator over them: this runs for every field of every line
-    if text == "" or " " in text or '"' in text or "=" in text or "\n" in text or "\t" in text:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return text
-
-
 def fields(items: dict[str, object]) -> list[str]:
-    """`k=v` for each field that is not None, in order."""
-    return [f"{k}={value(v)}" for k, v in items.items() if v is not None]
+    """`k=v` for each field that is not None, in order: a value bare when it can be, else
+    quoted and escaped. One loop with no call per field: this runs for every field of
+    every line, two lines per task on the daemon's hot path."""
+    out: list[str] = []
+    for k, v in items.items():
+        if v is None:
+            continue
+        if type(v) is not int:
+            v = v if type(v) is str else str(v)
+            if v == "" or " " in v or '"' in v or "=" in v or "\n" in v or "\t" in v:
+                v = '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        out.append(f"{k}={v}")
+    return out

@@ -25,10 +25,6 @@ _stamp_second = -1
 _stamp_prefix = ""
 
 
-def line(event: str, **fields: object) -> str:
-    return " ".join([f"event={event}", *logfmt.fields(fields)])
-
-
 def _stamp(now: float) -> str:
     global _stamp_second, _stamp_prefix
     second = int(now)
@@ -40,7 +36,8 @@ def _stamp(now: float) -> str:
 def log(event: str, level: int = logging.INFO, **fields: object) -> None:
     if level < _threshold:
         return
-    _buffer.append(f"{_stamp(time.time())} level={_LEVELS.get(level, level)} {line(event, **fields)}\n")
+    _buffer.append(" ".join([_stamp(time.time()), f"level={_LEVELS.get(level, level)}", f"event={event}",
+                             *logfmt.fields(fields)]) + "\n")
     if len(_buffer) >= _MAX_BUFFERED or level >= logging.WARNING:
         flush()
 
