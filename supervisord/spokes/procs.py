@@ -250,11 +250,9 @@ def _posix_spawn(argv: list[str], env: dict[str, str], stdin_data: bool, new_ses
             ours.append(r), theirs.append(w)
             actions.append((os.POSIX_SPAWN_DUP2, w, target))
         spawn = os.posix_spawnp if spawnp else os.posix_spawn
-        if _own_policy is None:
-            pid = spawn(program, argv, env, file_actions=actions, setsid=new_session, setsigdef=_DEFAULT_SIGNALS)
-        else:  # the new process runs as normal, not as its worker does
-            pid = spawn(program, argv, env, file_actions=actions, setsid=new_session, setsigdef=_DEFAULT_SIGNALS,
-                        scheduler=_NORMAL)
+        # the new process runs as normal, not as its worker does (posix_spawn takes no None)
+        policy = {} if _own_policy is None else {"scheduler": _NORMAL}
+        pid = spawn(program, argv, env, file_actions=actions, setsid=new_session, setsigdef=_DEFAULT_SIGNALS, **policy)
     except BaseException:
         for fd in ours:
             os.close(fd)
@@ -405,8 +403,10 @@ def children_pids(pid: int) -> list[int]:
     Our own list's file stays open: a seq_file read again from offset 0 is made afresh, so
     each look is one `pread` (no path walk through procfs, no open and close).
     """
-    fd = _children_fd.get(pid, -1)
-    if fd < 0:
+    global _own_children
+    held = _own_children is not None and _own_children[0] == pid  # not a forked copy's parent's
+    fd = _own_children[1] if held and _own_children is not None else -1
+    if not held:
         try:
             fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -414,20 +414,21 @@ def children_pids(pid: int) -> list[int]:
                 return []
             return [p.pid for p in _safe_children(pid, recursive=False)]
         if pid == os.getpid():
-            _children_fd.clear()  # a forked copy's entry names its parent: not ours
-            _children_fd[pid] = fd
+            _own_children, held = (pid, fd), True
     chunks: list[bytes] = []
+    offset = 0
     try:
-        while chunk := os.pread(fd, 1 << 16, sum(map(len, chunks))):  # a short read is not yet the end
+        while chunk := os.pread(fd, 1 << 16, offset):  # a short read is not yet the end
             chunks.append(chunk)
+            offset += len(chunk)
     finally:
-        if _children_fd.get(pid) != fd:
+        if not held:
             os.close(fd)
     return [int(p) for p in b"".join(chunks).split()]
 
 
-#: pid -> the open children file of that pid, for our own pid only (see `children_pids`)
-_children_fd: dict[int, int] = {}
+#: (our pid, the open file of our children list), once looked at (see `children_pids`)
+_own_children: tuple[int, int] | None = None
 
 
 def _safe_children(pid: int, *, recursive: bool) -> list[psutil.Process]:

@@ -93,7 +93,6 @@ def test_signals_go_through_the_pidfd_and_stop_once_reaped() -> None:
     assert proc.pidfd is None and not proc.send_signal(signal.SIGKILL)
 
 
-
 def test_our_children_are_read_afresh_at_each_look() -> None:
     """The list's file stays open between looks: each look sees the children of that moment
     (a new one, one exited but unreaped, none once reaped), not the first look's."""
@@ -108,6 +107,8 @@ def test_our_children_are_read_afresh_at_each_look() -> None:
     assert set(procs.children_pids(me)) - before == {proc.pid}, "a zombie is still our child"
     assert proc.wait(10) == -signal.SIGKILL
     assert set(procs.children_pids(me)) - before == set()
+
+
 # ---- 3. a stopped task is continued before SIGTERM --------------------------------------------
 
 STOPPED = r"""
