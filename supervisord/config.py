@@ -32,6 +32,8 @@ class DaemonConfig(_Section, frozen=True):
     #: the queue's text (prompts, argv, input, env) in bytes; 0: no byte limit
     max_queued_bytes: int = 1 << 30
     max_starting: int = 8
+    #: children booted ahead and kept ready: a slot whose child exits takes one over at once
+    spares: int = 1
     runtime_dir: str | None = None
     log_level: str = "info"
 
@@ -174,6 +176,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "daemon.max_queued": (1, 10_000_000),
     "daemon.max_queued_bytes": (0, 1 << 40),
     "daemon.max_starting": (1, 1024),
+    "daemon.spares": (0, 64),
     "tasks.timeout_s": (0.01, 30 * DAY_S),
     "tasks.stall_timeout_s": (0.01, 30 * DAY_S),
     "tasks.result_grace_s": (0, 600),

@@ -23,13 +23,15 @@ def fds_needed(children: int) -> int:
     return BASE_FDS + PER_CHILD_FDS * children + CLIENT_FDS
 
 
-def fd_budget_problem(children: int, limit: int) -> str | None:
-    """Why `limit` open files (RLIMIT_NOFILE's soft limit) cannot carry `children`, or None."""
-    need = fds_needed(children)
+def fd_budget_problem(children: int, limit: int, spares: int = 0) -> str | None:
+    """Why `limit` open files (RLIMIT_NOFILE's soft limit) cannot carry `children` and
+    `spares` (children too, booted ahead), or None."""
+    need = fds_needed(children + spares)
     if limit >= need:
         return None
-    most = max(0, (limit - BASE_FDS - CLIENT_FDS) // PER_CHILD_FDS)
-    return (f"{children} children need {need} open files but the limit is {limit} (ulimit -n): "
+    most = max(0, (limit - BASE_FDS - CLIENT_FDS) // PER_CHILD_FDS - spares)
+    who = f"{children} children" + (f" and {spares} spare{'s' if spares > 1 else ''}" if spares else "")
+    return (f"{who} need {need} open files but the limit is {limit} (ulimit -n): "
             f"raise it (ulimit -n {need}, or LimitNOFILE= in the unit) or use at most {most} children")
 
 

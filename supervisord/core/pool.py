@@ -27,7 +27,8 @@ class ChildState(enum.Enum):
 
 
 TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
-    ChildState.BACKOFF: frozenset({ChildState.STARTING, ChildState.FATAL}),
+    # BACKOFF -> IDLE: the slot took over a ready spare's process
+    ChildState.BACKOFF: frozenset({ChildState.STARTING, ChildState.IDLE, ChildState.FATAL}),
     ChildState.STARTING: frozenset({ChildState.IDLE, ChildState.STOPPING, ChildState.BACKOFF, ChildState.FATAL}),
     ChildState.IDLE: frozenset({ChildState.BUSY, ChildState.STOPPING, ChildState.BACKOFF, ChildState.FATAL}),
     ChildState.BUSY: frozenset({ChildState.IDLE, ChildState.STOPPING, ChildState.BACKOFF, ChildState.FATAL}),
@@ -57,6 +58,9 @@ class Policy:
     recycle_max_age_s: float = 0.0
     recycle_age_jitter_s: float = 0.0
     recycle_max_rss_bytes: int = 0
+    #: children booted ahead and kept idle, not given tasks: a slot whose child exits takes
+    #: one over at once instead of waiting for a new child's boot (~50-130 ms of CPython)
+    spares: int = 0
 
 
 @dataclass(slots=True)
@@ -86,14 +90,20 @@ class Slot:
     #: why the hub killed it, and whether the cause was the daemon's own (a failed send)
     kill_reason: str | None = None
     kill_ours: bool = False
+    #: a spare: booted and kept ready, never given a task; its process is taken over by a
+    #: slot whose child exits, and it boots another
+    spare: bool = False
+    #: the current process's name on the children socket, `<name>.<generation>` of the
+    #: slot that spawned it (a slot that took over a spare carries the spare's; a spare
+    #: whose process was taken has none until it spawns again)
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        self.identity = self.identity or f"{self.name}.{self.generation}"
 
     @property
     def name(self) -> str:
-        return f"w{self.index:02d}"
-
-    @property
-    def identity(self) -> str:
-        return f"{self.name}.{self.generation}"
+        return f"spare{self.index}" if self.spare else f"w{self.index:02d}"
 
     def move(self, to: ChildState) -> ChildState:
         if to not in TRANSITIONS[self.state]:
@@ -116,9 +126,10 @@ class Due:
 
 @dataclass(frozen=True, slots=True)
 class Exit:
-    """What a child's exit means: respawn at `respawn_at`, FATAL, or the slot is gone."""
+    """What a child's exit means: respawn at `respawn_at`, FATAL, the slot is gone, or the slot
+    took over a ready spare's process (`took_spare`: it is IDLE now, and the spare boots anew)."""
 
-    verdict: Literal["respawn", "fatal", "removed"]
+    verdict: Literal["respawn", "fatal", "removed", "took_spare"]
     reason: str
     respawn_at: float = 0.0
 
@@ -137,36 +148,50 @@ class Pool:
     slots: list[Slot] = field(default_factory=list)
     _by_identity: dict[str, Slot] = field(default_factory=dict)
     #: last generation of each removed slot index, so a regrown slot never reuses an identity
-    _generations: dict[int, int] = field(default_factory=dict)
+    _generations: dict[tuple[bool, int], int] = field(default_factory=dict)
 
     # ---- size -------------------------------------------------------------------
 
     def resize(self, n: int, now: float) -> list[Due]:
-        """Grow with new BACKOFF slots due now; shrink by retiring the highest slots."""
+        """Grow with new BACKOFF slots due now; shrink by retiring the highest slots. The
+        spares follow `policy.spares` (none for an empty pool)."""
+        out = self._fit(False, n, now)
+        out += self._fit(True, self.policy.spares if n > 0 else 0, now)
+        self.slots.sort(key=lambda s: (s.spare, s.index))
+        return out
+
+    def _fit(self, spare: bool, n: int, now: float) -> list[Due]:
         out: list[Due] = []
-        live = [s for s in self.slots if not s.retire]
+        live = [s for s in self.slots if not s.retire and s.spare is spare]
         for slot in live[n:]:
             slot.retire = True
             if slot.state in (ChildState.IDLE, ChildState.STARTING):
                 out.append(Due("stop", slot, "scaled down"))
             elif slot.state in (ChildState.BACKOFF, ChildState.FATAL):
                 self._remove(slot)
-        used = {s.index for s in self.slots}
+        used = {s.index for s in self.slots if s.spare is spare}
         for _ in range(max(0, n - len(live))):
             index = next(i for i in range(len(used) + 1) if i not in used)
             used.add(index)
-            self.slots.append(Slot(index=index, respawn_at=now, generation=self._generations.get(index, 0)))
-        self.slots.sort(key=lambda s: s.index)
+            self.slots.append(Slot(index=index, respawn_at=now, spare=spare,
+                                   generation=self._generations.get((spare, index), 0)))
         return out
 
     @property
     def size(self) -> int:
-        return sum(1 for s in self.slots if not s.retire)
+        return sum(1 for s in self.slots if not s.retire and not s.spare)
+
+    def workers(self) -> list[Slot]:
+        """The slots that run tasks (every slot but the spares)."""
+        return [s for s in self.slots if not s.spare]
+
+    def spares(self) -> list[Slot]:
+        return [s for s in self.slots if s.spare]
 
     def _remove(self, slot: Slot) -> None:
         self.slots.remove(slot)
         self._by_identity.pop(slot.identity, None)
-        self._generations[slot.index] = slot.generation
+        self._generations[(slot.spare, slot.index)] = slot.generation
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -174,6 +199,7 @@ class Pool:
         """A new generation is about to be spawned; returns its identity."""
         self._by_identity.pop(slot.identity, None)
         slot.generation += 1
+        slot.identity = f"{slot.name}.{slot.generation}"
         self._by_identity[slot.identity] = slot
         return slot.identity
 
@@ -209,7 +235,7 @@ class Pool:
         return [s for s in self.slots if s.pid is not None]
 
     def idle(self) -> list[Slot]:
-        return [s for s in self.slots if s.state is ChildState.IDLE and not s.retire]
+        return [s for s in self.slots if s.state is ChildState.IDLE and not s.retire and not s.spare]
 
     def assign(self, slot: Slot, task_id: str, deadline: float, now: float) -> None:
         slot.move(ChildState.BUSY)  # IDLE -> BUSY
@@ -259,7 +285,7 @@ class Pool:
         if planned:
             slot.move(ChildState.BACKOFF)  # STOPPING -> BACKOFF (recycle: at once)
             slot.respawn_at = now
-            return Exit("respawn", "planned", now)
+            return self._take_spare(slot, "planned", now) or Exit("respawn", "planned", now)
         if now - slot.spawned_at >= self.policy.stable_after_s:
             slot.failures_in_row = 0
         slot.exits = [t for t in slot.exits if t > now - self.policy.period_s] + [now]
@@ -271,7 +297,24 @@ class Pool:
         slot.failures_in_row += 1
         slot.move(ChildState.BACKOFF)  # * -> BACKOFF
         slot.respawn_at = now + delay
-        return Exit("respawn", f"exit {code}", slot.respawn_at)
+        took = self._take_spare(slot, f"exit {code}", now) if delay == 0 else None
+        return took or Exit("respawn", f"exit {code}", slot.respawn_at)
+
+    def _take_spare(self, slot: Slot, reason: str, now: float) -> Exit | None:
+        """A slot due to respawn now takes over a ready spare's process, if there is one (a
+        spare's own exit, or a crash loop's backoff, waits for a boot as before). The spare
+        is due to boot another at once."""
+        spare = next((s for s in self.slots if s.spare and s.state is ChildState.IDLE and not s.retire), None)
+        if slot.spare or spare is None:
+            return None
+        slot.move(ChildState.IDLE)  # BACKOFF -> IDLE
+        self._by_identity.pop(slot.identity, None)  # the dead process's late messages find no slot
+        slot.identity, slot.pid, slot.last_seen, slot.rss_bytes = spare.identity, spare.pid, spare.last_seen, spare.rss_bytes
+        slot.spawned_at, slot.tasks_done, slot.recycle_at = now, 0, spare.recycle_at  # stable from now on
+        self._by_identity[slot.identity] = slot
+        spare.move(ChildState.BACKOFF)  # IDLE -> BACKOFF
+        spare.identity, spare.pid, spare.respawn_at, spare.recycle_at = "", None, now, None
+        return Exit("took_spare", reason, now)
 
     def _fatal(self, slot: Slot, reason: str, now: float) -> Exit:
         slot.move(ChildState.FATAL)  # * -> FATAL
@@ -343,9 +386,11 @@ class Pool:
         return min(times) if times else None
 
     def counts(self) -> dict[str, int]:
+        """Slots by state, the spares left out (they run no task)."""
         out = {s.value: 0 for s in ChildState}
         for slot in self.slots:
-            out[slot.state.value] += 1
+            if not slot.spare:
+                out[slot.state.value] += 1
         return out
 
 
@@ -357,4 +402,5 @@ def policy_of(config: Config) -> Policy:
         backoff_max_s=r.backoff_max_s, stable_after_s=r.stable_after_s, intensity=r.intensity,
         period_s=r.period_s, recycle_max_tasks=rc.max_tasks, recycle_max_age_s=rc.max_age_s,
         recycle_age_jitter_s=rc.max_age_jitter_s, recycle_max_rss_bytes=int(rc.max_rss_mb * 2**20),
+        spares=d.spares,
     )

@@ -388,11 +388,17 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
     for key, k in (data.get("keys") or {}).items():
         print(f"key {key}: {len(k['held_by'])}/{k['limit']} held ({', '.join(k['held_by']) or '-'}),"
               f" {k['waiting']} waiting")
-    rows = [[ch["id"], str(ch["pid"] or "-"), ch["state"], ch["task"] or "-", str(ch["tasks_done"]),
-             f"{ch['rss_bytes'] / 2**20:.0f}MiB" if ch["rss_bytes"] else "-", ch["fatal_reason"] or ""]
-            for ch in data["children"]]
+    rows = [[ch["id"] or ch["slot"], str(ch["pid"] or "-"), ch["state"], ch["task"] or "-", str(ch["tasks_done"]),
+             f"{ch['rss_bytes'] / 2**20:.0f}MiB" if ch["rss_bytes"] else "-", _child_note(ch, spare)]
+            for spare, key in ((False, "children"), (True, "spares")) for ch in data.get(key, [])]
     print(table(rows, ["CHILD", "PID", "STATE", "TASK", "DONE", "RSS", "NOTE"]))
     return EXIT_OK
+
+
+def _child_note(ch: dict[str, Any], spare: bool) -> str:
+    """Why fatal; a spare says so; a slot running in a spare's process names itself."""
+    notes = ["spare"] if spare else [] if ch["id"].startswith(ch["slot"] + ".") else [f"slot {ch['slot']}"]
+    return ", ".join(notes + ([ch["fatal_reason"]] if ch["fatal_reason"] else []))
 
 
 def cmd_hosts(c: Client, a: argparse.Namespace) -> int:

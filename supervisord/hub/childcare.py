@@ -169,17 +169,21 @@ def on_exit(h: Hub, identity: str, pid: int, returncode: int | None) -> None:
     slot.kill_reason, slot.kill_ours = None, False
     exit_ = h.pool.exited(slot, returncode, now, h.clock.rand())
     respawn_in_s = round(max(0.0, exit_.respawn_at - now), 3) if exit_.verdict == "respawn" else None
-    log("child_exited", child=identity, pid=pid, returncode=returncode, verdict=exit_.verdict,
+    log("child_exited", child=identity, slot=slot.name, pid=pid, returncode=returncode, verdict=exit_.verdict,
         reason=exit_.reason, respawn_in_s=respawn_in_s, state=slot.state.value, task=task_id)
-    h.spokes.events.publish(f"child/{identity}/exited", child=identity, pid=pid, returncode=returncode,
+    h.spokes.events.publish(f"child/{identity}/exited", child=identity, slot=slot.name, pid=pid, returncode=returncode,
                             verdict=exit_.verdict, reason=exit_.reason, respawn_in_s=respawn_in_s)
     h.spokes.tracer.child_event("exit", identity, pid, returncode=returncode, verdict=exit_.verdict)
     if exit_.verdict == "fatal":
         h.metrics.child_fatal += 1
         log("child_fatal", logging.ERROR, child=identity, reason=exit_.reason)
         h.spokes.events.publish(f"child/{identity}/fatal", child=identity, reason=exit_.reason)
-    elif exit_.verdict == "respawn" and exit_.reason != "planned":
+    elif exit_.verdict in ("respawn", "took_spare") and exit_.reason != "planned":
         h.metrics.child_restarts += 1
+    if exit_.verdict == "took_spare":  # the slot runs on at once, in a spare's process
+        log("child_ready", child=slot.identity, slot=slot.name, pid=slot.pid, state=slot.state.value, spare=True)
+        h.spokes.events.publish(f"child/{slot.identity}/ready", child=slot.identity, slot=slot.name, pid=slot.pid,
+                                spare=True)
     task = h.sched.tasks.get(task_id) if task_id else None
     if task is not None and task.state is TaskState.RUNNING:
         why = f"child {identity} {'was killed: ' + reason if reason else f'exited ({returncode})'} mid-task"

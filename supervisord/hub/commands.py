@@ -18,7 +18,7 @@ from proto.task import TaskSpec, TaskState
 from supervisord import config as config_mod
 from supervisord.core import fate as core
 from supervisord.core import taskenv, traceids, validate
-from supervisord.core.pool import policy_of
+from supervisord.core.pool import ChildState, Slot, policy_of
 from supervisord.core.task import Task
 from supervisord.hub import agents, batches, childcare, flows, lifecycle, ratelimit, tasks
 from supervisord.hub.state import Hub
@@ -178,13 +178,8 @@ def status_data(h: Hub) -> dict[str, object]:
         "state_dir": str(h.paths.state_dir),
         "control": h.paths.control,
         "claude": {"command": h.claude.argv, "source": h.claude.source},
-        "children": [
-            {"slot": s.name, "id": s.identity, "pid": s.pid, "state": s.state.value, "task": s.task_id,
-             "tasks_done": s.tasks_done, "rss_bytes": s.rss_bytes, "fatal_reason": s.fatal_reason,
-             "retry_in_s": round(max(0.0, s.fatal_at + h.pool.policy.period_s - h.clock.now()), 3)
-             if s.fatal_reason and s.state.value == "fatal" else None}
-            for s in h.pool.slots
-        ],
+        "children": [_slot_data(h, s) for s in h.pool.workers()],
+        "spares": [_slot_data(h, s) for s in h.pool.spares()],
         "pool": {"size": h.pool.size, **h.pool.counts()},
         "tasks": {"queued": h.sched.queued, "running": len(h.sched.running()),
                   "blocked": h.sched.count(TaskState.BLOCKED), "orphan_trees": len(h.orphans)},
@@ -233,16 +228,28 @@ def stats_data(h: Hub) -> dict[str, object]:
     return data
 
 
+def _slot_data(h: Hub, s: Slot) -> dict[str, object]:
+    return {"slot": s.name, "id": s.identity, "pid": s.pid, "state": s.state.value, "task": s.task_id,
+            "tasks_done": s.tasks_done, "rss_bytes": s.rss_bytes, "fatal_reason": s.fatal_reason,
+            "retry_in_s": round(max(0.0, s.fatal_at + h.pool.policy.period_s - h.clock.now()), 3)
+            if s.fatal_reason and s.state is ChildState.FATAL else None}
+
+
 def health_data(h: Hub) -> dict[str, object]:
     counts = h.pool.counts()
     ready = counts["idle"] + counts["busy"]
     fatal = counts["fatal"]
-    ok = (h.life.phase.value == "running" and ready > 0 and fatal == 0 and h.breaker.state.value == "closed"
+    spares = h.pool.spares()
+    spares_fatal = sum(1 for s in spares if s.state is ChildState.FATAL)  # the next boot will fail too
+    ok = (h.life.phase.value == "running" and ready > 0 and fatal == 0 and spares_fatal == 0
+          and h.breaker.state.value == "closed"
           and h.store_problem is None and h.gate.allows(h.clock.now()))
     return {
         "status": "ok" if ok else ("failing" if (ready == 0 and h.pool.size > 0) or h.store_problem else "degraded"),
         "phase": h.life.phase.value,
         "children": {"ready": ready, "total": h.pool.size, "fatal": fatal},
+        "spares": {"ready": sum(1 for s in spares if s.state is ChildState.IDLE), "total": len(spares),
+                   "fatal": spares_fatal},
         "breaker": breaker_data(h),
         "gate": ratelimit.data(h),
         "queue": {"queued": h.sched.queued, "running": len(h.sched.running()), "max": h.sched.max_queued},
@@ -259,7 +266,7 @@ def health(h: Hub, envelope: Envelope, req: ctl.Health) -> ctl.Reply:
 
 def scale(h: Hub, envelope: Envelope, req: ctl.Scale) -> ctl.Reply:
     """Change the pool size live; busy children leave after their task."""
-    if problem := rlimit.ensure(req.children):
+    if problem := rlimit.ensure(req.children, h.config.daemon.spares):
         return ctl.Error(kind="limit", message=problem)
     apply_size(h, req.children)
     return ctl.Ok(message=f"scaled to {req.children} children")
@@ -282,7 +289,7 @@ def reload(h: Hub, envelope: Envelope | None = None, req: ctl.Reload | None = No
         log("reload_refused", error=str(e))
         h.spokes.notifier.ready()
         return ctl.Error(kind="config", message=str(e))
-    problem = rlimit.ensure(new.daemon.children)
+    problem = rlimit.ensure(new.daemon.children, new.daemon.spares)
     if changed := config_mod.restart_required(h.config, new):
         problem = f"{', '.join(changed)} changed: applied only by a restart (nothing was reloaded)"
     if problem:

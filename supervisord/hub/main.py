@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from supervisord.spokes import rlimit
 
-    problem = rlimit.ensure(config.daemon.children)
+    problem = rlimit.ensure(config.daemon.children, config.daemon.spares)
     if problem:
         print(f"supd: refusing to start: {problem}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,11 +14,11 @@ from supervisord.core.fdbudget import fd_budget_problem, soft_limit_to_ask
 from supervisord.logs import log
 
 
-def ensure(children: int) -> str | None:
-    """Raise the soft limit for `children` if it is too low and the hard limit allows;
-    the problem (naming `ulimit -n`, the limit and the need) if it is still too low."""
+def ensure(children: int, spares: int) -> str | None:
+    """Raise the soft limit for `children` and `spares` if it is too low and the hard limit
+    allows; the problem (naming `ulimit -n`, the limit and the need) if it is still too low."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = soft_limit_to_ask(children, soft, hard)
+    target = soft_limit_to_ask(children + spares, soft, hard)
     if target is not None:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -26,4 +26,4 @@ def ensure(children: int) -> str | None:
             soft = target
         except (ValueError, OSError) as e:
             log("nofile_not_raised", soft=soft, hard=hard, error=str(e))
-    return fd_budget_problem(children, soft)
+    return fd_budget_problem(children, soft, spares)

@@ -157,13 +157,15 @@ class FakeNotifier:
 class Rig:
     """One hub and its fakes. `t` is the fake monotonic clock (seconds)."""
 
-    def __init__(self, tmp: Path, config: str = "", children: int = 2, store: SqliteStore | None = None) -> None:
+    def __init__(self, tmp: Path, config: str = "", children: int = 2, store: SqliteStore | None = None,
+                 spares: int = 0) -> None:
         self.tmp = tmp
         self.t = 100.0
         self.config_path = tmp / "supd.toml"
         self.config_path.write_text(config)
         cfg = config_mod.load(self.config_path)
-        cfg = msgspec.structs.replace(cfg, daemon=msgspec.structs.replace(cfg.daemon, children=children))
+        cfg = msgspec.structs.replace(cfg, daemon=msgspec.structs.replace(cfg.daemon, children=children,
+                                                                                    spares=spares))
         self.children, self.control, self.bus = FakeChildren(), FakeControl(), FakeBus()
         self.procs, self.notifier, self.git = FakeProcs(), FakeNotifier(), FakeGit()
         self.wakes: list[float] = []

@@ -390,3 +390,33 @@ def test_a_waiters_answer_is_kept_as_its_tasks_end_and_only_what_did_not_fit_is_
     assert store.asked == [[c]]  # a and b were kept as they ended; only c was read back
     again = rig.request(ctl.Wait(ids=[c], timeout_s=30))
     assert isinstance(again, ctl.Tasks) and again.tasks == [rig.stored(c)] and again.pending == []
+
+
+def test_a_crashed_child_is_replaced_by_the_ready_spare_and_the_next_task_runs_there(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, children=1, spares=1).boot()
+    assert list(rig.procs.spawned) == ["w00.1", "spare0.1"]
+    spare_pid = rig.procs.spawned["spare0.1"]
+    rig.exit("w00.1")
+    # at once, with no boot: the slot runs in the spare's process, and a new spare boots
+    assert rig.hub.pool.workers()[0].pid == spare_pid and rig.states() == ["idle", "starting"]
+    assert rig.bus.topics[-3:] == ["child/w00.1/exited", "child/spare0.1/ready", "child/spare0.2/spawned"]
+    assert list(rig.procs.spawned) == ["w00.1", "spare0.1", "spare0.2"]
+    (tid,) = rig.submit(exec_spec("true"))
+    assert rig.dispatched(tid)[0] == "spare0.1"
+    rig.result(tid)
+    assert rig.view(tid).state == "succeeded"
+    status = rig.request(ctl.Status())
+    assert isinstance(status, ctl.Info)
+    assert [(c["slot"], c["id"], c["pid"]) for c in status.data["children"]] == [("w00", "spare0.1", spare_pid)]
+    assert [(c["slot"], c["state"]) for c in status.data["spares"]] == [("spare0", "starting")]
+
+
+def test_a_reload_that_sets_no_spares_stops_the_spare_and_a_crash_then_waits_for_a_boot(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, children=1, spares=1).boot()
+    rig.config_path.write_text("[daemon]\nchildren = 1\nspares = 0\n")
+    assert isinstance(rig.request(ctl.Reload()), ctl.Ok)
+    assert [(who, m.reason) for who, m in rig.children.sent if isinstance(m, cp.Stop)] == [("spare0.1", "scaled down")]
+    rig.exit("spare0.1", 0)
+    assert [s.name for s in rig.hub.pool.slots] == ["w00"]
+    rig.exit("w00.1")
+    assert rig.states() == ["starting"] and list(rig.procs.spawned)[-1] == "w00.2"

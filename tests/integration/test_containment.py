@@ -409,17 +409,22 @@ def test_a_worker_lives_in_its_own_group_and_its_attempts_are_born_marked_there(
 def test_the_daemon_removes_a_worker_group_once_its_worker_is_gone(supd_factory: Any) -> None:
     from proto import control as ctl
 
-    d = supd_factory(children=2).start()
+    d = supd_factory(children=2, config="[daemon]\nspares = 1\n").start()
     d.wait(d.submit(TaskSpec(kind="exec", argv=["true"]), TaskSpec(kind="exec", argv=["true"])), timeout_s=30)
+
+    def workers() -> list[int]:  # the spare's too: it is a worker like the others until it is given a slot
+        status = d.info(ctl.Status())
+        return [c["pid"] for c in status["children"] + status["spares"] if c["pid"] and c["state"] == "idle"]
+
     # a worker moves into its group right after its Hello (before any Dispatch of its is read)
-    assert _wait(lambda: len({os.path.dirname(_group_of(pid)) for pid in d.children_pids()}) == 1, 5)
-    (base,) = {os.path.dirname(_group_of(pid)) for pid in d.children_pids()}
-    assert len([e for e in os.scandir(base) if e.is_dir()]) == 2, "one group per worker"
+    assert _wait(lambda: len(workers()) == 3 and len({os.path.dirname(_group_of(pid)) for pid in workers()}) == 1, 5)
+    (base,) = {os.path.dirname(_group_of(pid)) for pid in workers()}
+    assert len([e for e in os.scandir(base) if e.is_dir()]) == 3, "one group per worker"
     reply = d.request(ctl.Scale(children=1))
     assert not isinstance(reply, ctl.Error), reply
-    assert _wait(lambda: len([e for e in os.scandir(base) if e.is_dir()]) == 1, 10)
-    assert [os.path.basename(_group_of(pid)) for pid in d.children_pids()] == \
-        [e.name for e in os.scandir(base) if e.is_dir()]
+    assert _wait(lambda: len([e for e in os.scandir(base) if e.is_dir()]) == 2, 10)
+    assert sorted(os.path.basename(_group_of(pid)) for pid in workers()) == \
+        sorted(e.name for e in os.scandir(base) if e.is_dir())
 
 
 @needs_cgroups

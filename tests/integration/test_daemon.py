@@ -115,6 +115,33 @@ def test_sigkilled_child_is_replaced(supd_factory):
     assert task.state == "succeeded"
 
 
+def _until(d, what, ok, timeout_s: float = 10.0):
+    """The daemon's status once `ok(status)` holds (or an error naming `what`)."""
+    deadline = time.monotonic() + timeout_s
+    while not ok(status := d.info(ctl.Status())):
+        assert time.monotonic() < deadline, f"{what}: {status['children']} {status['spares']}"
+        time.sleep(0.02)
+    return status
+
+
+def test_a_crashed_child_is_replaced_at_once_by_the_ready_spare_which_is_booted_again(supd_factory):
+    d = supd_factory(children=2).start()  # `daemon.spares` is 1 by default
+    status = _until(d, "spare ready", lambda s: [c["state"] for c in s["spares"]] == ["idle"])
+    victim, spare = status["children"][0], status["spares"][0]
+    assert psutil.Process(spare["pid"]).ppid() == d.proc.pid
+    os.kill(victim["pid"], signal.SIGKILL)
+    status = _until(d, "slot took the spare", lambda s: s["children"][0]["pid"] == spare["pid"])
+    assert (status["children"][0]["slot"], status["children"][0]["id"]) == (victim["slot"], spare["id"])
+    status = _until(d, "new spare ready", lambda s: s["spares"][0]["state"] == "idle")
+    new_spare = status["spares"][0]["pid"]
+    assert new_spare not in (victim["pid"], spare["pid"]) and psutil.Process(new_spare).ppid() == d.proc.pid
+    assert not psutil.pid_exists(victim["pid"]), "the dead child must be reaped, not a zombie"
+    assert d.info(ctl.Stats())["child_restarts"] == 1
+    tasks = d.wait(d.submit(*[TaskSpec(kind="exec", argv=["true"]) for _ in range(4)]))
+    assert [t.state for t in tasks] == ["succeeded"] * 4
+    assert {t.child for t in tasks} <= {spare["id"], status["children"][1]["id"]}  # never the new spare
+
+
 def test_shutdown_drains_running_tasks_and_leaves_nothing(supd_factory):
     d = supd_factory(children=2).start()
     ids = d.submit(*[TaskSpec(kind="exec", argv=["sleep", "1.5"]) for _ in range(2)])

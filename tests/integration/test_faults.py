@@ -367,7 +367,8 @@ def _kill_and_time_respawn(d: Any, slot: str, timeout_s: float = 20) -> tuple[fl
 
 
 def test_restart_backoff_reset_and_intensity_goes_fatal(supd_factory):
-    config = toml(restart={"backoff_base_s": 1.0, "backoff_max_s": 4.0, "stable_after_s": 2.5,
+    config = toml(daemon={"spares": 0},  # each successor boots (a spare's takeover: the unit tables)
+                  restart={"backoff_base_s": 1.0, "backoff_max_s": 4.0, "stable_after_s": 2.5,
                            "intensity": 3, "period_s": 300.0})
     d = supd_factory(children=2, config=config).start()
     first, _ = _kill_and_time_respawn(d, "w00")  # isolated: at once
@@ -427,7 +428,7 @@ def test_child_that_cannot_boot_goes_fatal_at_once(supd_factory, module, tmp_pat
     PYTHONPATH): the daemon has it loaded and keeps working, the next child cannot import
     it, exits BOOT_FAILURE_EXIT (3), and its slot goes FATAL without a restart loop."""
     shadow = tmp_path
-    d = supd_factory(children=2, env=child_env(PYTHONPATH=f"{shadow}:{ROOT}")).start()
+    d = supd_factory(children=2, env=child_env(PYTHONPATH=f"{shadow}:{ROOT}"), config=toml(daemon={"spares": 0})).start()
     (shadow / module).mkdir()
     (shadow / module / "__init__.py").write_text(f'raise ImportError("{module}: broken install (test shadow)")\n')
     victim = children(d)["w00"]
@@ -442,18 +443,41 @@ def test_child_that_cannot_boot_goes_fatal_at_once(supd_factory, module, tmp_pat
     assert task.state == "succeeded" and task.child.startswith("w01")
 
 
-def test_restart_latency_of_an_isolated_crash(supd_factory):
-    config = toml(restart={"stable_after_s": 0.3, "intensity": 100, "period_s": 60.0})
+def test_a_spare_that_cannot_boot_goes_fatal_and_the_daemon_says_so(supd_factory, tmp_path):
+    """The same broken dependency with a spare: the crashed slot takes over the spare booted
+    before the breakage and runs on; the spare's next boot fails, and it goes FATAL (health
+    degraded: the next crash would find no spare) instead of looping."""
+    d = supd_factory(children=2, env=child_env(PYTHONPATH=f"{tmp_path}:{ROOT}")).start()
+    spare = wait_for(lambda: (r := d.info(ctl.Status())["spares"][0])["state"] == "idle" and r, 20, "the spare")
+    (tmp_path / "zmq").mkdir()
+    (tmp_path / "zmq" / "__init__.py").write_text('raise ImportError("zmq: broken install (test shadow)")\n')
+    os.kill(children(d)["w00"]["pid"], signal.SIGKILL)
+    row = wait_for(lambda: (r := d.info(ctl.Status())["spares"][0])["state"] == "fatal" and r, 20, "spare0 fatal")
+    assert row["fatal_reason"] == "boot failure (exit 3)", row
+    assert (children(d)["w00"]["state"], children(d)["w00"]["pid"]) == ("idle", spare["pid"])
+    health = d.info(ctl.Health())
+    assert health["status"] == "degraded" and health["spares"] == {"ready": 0, "total": 1, "fatal": 1}, health
+    assert d.log().count("event=child_spawned child=spare0.") == 2, "one spawn at start, one replacement, no loop"
+    (task,) = d.wait(d.submit(exec_spec("true")))
+    assert task.state == "succeeded"
+
+
+@pytest.mark.parametrize(("spares", "verdict"), [(0, "respawn"), (1, "took_spare")])
+def test_restart_latency_of_an_isolated_crash(supd_factory, spares, verdict):
+    config = toml(daemon={"spares": spares}, restart={"stable_after_s": 0.3, "intensity": 100, "period_s": 60.0})
     d = supd_factory(children=2, config=config).start()
     samples = []
     for _ in range(10):
+        if spares:  # the pool at rest: the spare taken by the last crash is booted again
+            wait_for(lambda: d.info(ctl.Status())["spares"][0]["state"] == "idle", 20, "the spare")
         latency, _ = _kill_and_time_respawn(d, "w00")
         samples.append(latency)
         time.sleep(0.4)  # > stable_after_s: the next crash is isolated again
-    isolated = [line for line in d.log().splitlines() if "event=child_exited child=w00." in line]
-    assert len(isolated) == 10 and all("respawn_in_s=0.0 " in line for line in isolated), "each crash was isolated"
+    isolated = [line for line in d.log().splitlines() if "event=child_exited" in line and " slot=w00 " in line]
+    assert len(isolated) == 10 and all(f"verdict={verdict} " in line for line in isolated), "each crash was isolated"
     samples.sort()
-    figure("restart_latency_p50_s", f"{statistics.median(samples):.3f} min={samples[0]:.3f} max={samples[-1]:.3f}")
+    figure(f"restart_latency_p50_s_spares_{spares}",
+           f"{statistics.median(samples):.3f} min={samples[0]:.3f} max={samples[-1]:.3f}")
     assert children(d)["w00"]["state"] == "idle"
     assert d.info(ctl.Stats())["child_restarts"] == 10
 

@@ -139,18 +139,23 @@ def test_fds_needed() -> None:
     assert fds_needed(1024) == 3184
 
 
-@pytest.mark.parametrize(("children", "limit", "problem"), [
-    (16, 1024, None),
-    (16, 160, None),
-    (16, 159, "16 children need 160 open files but the limit is 159 (ulimit -n): raise it "
-               "(ulimit -n 160, or LimitNOFILE= in the unit) or use at most 15 children"),
-    (16, 64, "16 children need 160 open files but the limit is 64 (ulimit -n): raise it "
-              "(ulimit -n 160, or LimitNOFILE= in the unit) or use at most 0 children"),
-    (0, 100, "0 children need 112 open files but the limit is 100 (ulimit -n): raise it "
-             "(ulimit -n 112, or LimitNOFILE= in the unit) or use at most 0 children"),
+@pytest.mark.parametrize(("children", "spares", "limit", "problem"), [
+    (16, 0, 1024, None),
+    (16, 0, 160, None),
+    (16, 0, 159, "16 children need 160 open files but the limit is 159 (ulimit -n): raise it "
+                 "(ulimit -n 160, or LimitNOFILE= in the unit) or use at most 15 children"),
+    (16, 0, 64, "16 children need 160 open files but the limit is 64 (ulimit -n): raise it "
+                "(ulimit -n 160, or LimitNOFILE= in the unit) or use at most 0 children"),
+    (0, 0, 100, "0 children need 112 open files but the limit is 100 (ulimit -n): raise it "
+                "(ulimit -n 112, or LimitNOFILE= in the unit) or use at most 0 children"),
+    (16, 1, 163, None),
+    (16, 1, 162, "16 children and 1 spare need 163 open files but the limit is 162 (ulimit -n): raise it "
+                 "(ulimit -n 163, or LimitNOFILE= in the unit) or use at most 15 children"),
+    (16, 2, 159, "16 children and 2 spares need 166 open files but the limit is 159 (ulimit -n): raise it "
+                 "(ulimit -n 166, or LimitNOFILE= in the unit) or use at most 13 children"),
 ])
-def test_fd_budget_problem(children: int, limit: int, problem: str | None) -> None:
-    assert fd_budget_problem(children, limit) == problem
+def test_fd_budget_problem(children: int, spares: int, limit: int, problem: str | None) -> None:
+    assert fd_budget_problem(children, limit, spares) == problem
 
 
 @pytest.mark.parametrize(("children", "soft", "hard", "target"), [

@@ -17,6 +17,7 @@ from supervisord.core.pool import (
     TRANSITIONS,
     ChildState,
     Due,
+    Exit,
     Policy,
     Pool,
     PoolTransitionError,
@@ -691,3 +692,96 @@ def test_a_big_pool_boots_in_waves_of_max_starting() -> None:
     pool.hello(spawns[0].slot, 0.2, 0.0)
     (more,) = [d for d in pool.due(0.2) if d.action == "spawn"]
     assert more.slot.state is ChildState.BACKOFF and more.slot not in [d.slot for d in spawns]
+
+
+# ---- spares: children booted ahead, taken over by a slot whose child exits ----------------
+
+
+def spare_pool(n: int = 2, spares: int = 1, now: float = 0.0) -> tuple[Pool, list[Slot], Slot]:
+    """A pool of `n` slots and `spares` spares, every one booted and idle."""
+    pool = make_pool(n, now, spares=spares)
+    for slot in pool.slots:
+        boot(pool, slot, now)
+    return pool, pool.workers(), pool.spares()[0]
+
+
+def test_spares_are_slots_of_their_own_that_run_no_task() -> None:
+    pool, workers, spare = spare_pool(2, 1)
+    assert [s.name for s in pool.slots] == ["w00", "w01", "spare0"]
+    assert [s.identity for s in pool.slots] == ["w00.1", "w01.1", "spare0.1"]
+    assert pool.size == 2
+    assert pool.idle() == workers  # a spare is never given a task
+    assert pool.counts()["idle"] == 2  # nor counted as ready
+    assert spare.state is C.IDLE
+
+
+def test_an_isolated_crash_takes_over_the_ready_spare_at_once() -> None:
+    pool, (w0, _w1), spare = spare_pool()
+    spare_pid = spare.pid
+    exit_ = pool.exited(w0, -9, 2.0, 0.0)
+    assert exit_.verdict == "took_spare" and exit_.reason == "exit -9" and exit_.respawn_at == 2.0
+    # the slot runs on in the spare's process, under the spare's identity
+    assert (w0.state, w0.pid, w0.identity, w0.spawned_at) == (C.IDLE, spare_pid, "spare0.1", 2.0)
+    assert pool.find("spare0.1") is w0
+    assert pool.find("w00.1") is None  # the dead process's late messages find no slot
+    assert pool.idle()[0] is w0
+    # the spare boots another at once
+    assert (spare.state, spare.pid, spare.identity) == (C.BACKOFF, None, "")
+    assert [(d.action, d.slot.name) for d in pool.due(2.0)] == [("spawn", "spare0")]
+    assert spawn(pool, spare, 2.0) == "spare0.2"
+    assert pool.find("spare0.2") is spare and pool.find("spare0.1") is w0
+
+
+def test_a_crash_loop_still_backs_off_instead_of_using_up_spares() -> None:
+    pool, (w0, _w1), spare = spare_pool()
+    assert pool.exited(w0, -9, 2.0, 0.0).verdict == "took_spare"
+    boot(pool, spare, 2.0)
+    # the slot's process dies again 1 s after it took over: a crash in a row, so a backoff
+    exit_ = pool.exited(w0, -9, 3.0, 0.0)
+    assert exit_.verdict == "respawn" and exit_.respawn_at == pytest.approx(3.05)
+    assert w0.state is C.BACKOFF and spare.state is C.IDLE and spare.identity == "spare0.2"
+
+
+@pytest.mark.parametrize("spare_state", [C.BACKOFF, C.STARTING, C.STOPPING, C.FATAL])
+def test_without_a_ready_spare_a_crash_waits_for_a_boot(spare_state: ChildState) -> None:
+    pool = make_pool(1, spares=1)
+    w0 = boot(pool, pool.workers()[0], 0.0)
+    spare = in_state(pool, pool.spares()[0], spare_state)
+    exit_ = pool.exited(w0, -9, 20.0, 0.0)
+    assert exit_ == Exit("respawn", "exit -9", 20.0)
+    assert w0.state is C.BACKOFF and spare.state is spare_state
+
+
+def test_a_spare_that_dies_is_booted_again_and_takes_nothing() -> None:
+    pool, workers, spare = spare_pool()
+    exit_ = pool.exited(spare, -9, 20.0, 0.0)
+    assert exit_ == Exit("respawn", "exit -9", 20.0)
+    assert [s.state for s in workers] == [C.IDLE, C.IDLE] and spare.state is C.BACKOFF
+
+
+def test_a_recycled_child_is_replaced_by_the_spare() -> None:
+    pool, (w0, _w1), spare = spare_pool()
+    spare_pid = spare.pid
+    pool.stopping(w0, 20.0 + STOP_GRACE_S, planned=True)
+    exit_ = pool.exited(w0, 0, 20.5, 0.0)
+    assert exit_ == Exit("took_spare", "planned", 20.5)
+    assert (w0.state, w0.pid) == (C.IDLE, spare_pid)
+
+
+def test_a_boot_failure_and_a_scale_down_take_no_spare() -> None:
+    pool, (w0, w1), spare = spare_pool()
+    assert pool.exited(w0, BOOT_FAILURE_EXIT, 20.0, 0.0).verdict == "fatal"
+    pool.resize(1, 20.0)  # w01 retires
+    assert pool.exited(w1, 0, 20.0, 0.0).verdict == "removed"
+    assert spare.state is C.IDLE
+
+
+def test_the_spares_follow_the_policy_and_an_empty_pool_has_none() -> None:
+    pool, _workers, spare = spare_pool(2, 1)
+    dues = pool.resize(0, 10.0)
+    assert sorted((d.action, d.slot.name) for d in dues) == [("stop", "spare0"), ("stop", "w00"), ("stop", "w01")]
+    pool.policy = replace(pool.policy, spares=2)
+    pool.resize(1, 20.0)
+    # the retiring keep their names until they exit
+    assert [(s.name, s.retire) for s in pool.slots] == [("w00", True), ("w01", True), ("w02", False),
+                                                         ("spare0", True), ("spare1", False), ("spare2", False)]
