@@ -18,7 +18,8 @@ LIMITS: dict[str, str] = {
     "dispatch": "at the line, not reliably over it: ten runs gave 0.63-0.75 (median 0.665); the machine's CPU"
                 " per task is daemon ~0.27 ms, child ~0.5 ms, `true` itself ~0.45 ms on 2 cores; see 'the next"
                 " revision' below",
-    "restart": "the successor child's CPython start-up (imports of zmq and msgspec); see 'this revision' below",
+    "restart": "no ready spare (daemon.spares = 0, or one still booting): the successor child's CPython"
+               " start-up (imports of zmq and msgspec); see 'Restart: a spare child' below",
     "idle": "1 s heartbeats both ways (daemon.heartbeat_s) with 8 children; at psutil's 10 ms tick resolution",
     "claude_overhead": "the submit's fsync, the journal's commits and the CLI's spawn; see below",
     "speedup": "dispatch round trip per task (see dispatch)",
@@ -27,10 +28,9 @@ LIMITS: dict[str, str] = {
 
 #: What a single run's "met" does not say (the spread over many runs of the same revision).
 CAVEATS: dict[str, str] = {
-    "dispatch": "by a varying margin: on 2026-12-02 six runs of this revision gave medians 0.81-0.88 and six of"
-                " a5a1b4e 0.77-0.89 (the day before, 0.70-0.83): the ratio moves with this VM's speed",
-    "restart": "this VM ran ~1.5x slower on 2026-12-02 than the day before (true: 1.2-1.4 ms of CPU against"
-               " 0.6-0.8): the same code measured 69 ms then, 87-133 ms now (a5a1b4e alike: 104-113)",
+    "dispatch": "by a varying margin: on 2026-12-02 this revision's medians were 0.76-0.80 in the afternoon"
+                " and 0.81-0.88 earlier that day (the day before, 0.70-0.83): the ratio moves with this VM's"
+                " speed",
 }
 
 

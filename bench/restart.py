@@ -1,9 +1,12 @@
 """Restart latency: SIGKILL an idle child, time until its successor is ready, vs
 supervisord and circus (default settings) supervising `sleep 1000`, same run.
 
-supd: the time from the kill to the `child/<id>/ready` event on events.sock (the successor
-has said Hello and is idle). Each slot is killed at most once per `restart.stable_after_s`
-(10 s), so every sample is an isolated crash (a crash loop backs off on purpose).
+supd: the time from the kill to the `child/<id>/ready` event on events.sock for the killed
+child's slot (a successor that is idle and can take a task). Each slot is killed at most once
+per `restart.stable_after_s` (10 s), so every sample is an isolated crash (a crash loop backs
+off on purpose), and only once the pool is at rest (its spares ready). Two rows: the default
+config (`daemon.spares = 1`: the slot takes over the ready spare's process) and
+`daemon.spares = 0` (a new child's CPython boot is the whole cost). The target is the default's.
 supervisord / circus: kill the pid, poll their control interface every 5 ms until a new
 pid is RUNNING. Writes bench/results/restart.json.
 """
@@ -24,9 +27,9 @@ POLL_S = 0.005
 SAMPLE_TIMEOUT_S = 15.0
 
 
-def supd_samples(n: int, children: int, stable_s: float = 10.5) -> list[float]:
+def supd_samples(n: int, children: int, spares: int, stable_s: float = 10.5) -> list[float]:
     out: list[float] = []
-    with Daemon(children=children) as d:
+    with Daemon(children=children, config=f"[daemon]\nspares = {spares}\n") as d:
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"child/")
         sub.connect(d.events_endpoint)
@@ -34,12 +37,17 @@ def supd_samples(n: int, children: int, stable_s: float = 10.5) -> list[float]:
         last_kill: dict[str, float] = {}
         i = 0
         while len(out) < n:
-            slots = [c for c in d.status()["children"] if c["state"] == "idle" and c["pid"]]
+            status = d.status()
+            if any(c["state"] != "idle" for c in status["spares"]):
+                time.sleep(POLL_S)  # the pool is not at rest yet: a spare boots
+                continue
+            slots = [c for c in status["children"] if c["state"] == "idle" and c["pid"]]
             slot = slots[i % len(slots)]
-            i += 1
             wait_s = last_kill.get(slot["slot"], -1e9) + stable_s - time.monotonic()
             if wait_s > 0:
                 time.sleep(wait_s)
+                continue  # look at the pool again after the wait
+            i += 1
             while sub.poll(0):
                 sub.recv_multipart()
             pid = slot["pid"]
@@ -51,11 +59,19 @@ def supd_samples(n: int, children: int, stable_s: float = 10.5) -> list[float]:
                     raise RuntimeError(f"no ready event 10 s after killing {pid}\n{d.tail()}")
                 topic, body = sub.recv_multipart()
                 event = json.loads(body)
-                if topic.endswith(b"/ready") and event.get("pid") != pid:
+                if topic.endswith(b"/ready") and event.get("pid") != pid and _slot_of(d, event) == slot["slot"]:
                     out.append(time.perf_counter() - t0)
                     break
         sub.close(0)
     return out
+
+
+def _slot_of(d: Daemon, event: dict[str, object]) -> str | None:
+    """The slot a ready child serves: named in the event when it took over a spare, else its id's prefix."""
+    if "slot" in event:
+        return str(event["slot"])
+    child = str(event.get("child", ""))
+    return None if child.startswith("spare") else child.split(".")[0]
 
 
 def supervisord_samples(n: int) -> list[float]:
@@ -122,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--children", type=int, default=8)
     p.add_argument("--no-baselines", action="store_true")
     a = p.parse_args(argv)
-    results = {"supd": summary(supd_samples(a.samples, a.children))}
+    results = {"supd": summary(supd_samples(a.samples, a.children, spares=1)),
+               "supd, daemon.spares = 0": summary(supd_samples(a.samples, a.children, spares=0))}
     if not a.no_baselines:
         results["supervisord 4.3 (defaults)"] = summary(supervisord_samples(a.samples))
         timeouts: list[float] = []
