@@ -146,9 +146,12 @@ function overviewCharts(d) {
 }
 
 function childrenTable(st) {
-  const rows = (st.children || []).map((c) => `<tr data-child="${esc(c.slot)}"><td class="mono">${esc(c.slot)}</td><td>${pill(c.state)}</td>
+  // the slots, then the spares (booted ahead, given no task): a spare's row is data-spare, not data-child
+  const row = (c, attr) => `<tr ${attr}="${esc(c.slot)}"><td class="mono">${esc(c.slot)}</td><td>${pill(c.state)}</td>
     <td class="mono">${esc(c.pid ?? "")}</td><td class="mono">${c.task ? `<a href="#/task/${esc(c.task)}">${short(c.task)}</a>` : ""}</td>
-    <td>${esc(c.tasks_done)}</td><td>${c.rss_bytes ? (c.rss_bytes / 2 ** 20).toFixed(0) + " MiB" : ""}</td><td>${esc(c.fatal_reason || "")}</td></tr>`).join("");
+    <td>${esc(c.tasks_done)}</td><td>${c.rss_bytes ? (c.rss_bytes / 2 ** 20).toFixed(0) + " MiB" : ""}</td><td>${esc(c.fatal_reason || "")}</td></tr>`;
+  const rows = (st.children || []).map((c) => row(c, "data-child")).join("") +
+    (st.spares || []).map((c) => row(c, "data-spare")).join("");
   return `<table id="children"><tr><th>slot</th><th>state</th><th>pid</th><th>task</th><th>done</th><th>RSS</th><th>why fatal</th></tr>${rows}</table>`;
 }
 

@@ -83,6 +83,7 @@ def test_overview_shows_the_daemons_counts(supd_factory, browser_context):
     assert page.inner_text('[data-card="breaker"] .n').strip() == "closed"
     assert page.locator("#recent tr[data-task]").count() == 3
     assert page.locator("#children tr[data-child]").count() == 2
+    assert page.locator("#children tr[data-spare]").count() == 1  # daemon.spares = 1, listed after the slots
     assert page.locator('[data-chart="throughput"] rect').count() == 1  # one minute, three tasks
     # live: a new task moves the numbers without a reload (snapshots come at most once a second)
     gate = d.state_dir / "go"
