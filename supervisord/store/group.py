@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from proto.task import Line
+from proto.task import Line, Outcome
 from supervisord.core.task import Task
 
 #: The states of a task not yet final, as stored.
@@ -59,3 +59,9 @@ def transcript_page(chunks: Iterable[tuple[int, list[Line]]], after: int,
         size += sum(len(x.text) + 32 for x in take)
         nxt = first + len(lines)
     return out, nxt
+
+
+def approx_bytes(t: Task) -> int:
+    """A noted task's size in a reply, without encoding it (both stores' `list` budgets)."""
+    o, s = t.outcome or Outcome(), t.spec
+    return len(o.result or "") + len(o.stderr or "") + len(s.prompt or "") + len(s.input or "")

@@ -31,7 +31,7 @@ import psycopg
 
 from supervisord.core.workflow import Workflow
 
-#: 2 -> 3: workflows and each task's workflow and job (appended to `postgres.MIGRATIONS`).
+#: 2 -> 3: workflows and each task's workflow and job (appended to `pgschema.MIGRATIONS`).
 MIGRATION = (
     "ALTER TABLE tasks ADD COLUMN workflow TEXT",
     "ALTER TABLE tasks ADD COLUMN step TEXT",

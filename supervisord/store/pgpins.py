@@ -22,7 +22,7 @@ import psycopg
 from proto.task import TaskView
 from supervisord.core import pin
 
-#: 4 -> 5: a task's host pin (appended to `postgres.MIGRATIONS`).
+#: 4 -> 5: a task's host pin (appended to `pgschema.MIGRATIONS`).
 MIGRATION = (
     "ALTER TABLE tasks ADD COLUMN pin TEXT",
     "CREATE INDEX tasks_pinned ON tasks (pin) WHERE state = 'queued' AND pin IS NOT NULL",

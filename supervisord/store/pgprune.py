@@ -23,7 +23,7 @@ from typing import Any
 #: the advisory lock key of the fleet's pruning ("prun" in ASCII)
 PRUNE_LOCK = 0x7072756E
 
-#: 5 -> 6: the fleet's last pruning pass (appended to `postgres.MIGRATIONS`).
+#: 5 -> 6: the fleet's last pruning pass (appended to `pgschema.MIGRATIONS`).
 MIGRATION = (
     """CREATE TABLE prunes (
         id INTEGER PRIMARY KEY CHECK (id = 1),

@@ -44,7 +44,7 @@ KEY_LOCK = 0x6B6579  # "key"
 #: looks further down the queue)
 CLAIM_ROUNDS = 4
 
-#: 1 -> 2: fleet-wide keys, gate and batches (appended to `postgres.MIGRATIONS`).
+#: 1 -> 2: fleet-wide keys, gate and batches (appended to `pgschema.MIGRATIONS`).
 MIGRATION = (
     "ALTER TABLE tasks ADD COLUMN key TEXT",
     "ALTER TABLE tasks ADD COLUMN key_epoch INTEGER",

@@ -21,7 +21,7 @@ import psycopg
 from proto.task import Line
 from supervisord.store import group
 
-#: 3 -> 4: transcripts (appended to `postgres.MIGRATIONS`).
+#: 3 -> 4: transcripts (appended to `pgschema.MIGRATIONS`).
 MIGRATION = (
     """CREATE TABLE transcripts (
         task_id TEXT NOT NULL,

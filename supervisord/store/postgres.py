@@ -1,7 +1,8 @@
 """The PostgreSQL store: one database shared by a fleet of supd hosts.
 
 Owns the schema in that database (`supd_schema.version`, migrated by supd itself under an
-advisory lock, so two daemons starting at once do not race), and everything a host asks of
+advisory lock, so two daemons starting at once do not race; the steps, statements and row
+codecs are `supervisord.store.pgschema`'s), and everything a host asks of
 it. Implements `supervisord.store.base.Store` with the same promises as SQLite:
 
 - `accept` is its own transaction (durable on return: `synchronous_commit` is on), and
@@ -42,17 +43,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
 import psycopg
 
-from proto.task import Line, Outcome, TaskSpec, TaskState, TaskView
+from proto.task import Line, TaskState, TaskView
 from supervisord.core import fate as core
 from supervisord.core import lease
 from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
-from supervisord.store import group, pgevents, pgflows, pgpins, pgprune, pgrules, pgtranscripts
+from supervisord.store import group, pgevents, pgflows, pgpins, pgrules, pgtranscripts
+from supervisord.store import pgschema as pq
 from supervisord.store.base import StoreError
 
 #: what a row costs in a `list` reply beyond its blobs
@@ -70,99 +71,6 @@ ANALYZE_MIN_ROWS = 200
 
 _UNFINISHED = group.UNFINISHED
 _UNFINISHED_SQL = group.UNFINISHED_SQL
-
-#: Step N takes a database from version N to N + 1; each runs in one transaction.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 0 -> 1: tasks (with their owner and lease), hosts.
-    (
-        """CREATE TABLE tasks (
-            id TEXT PRIMARY KEY,
-            seq BIGINT GENERATED ALWAYS AS IDENTITY,
-            kind TEXT NOT NULL,
-            state TEXT NOT NULL,
-            priority INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            retries INTEGER NOT NULL DEFAULT 0,
-            epoch INTEGER NOT NULL DEFAULT 0,
-            forgiven INTEGER NOT NULL DEFAULT 0,
-            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
-            spec BYTEA NOT NULL,
-            outcome BYTEA,
-            child TEXT,
-            trace_id TEXT,
-            span_id TEXT,
-            parent_span_id TEXT,
-            tracestate TEXT,
-            submitted_at DOUBLE PRECISION NOT NULL,
-            started_at DOUBLE PRECISION,
-            finished_at DOUBLE PRECISION,
-            host TEXT,
-            lease_until TIMESTAMPTZ,
-            run_after TIMESTAMPTZ NOT NULL DEFAULT '-infinity'
-        )""",
-        "CREATE INDEX tasks_queue ON tasks (kind, priority DESC, seq) WHERE state = 'queued'",
-        "CREATE INDEX tasks_leases ON tasks (lease_until) WHERE state IN ('running', 'blocked')",
-        "CREATE INDEX tasks_seq ON tasks (seq)",
-        "CREATE INDEX tasks_state ON tasks (state, seq)",
-        "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE state NOT IN ('queued', 'blocked', 'running')",
-        """CREATE TABLE hosts (
-            host TEXT PRIMARY KEY,
-            pid INTEGER NOT NULL,
-            started_at DOUBLE PRECISION NOT NULL,
-            heartbeat_at TIMESTAMPTZ NOT NULL,
-            children INTEGER NOT NULL DEFAULT 0,
-            running INTEGER NOT NULL DEFAULT 0,
-            phase TEXT NOT NULL DEFAULT ''
-        )""",
-    ),
-    # 1 -> 2: fleet-wide exclusive keys, the rate-limit gate, batches and their tally (pgrules).
-    pgrules.MIGRATION,
-    # 2 -> 3: workflows (the record, its engine's host, epoch and lease) and each task's job (pgflows).
-    pgflows.MIGRATION,
-    # 3 -> 4: transcripts, so `supctl logs` works from any host (pgtranscripts).
-    pgtranscripts.MIGRATION,
-    # 4 -> 5: a task's host pin, which the claim filters on (pgpins).
-    pgpins.MIGRATION,
-    # 5 -> 6: the fleet's last pruning pass, so N hosts prune once per period (pgprune).
-    pgprune.MIGRATION,
-    # 6 -> 7: the queue in the claim's order (priority, then age), whatever the kinds claimed: a
-    # claim reads its first rows and stops, instead of sorting every queued task of its kinds
-    # (index rows read per 2,000 claims: ~1M -> ~8k).
-    (
-        "CREATE INDEX tasks_queue_order ON tasks (priority DESC, seq) WHERE state = 'queued'",
-        "DROP INDEX tasks_queue",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_COLUMNS = (
-    "id, seq, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, workflow, step, host"
-)
-_INSERT = (
-    "INSERT INTO tasks (id, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested, key, workflow, step, pin)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
-#: a noted task whose row does not exist yet (a workflow's task): its first write is an INSERT
-_INSERT_FENCE = -1
-# A cancel request, once journaled, stays (OR). A task that leaves its attempt (queued, final)
-# leaves its lease; a blocked one keeps it (its owner still waits for its tree). `host` stays:
-# the last host that ran it (shown in the task's JSON).
-_UPDATE = (
-    "UPDATE tasks SET state=%(state)s, attempts=%(attempts)s, epoch=%(epoch)s, forgiven=%(forgiven)s,"
-    " cancel_requested = cancel_requested OR %(cancel)s, outcome=%(outcome)s, child=%(child)s,"
-    " span_id=%(span_id)s, started_at=%(started_at)s, finished_at=%(finished_at)s,"
-    " lease_until = CASE WHEN %(state)s IN ('running', 'blocked') THEN lease_until END,"
-    " run_after = CASE WHEN %(state)s = 'queued' THEN now() + %(delay_s)s * interval '1 second'"
-    "   ELSE run_after END"
-    " WHERE id=%(id)s AND epoch=%(fence)s"
-)
-
-_enc = msgspec.msgpack.Encoder()
-_spec_dec = msgspec.msgpack.Decoder(TaskSpec)
-_outcome_dec = msgspec.msgpack.Decoder(Outcome)
-
 
 def _redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
@@ -242,17 +150,17 @@ class PgStore:
             if row is None:
                 self.db.execute("INSERT INTO supd_schema VALUES (0)")
             version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
+            if version > pq.SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.where} has supd schema version {version}, written by a newer supd (this one knows up to "
-                    f"{SCHEMA_VERSION}): upgrade this host's supd")
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step]:
+                    f"{pq.SCHEMA_VERSION}): upgrade this host's supd")
+            for step in range(version, pq.SCHEMA_VERSION):
+                for statement in pq.MIGRATIONS[step]:
                     self.db.execute(statement)
                 self.db.execute("UPDATE supd_schema SET version=%s", (step + 1,))
-        if version != SCHEMA_VERSION:
+        if version != pq.SCHEMA_VERSION:
             log("store_created" if version == 0 else "store_migrated", path=self.where, from_version=version,
-                version=SCHEMA_VERSION)
+                version=pq.SCHEMA_VERSION)
 
     def _fail(self, what: str, e: psycopg.Error) -> StoreError:
         return StoreError(f"{self.where}: {what}: {_first_line(e)}")
@@ -263,7 +171,7 @@ class PgStore:
         try:
             with self.db.transaction():
                 with self.db.cursor() as cur:
-                    cur.executemany(_INSERT, [_row(t) for t in tasks])
+                    cur.executemany(pq.INSERT, [pq.task_row(t) for t in tasks])
                     if isinstance(batch, Batch):
                         pgrules.accept_batch(cur, batch)
                     pgevents.send(cur, self.host, self.host, True, [(t.id, "queued", "queued") for t in tasks])
@@ -307,7 +215,7 @@ class PgStore:
         try:
             with self.db.transaction(), self.db.cursor() as cur:
                 if tasks:
-                    cur.executemany(_INSERT, [_row(t) for t in tasks])
+                    cur.executemany(pq.INSERT, [pq.task_row(t) for t in tasks])
                 pgflows.insert(cur, wf, self.host, self.lease_s)
                 cur.execute("SELECT pg_notify('supd_submit', %s)", (str(len(tasks)),))
         except psycopg.Error as e:
@@ -325,7 +233,7 @@ class PgStore:
     def save_noted(self, noted: pgflows.Noted, tasks: Sequence[Task] = ()) -> None:
         self._flows[noted.id] = noted
         for t in tasks:
-            self._pending[t.id] = (t, _INSERT_FENCE)
+            self._pending[t.id] = (t, pq.INSERT_FENCE)
 
     @property
     def pending(self) -> int:
@@ -385,12 +293,12 @@ class PgStore:
                 inserted = 0
                 finals: builtins.list[pgevents.Event] = []
                 for tid, (task, fence) in self._pending.items():
-                    if fence == _INSERT_FENCE:
+                    if fence == pq.INSERT_FENCE:
                         if task.workflow not in lost:
-                            cur.execute(_INSERT, _row(task))
+                            cur.execute(pq.INSERT, pq.task_row(task))
                             inserted += 1
                         continue
-                    cur.execute(_UPDATE, _update_args(task, fence))
+                    cur.execute(pq.UPDATE, pq.update_args(task, fence))
                     if cur.rowcount == 0:
                         refused.append((tid, task.epoch))
                     elif task.state.final:
@@ -431,15 +339,15 @@ class PgStore:
 
     def unfinished(self) -> list[Task]:
         """Every unfinished task of the fleet (for one host: `unfinished` of SQLite)."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('queued', 'blocked', 'running') ORDER BY seq")
-        return group.unfinished(rows.fetchall(), self._pending, _task)
+        rows = self.db.execute(f"SELECT {pq.COLUMNS} FROM tasks WHERE state IN ('queued', 'blocked', 'running') ORDER BY seq")
+        return group.unfinished(rows.fetchall(), self._pending, pq.task_of)
 
     def get(self, task_id: str) -> TaskView | None:
         held = self._pending.get(task_id)
         if held is not None:
             return view(held[0])
-        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=%s", (task_id,)).fetchone()
-        found = _view(row) if row else None
+        row = self.db.execute(f"SELECT {pq.COLUMNS} FROM tasks WHERE id=%s", (task_id,)).fetchone()
+        found = pq.view_of(row) if row else None
         if found is not None:
             pgpins.annotate(self.db, [found], self.lease_s)
         return found
@@ -449,8 +357,8 @@ class PgStore:
         found = {tid: view(self._pending[tid][0]) for tid in ids if tid in self._pending}
         rest = [tid for tid in ids if tid not in found]
         if rest:
-            for row in self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ANY(%s)", (rest,)):
-                found[str(row[0])] = _view(row)
+            for row in self.db.execute(f"SELECT {pq.COLUMNS} FROM tasks WHERE id = ANY(%s)", (rest,)):
+                found[str(row[0])] = pq.view_of(row)
         pgpins.annotate(self.db, found.values(), self.lease_s)
         return found
 
@@ -480,7 +388,7 @@ class PgStore:
                 held = self._pending.get(tid)
                 if held is not None and state is not None and held[0].state.value != state:
                     continue
-                cost = (_approx_bytes(held[0]) if held else int(nbytes)) + ROW_OVERHEAD_BYTES
+                cost = (group.approx_bytes(held[0]) if held else int(nbytes)) + ROW_OVERHEAD_BYTES
                 if chosen and size + cost > budget_bytes:
                     break
                 chosen.append(str(tid))
@@ -514,8 +422,8 @@ class PgStore:
 
     def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
         """A workflow's tasks by job key, as the fleet has them (noted states over stored ones)."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE workflow=%s", (wf_id,)).fetchall()
-        found = {t.step or "": t for t in map(_task, rows)}
+        rows = self.db.execute(f"SELECT {pq.COLUMNS} FROM tasks WHERE workflow=%s", (wf_id,)).fetchall()
+        found = {t.step or "": t for t in map(pq.task_of, rows)}
         for task, _fence in self._pending.values():
             if task.workflow == wf_id:
                 found[task.step or ""] = task
@@ -526,16 +434,16 @@ class PgStore:
         held = self._pending.get(task_id)
         if held is not None:
             return held[0]
-        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=%s", (task_id,)).fetchone()
-        return _task(row) if row else None
+        row = self.db.execute(f"SELECT {pq.COLUMNS} FROM tasks WHERE id=%s", (task_id,)).fetchone()
+        return pq.task_of(row) if row else None
 
     def final_tasks(self, ids: Sequence[str]) -> builtins.list[Task]:
         """Those of `ids` that are final in the journal, whole (a workflow's engine feeds them)."""
         if not ids:
             return []
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ANY(%s) AND state NOT IN"
+        rows = self.db.execute(f"SELECT {pq.COLUMNS} FROM tasks WHERE id = ANY(%s) AND state NOT IN"
                                " ('queued', 'blocked', 'running')", (list(ids),)).fetchall()
-        return [_task(r) for r in rows]
+        return [pq.task_of(r) for r in rows]
 
     def renew_workflows(self, host: str, lease_s: float) -> tuple[dict[str, bool], builtins.list[str]]:
         """Extend the leases of the workflows this host's engine runs: (id -> cancel requested,
@@ -610,10 +518,10 @@ class PgStore:
         def started(db: psycopg.Connection[Any], rows: builtins.list[Any]) -> None:
             pgevents.send(db, host, host, True, [(str(r[0]), "started", "running") for r in rows])
 
-        rows, self.claim_contended = pgrules.claim(self.db, n, kinds, host, lease_s, limits or {}, _T_COLUMNS, started)
+        rows, self.claim_contended = pgrules.claim(self.db, n, kinds, host, lease_s, limits or {}, pq.T_COLUMNS, started)
         out = []
         for r in rows:
-            task = _task(r)
+            task = pq.task_of(r)
             task.state, task.attempts, task.epoch = TaskState.QUEUED, task.attempts - 1, task.epoch - 1
             self._claimed[task.id] = task.epoch + 1
             out.append(task)
@@ -648,14 +556,14 @@ class PgStore:
         events: dict[str | None, builtins.list[pgevents.Event]] = {}
         with self.db.transaction():
             rows = self.db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE state IN ('running', 'blocked') AND {cond}"
+                f"SELECT {pq.COLUMNS} FROM tasks WHERE state IN ('running', 'blocked') AND {cond}"
                 " ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED",
                 (host, limit) if host is not None else (limit,)).fetchall()
             for r in rows:
-                task, owner = _task(r), r[-1]
+                task, owner = pq.task_of(r), r[-1]
                 fence = task.epoch
                 fate = lease.rescued(task, core.Context(now=0.0, wall=time.time(), rand=0.0))
-                cur = self.db.execute(_UPDATE, _update_args(task, fence))
+                cur = self.db.execute(pq.UPDATE, pq.update_args(task, fence))
                 if cur.rowcount == 0:  # pragma: no cover (the row is locked: cannot happen)
                     continue
                 # its host is gone or stopped its attempts: the key its attempt held is free
@@ -701,18 +609,18 @@ class PgStore:
         """The attempts `host` still owns (running or blocked in the journal), as stored: at a
         restart, what its previous life left. Nothing changes: they stay `host`'s (their leases
         renewed, their keys held) until the hub has seen their trees dead (hub.fleetrestart)."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE host=%s AND state IN ('running', 'blocked')"
+        rows = self.db.execute(f"SELECT {pq.COLUMNS} FROM tasks WHERE host=%s AND state IN ('running', 'blocked')"
                                " ORDER BY seq", (host,)).fetchall()
-        return [_task(r) for r in rows]
+        return [pq.task_of(r) for r in rows]
 
     def cancel(self, task_id: str) -> TaskView | None:
         """Cancel a task this host does not run: a queued or blocked one now (final), a
         running one by its flag (its owner sees it when it renews, or is told by NOTIFY)."""
         with self.db.transaction():
-            row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=%s FOR UPDATE", (task_id,)).fetchone()
+            row = self.db.execute(f"SELECT {pq.COLUMNS} FROM tasks WHERE id=%s FOR UPDATE", (task_id,)).fetchone()
             if row is None:
                 return None
-            task = _task(row)
+            task = pq.task_of(row)
             if task.state.final:
                 return view(task)
             if task.state is TaskState.RUNNING or (task.state is TaskState.BLOCKED and row[-1]):
@@ -722,7 +630,7 @@ class PgStore:
                 return view(task)
             fence = task.epoch
             core.decide(task, core.CancelRequested(), core.Context(now=0.0, wall=time.time(), rand=0.0))
-            self.db.execute(_UPDATE, _update_args(task, fence))
+            self.db.execute(pq.UPDATE, pq.update_args(task, fence))
             self.db.execute("SELECT pg_notify('supd_finished', %s)", (task_id,))
             pgevents.send(self.db, self.host, row[-1], False, [(task_id, "finished", task.state.value)])
             with self.db.cursor() as tc:
@@ -734,7 +642,7 @@ class PgStore:
     def stop_spent(self, batch_ids: Sequence[str] | None = None) -> builtins.list[Task]:
         """Queued Claude tasks of spent batches end `cancelled`/`budget` (see pgrules)."""
         def write(cur: psycopg.Cursor[Any], task: Task, fence: int) -> bool:
-            cur.execute(_UPDATE, _update_args(task, fence))
+            cur.execute(pq.UPDATE, pq.update_args(task, fence))
             if not cur.rowcount:
                 return False
             cur.execute("SELECT pg_notify('supd_finished', %s)", (task.id,))
@@ -744,7 +652,7 @@ class PgStore:
                 error="budget", trace=task.trace_id)
             return True
 
-        return pgrules.stop_spent(self.db, write, _T_COLUMNS, _task, batch_ids)
+        return pgrules.stop_spent(self.db, write, pq.T_COLUMNS, pq.task_of, batch_ids)
 
     def close_gate(self, wait_s: float, task_id: str) -> None:
         pgrules.close_gate(self.db, wait_s, task_id)
@@ -792,51 +700,3 @@ class PgStore:
                                ).fetchone()
         return {"tasks": states, "hosts": int(live[0]) if live else 0,
                 "pinned_waiting": pgpins.waiting_counts(self.db, self.lease_s)}
-
-
-_T_COLUMNS = ", ".join("t." + c.strip() for c in _COLUMNS.split(","))
-
-
-def _row(t: Task) -> tuple[object, ...]:
-    return (
-        t.id, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
-        _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
-        t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
-        t.epoch, t.forgiven, t.cancel_requested, t.spec.key, t.workflow, t.step, t.spec.pin,
-    )
-
-
-def _update_args(t: Task, fence: int) -> dict[str, object]:
-    delay_s = 0.0
-    if t.state is TaskState.QUEUED and t.not_before:
-        delay_s = max(0.0, t.not_before - time.monotonic())  # `not_before` is on the hub's monotonic clock
-    return {
-        "state": t.state.value, "attempts": t.attempts, "epoch": t.epoch, "forgiven": t.forgiven,
-        "cancel": t.cancel_requested, "outcome": _enc.encode(t.outcome) if t.outcome else None, "child": t.child,
-        "span_id": t.span_id, "started_at": t.started_at, "finished_at": t.finished_at, "delay_s": delay_s,
-        "id": t.id, "fence": fence,
-    }
-
-
-def _approx_bytes(t: Task) -> int:
-    o, s = t.outcome or Outcome(), t.spec
-    return len(o.result or "") + len(o.stderr or "") + len(s.prompt or "") + len(s.input or "")
-
-
-def _task(r: Sequence[Any]) -> Task:
-    (tid, seq, _kind, state, _prio, attempts, retries, spec, outcome, child, trace_id, span_id,
-     parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,
-     workflow, step, _host) = r
-    return Task(
-        id=str(tid), spec=_spec_dec.decode(spec), submitted_at=float(submitted_at), seq=int(seq),
-        state=TaskState(state), attempts=int(attempts), retries=int(retries), epoch=int(epoch),
-        forgiven=int(forgiven), outcome=_outcome_dec.decode(outcome) if outcome else None, child=child,
-        trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, tracestate=tracestate,
-        started_at=started_at, finished_at=finished_at, cancel_requested=bool(cancel_requested), host=_host,
-        workflow=workflow, step=step,
-    )
-
-
-def _view(r: Sequence[Any]) -> TaskView:
-    return view(_task(r))
-

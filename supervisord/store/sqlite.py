@@ -1,6 +1,7 @@
 """The SQLite store (WAL): every accepted task, its attempts and its final state, on one host.
 
-Owns the database file, its schema and its migrations (`PRAGMA user_version`). Implements
+Owns the database file and its migrating (`PRAGMA user_version`; the steps, statements and row
+codecs are `supervisord.store.sqlschema`'s). Implements
 `supervisord.store.base.Store`; the hub runs it on its event loop, so every call is short:
 
 - `accept` is its own transaction, committed with `synchronous=FULL` (the WAL is fsynced:
@@ -16,9 +17,9 @@ Owns the database file, its schema and its migrations (`PRAGMA user_version`). I
 - Checkpoints run off the loop. With SQLite's auto-checkpoint the commit that crosses the
   threshold copies the whole WAL into the database and fsyncs it, inside the hub's loop:
   with megabytes of results that is a stall of a whole heartbeat or more. So the main
-  connection sets `wal_autocheckpoint=0` and `_Checkpointer`, a thread with its own
+  connection sets `wal_autocheckpoint=0` and `checkpoint.Checkpointer`, a thread with its own
   connection, runs `wal_checkpoint(PASSIVE)` (never blocks a writer) when a write has
-  grown the WAL past `CHECKPOINT_ABOVE_BYTES`. sqlite3 releases the GIL while SQLite
+  grown the WAL past `checkpoint.CHECKPOINT_ABOVE_BYTES`. sqlite3 releases the GIL while SQLite
   works, so the loop runs on meanwhile. No `TRUNCATE` checkpoint: it holds the write lock
   while it copies, and a batch that landed since the last PASSIVE (50 MB in the bench)
   made `accept` wait past `LOCK_TIMEOUT_S` and refuse it. The disk comes back after a
@@ -38,27 +39,23 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import msgspec
-
-from proto.task import Line, Outcome, TaskSpec, TaskState, TaskView
+from proto.task import Line, TaskState, TaskView
 from supervisord.core.batches import Batch
 from supervisord.core.task import Task, view
 from supervisord.core.workflow import Workflow
 from supervisord.logs import log
 from supervisord.store import group
+from supervisord.store import sqlschema as sq
 from supervisord.store.base import StoreError
+from supervisord.store.checkpoint import Checkpointer
 
 #: how long a write waits for a lock held by another connection before it fails
 LOCK_TIMEOUT_S = 0.1
-#: the checkpointer copies the WAL into the database once it is this big
-CHECKPOINT_ABOVE_BYTES = 4 << 20
 #: How often, at most, a commit wakes the checkpoint thread to look at the WAL's size.
 CHECKPOINT_LOOK_S = 0.5
 #: a WAL started over is cut back to this size (`journal_size_limit`)
@@ -71,119 +68,8 @@ ROW_OVERHEAD_BYTES = 1024
 _UNFINISHED = group.UNFINISHED
 _UNFINISHED_SQL = group.UNFINISHED_SQL
 
-#: Step N takes a database from `user_version` N to N + 1; each runs in one transaction.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 0 -> 1: the first supd's schema (it set no version). A no-op on the files it wrote.
-    (
-        """CREATE TABLE IF NOT EXISTS tasks (
-            id TEXT PRIMARY KEY,
-            seq INTEGER NOT NULL,
-            kind TEXT NOT NULL,
-            state TEXT NOT NULL,
-            priority INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            retries INTEGER NOT NULL DEFAULT 0,
-            spec BLOB NOT NULL,
-            outcome BLOB,
-            child TEXT,
-            trace_id TEXT,
-            span_id TEXT,
-            parent_span_id TEXT,
-            tracestate TEXT,
-            submitted_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL
-        )""",
-        "CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq)",
-    ),
-    # 1 -> 2: fencing epochs, forgiven attempts, journaled cancel requests; indexes for
-    # `list` (newest first) and `prune`.
-    (
-        "ALTER TABLE tasks ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE tasks ADD COLUMN forgiven INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
-        "CREATE INDEX tasks_seq ON tasks (seq)",
-        "CREATE INDEX tasks_finished ON tasks (finished_at)",
-    ),
-    # 2 -> 3: workflows (the record, saved after every event) and each task's workflow and job.
-    (
-        "ALTER TABLE tasks ADD COLUMN workflow TEXT",
-        "ALTER TABLE tasks ADD COLUMN step TEXT",
-        "CREATE INDEX tasks_workflow ON tasks (workflow, step) WHERE workflow IS NOT NULL",
-        """CREATE TABLE workflows (
-            id TEXT PRIMARY KEY,
-            seq INTEGER NOT NULL,
-            name TEXT NOT NULL,
-            state TEXT NOT NULL,
-            trace_id TEXT,
-            started_at REAL NOT NULL,
-            finished_at REAL,
-            record BLOB NOT NULL
-        )""",
-        "CREATE INDEX workflows_seq ON workflows (seq)",
-        "CREATE INDEX workflows_state ON workflows (state, seq)",
-    ),
-    # 3 -> 4: batches (every submit; its id is its trace id): label, cost cap and tally;
-    # tasks by batch.
-    (
-        """CREATE TABLE batches (
-            id TEXT PRIMARY KEY,
-            label TEXT,
-            size INTEGER NOT NULL,
-            submitted_at REAL NOT NULL,
-            max_cost_usd REAL,
-            tally BLOB,
-            done_at REAL
-        )""",
-        "CREATE INDEX batches_label ON batches (label)",
-        "CREATE INDEX batches_open ON batches (done_at)",
-        "CREATE INDEX tasks_trace ON tasks (trace_id, seq)",
-    ),
-    # 4 -> 5: transcripts (chunks of lines, zlib-compressed msgpack, in arrival order) and
-    # the git worktree branches of tasks (so that prune can remove them).
-    (
-        """CREATE TABLE transcripts (
-            task_id TEXT NOT NULL,
-            first INTEGER NOT NULL,
-            count INTEGER NOT NULL,
-            raw_bytes INTEGER NOT NULL,
-            data BLOB NOT NULL,
-            PRIMARY KEY (task_id, first)
-        ) WITHOUT ROWID""",
-        "CREATE TABLE worktrees (task_id TEXT PRIMARY KEY, repo TEXT NOT NULL, branch TEXT NOT NULL, path TEXT)",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_COLUMNS = (
-    "id, seq, kind, state, priority, attempts, retries, spec, outcome, child, trace_id, span_id,"
-    " parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,"
-    " workflow, step"
-)
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 22)})"
-#: a workflow's record: inserted once (its seq then fixed), replaced after every event
-_SAVE_FLOW = (
-    "INSERT INTO workflows (id, seq, name, state, trace_id, started_at, finished_at, record)"
-    " VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM workflows), ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT(id) DO UPDATE SET state=excluded.state, finished_at=excluded.finished_at, record=excluded.record"
-)
-_FLOW_UNFINISHED_SQL = "('running', 'stopping')"
-#: a noted task whose row does not exist yet (a workflow's task): its first write is an INSERT
-_INSERT_FENCE = -1
-# A cancel request, once journaled, stays (MAX): a later record of the attempt cannot undo it.
-_UPDATE = (
-    "UPDATE tasks SET state=?, attempts=?, epoch=?, forgiven=?, cancel_requested=MAX(cancel_requested, ?),"
-    " outcome=?, child=?, span_id=?, started_at=?, finished_at=? WHERE id=? AND epoch=?"
-)
-
-_enc = msgspec.msgpack.Encoder()
-_spec_dec = msgspec.msgpack.Decoder(TaskSpec)
-_outcome_dec = msgspec.msgpack.Decoder(Outcome)
-_lines_dec = msgspec.msgpack.Decoder(list[Line])
 #: zlib level for transcript chunks (6: ~5x on stream-json, ~1 ms per 64 KiB)
 TRANSCRIPT_ZLIB_LEVEL = 6
-_SAVE_WORKTREE = "INSERT OR REPLACE INTO worktrees (task_id, repo, branch, path) VALUES (?, ?, ?, ?)"
-_flow_dec = msgspec.msgpack.Decoder(Workflow)
 
 #: what to do, by SQLite's primary result code
 _REMEDY = {
@@ -237,7 +123,7 @@ class SqliteStore:
         except StoreError:
             self.db.close()
             raise
-        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer = Checkpointer(self.path)
         self._next_checkpoint_look = 0.0
         self._checkpointer.start()
 
@@ -266,23 +152,23 @@ class SqliteStore:
     def _migrate(self) -> None:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
         fresh = self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
-        if version > SCHEMA_VERSION:
+        if version > sq.SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema version {version}, written by a newer supd (this one knows up to "
-                f"{SCHEMA_VERSION}): run that supd, or move the file aside; supd starts with an empty journal")
-        for step in range(version, SCHEMA_VERSION):
+                f"{sq.SCHEMA_VERSION}): run that supd, or move the file aside; supd starts with an empty journal")
+        for step in range(version, sq.SCHEMA_VERSION):
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in MIGRATIONS[step]:
+                for statement in sq.MIGRATIONS[step]:
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version={step + 1}")
                 self.db.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
-        if version != SCHEMA_VERSION:
+        if version != sq.SCHEMA_VERSION:
             log("store_created" if fresh else "store_migrated", path=self.path, from_version=version,
-                version=SCHEMA_VERSION)
+                version=sq.SCHEMA_VERSION)
 
     # ---- the batch: durable before `Accepted` ------------------------------------------
 
@@ -301,17 +187,18 @@ class SqliteStore:
         rows = []
         for t in tasks:
             seq += 1
-            rows.append(_row(t, seq))
+            rows.append(sq.task_row(t, seq))
         try:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(_INSERT, rows)
-            self.db.executemany(_SAVE_WORKTREE, [_worktree_row(t) for t in tasks if t.spec.worktree and t.spec.repo])
+            self.db.executemany(sq.INSERT, rows)
+            worktrees = [sq.worktree_row(t) for t in tasks if t.spec.worktree and t.spec.repo]
+            self.db.executemany(sq.SAVE_WORKTREE, worktrees)
             if wf is not None:
-                self.db.execute(_SAVE_FLOW, _flow_args(wf))
+                self.db.execute(sq.SAVE_FLOW, sq.flow_args(wf))
             if batch is not None:
                 self.db.execute("INSERT OR IGNORE INTO batches (id, label, size, submitted_at, max_cost_usd, tally,"
-                                " done_at) VALUES (?, ?, ?, ?, ?, ?, ?)", _batch_row(batch))
+                                " done_at) VALUES (?, ?, ?, ?, ?, ?, ?)", sq.batch_row(batch))
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -323,7 +210,7 @@ class SqliteStore:
                 pass  # the connection is unusable: the next write says why
         self._seq = seq
         if batch is not None and batch.done_at is None:
-            self._batch_marks[batch.id] = _batch_mark(batch)
+            self._batch_marks[batch.id] = sq.batch_mark(batch)
         self._checkpointer.wake.set()
 
     # ---- the group: noted now, written by `commit` -------------------------------------
@@ -336,7 +223,7 @@ class SqliteStore:
         """Note the batch if what its row says changed: its size, its cap spent, its end. A
         tally that only grew is not written per task: `open_batches` counts it again from
         the tasks' rows, which the same commits write."""
-        mark = _batch_mark(batch)
+        mark = sq.batch_mark(batch)
         if self._batch_marks.get(batch.id) != mark:
             self._batches[batch.id] = batch
 
@@ -362,7 +249,7 @@ class SqliteStore:
         (at least one chunk); returns them and the number of the next line."""
         rows = self.db.execute("SELECT first, data FROM transcripts WHERE task_id=? AND first + count > ?"
                                " ORDER BY first", (task_id, after)).fetchall()
-        chunks = [(int(f), _lines_dec.decode(zlib.decompress(d))) for f, d in rows]
+        chunks = [(int(f), sq.lines_dec.decode(zlib.decompress(d))) for f, d in rows]
         chunks += [(f, ls) for tid, f, ls, _ in self._chunks if tid == task_id and f + len(ls) > after]
         return group.transcript_page(chunks, after, budget_bytes)
 
@@ -380,8 +267,8 @@ class SqliteStore:
         held = self._pending.get(task_id)
         if held is not None:
             return held[0]
-        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
-        return _task(row) if row else None
+        row = self.db.execute(f"SELECT {sq.COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+        return sq.task_of(row) if row else None
 
     def worktree_tasks(self) -> dict[str, tuple[str, str]]:
         """task id -> (repo, branch) of every stored worktree task."""
@@ -399,7 +286,7 @@ class SqliteStore:
         for t in tasks:
             self._seq += 1
             self._insert_seq[t.id] = self._seq
-            self._pending[t.id] = (t, _INSERT_FENCE)
+            self._pending[t.id] = (t, sq.INSERT_FENCE)
 
     def commit(self) -> list[tuple[str, int]]:
         if error := self._checkpointer.take_error():
@@ -413,24 +300,24 @@ class SqliteStore:
                 raise StoreError(problem)
             self.db.execute("BEGIN IMMEDIATE")
             for tid, (task, fence) in self._pending.items():
-                if fence == _INSERT_FENCE:
-                    self.db.execute(_INSERT, _row(task, self._insert_seq[tid]))
+                if fence == sq.INSERT_FENCE:
+                    self.db.execute(sq.INSERT, sq.task_row(task, self._insert_seq[tid]))
                     if task.spec.worktree and task.spec.repo:
-                        self.db.execute(_SAVE_WORKTREE, _worktree_row(task))
-                elif self.db.execute(_UPDATE, _update_args(task, fence)).rowcount == 0:
+                        self.db.execute(sq.SAVE_WORKTREE, sq.worktree_row(task))
+                elif self.db.execute(sq.UPDATE, sq.update_args(task, fence)).rowcount == 0:
                     refused.append((tid, task.epoch))
             for wf in self._flows.values():
-                self.db.execute(_SAVE_FLOW, _flow_args(wf))
+                self.db.execute(sq.SAVE_FLOW, sq.flow_args(wf))
             for tid in self._cancels:
                 self.db.execute(f"UPDATE tasks SET cancel_requested=1 WHERE id=? AND state IN {_UNFINISHED_SQL}",
                                 (tid,))
             for b in self._batches.values():
                 self.db.execute("UPDATE batches SET size=?, tally=?, done_at=? WHERE id=?",
-                                (b.size, _tally(b), b.done_at, b.id))
+                                (b.size, sq.tally(b), b.done_at, b.id))
             if self._chunks:
                 self.db.executemany(
                     "INSERT OR REPLACE INTO transcripts (task_id, first, count, raw_bytes, data) VALUES (?, ?, ?, ?, ?)",
-                    [(tid, first, len(lines), raw, zlib.compress(_enc.encode(lines), TRANSCRIPT_ZLIB_LEVEL))
+                    [(tid, first, len(lines), raw, zlib.compress(sq.enc.encode(lines), TRANSCRIPT_ZLIB_LEVEL))
                      for tid, first, lines, raw in self._chunks])
             self.db.execute("COMMIT")
         except Exception as e:  # noqa: BLE001 (whatever it was, nothing is lost: the group stays for the next commit)
@@ -446,7 +333,7 @@ class SqliteStore:
         self._insert_seq.clear()
         for b in self._batches.values():
             if b.done_at is None:
-                self._batch_marks[b.id] = _batch_mark(b)
+                self._batch_marks[b.id] = sq.batch_mark(b)
             else:
                 self._batch_marks.pop(b.id, None)
         self._batches.clear()
@@ -467,23 +354,23 @@ class SqliteStore:
     # ---- reads ---------------------------------------------------------------------------
 
     def unfinished(self) -> list[Task]:
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE state IN {_UNFINISHED_SQL} ORDER BY seq")
-        return group.unfinished(rows.fetchall(), self._pending, _task)
+        rows = self.db.execute(f"SELECT {sq.COLUMNS} FROM tasks WHERE state IN {_UNFINISHED_SQL} ORDER BY seq")
+        return group.unfinished(rows.fetchall(), self._pending, sq.task_of)
 
     def get(self, task_id: str) -> TaskView | None:
         held = self._pending.get(task_id)
         if held is not None:
             return view(held[0])
-        row = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
-        return view(_task(row)) if row else None
+        row = self.db.execute(f"SELECT {sq.COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+        return view(sq.task_of(row)) if row else None
 
     def views(self, ids: Sequence[str]) -> dict[str, TaskView]:
         found = {tid: view(self._pending[tid][0]) for tid in ids if tid in self._pending}
         rest = [tid for tid in ids if tid not in found]
         if rest:
-            rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+            rows = self.db.execute(f"SELECT {sq.COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
                                    (json.dumps(rest),))
-            found.update((str(row[0]), view(_task(row))) for row in rows)
+            found.update((str(row[0]), view(sq.task_of(row))) for row in rows)
         return found
 
     def list(self, state: str | None, limit: int, budget_bytes: int,
@@ -513,7 +400,7 @@ class SqliteStore:
                 held = self._pending.get(tid)
                 if held is not None and state is not None and held[0].state.value != state:
                     continue
-                cost = (_approx_bytes(held[0]) if held else int(nbytes)) + ROW_OVERHEAD_BYTES
+                cost = (group.approx_bytes(held[0]) if held else int(nbytes)) + ROW_OVERHEAD_BYTES
                 if chosen and size + cost > budget_bytes:
                     break
                 chosen.append(held[0] if held else int(rowid))
@@ -526,10 +413,10 @@ class SqliteStore:
         decoded: dict[int, TaskView] = {}
         if rowids:
             cur = self.db.execute(
-                f"SELECT rowid, {_COLUMNS} FROM tasks WHERE rowid IN (SELECT value FROM json_each(?))",
+                f"SELECT rowid, {sq.COLUMNS} FROM tasks WHERE rowid IN (SELECT value FROM json_each(?))",
                 (json.dumps(rowids),))
             for r in cur:  # one row at a time: only the views are kept, not the raw blobs
-                decoded[int(r[0])] = view(_task(r[1:]))
+                decoded[int(r[0])] = view(sq.task_of(r[1:]))
         # (a row gone between the two queries — pruned by an outside process — is left out)
         return [view(c) if isinstance(c, Task) else decoded[c] for c in chosen if isinstance(c, Task) or c in decoded]
 
@@ -538,12 +425,12 @@ class SqliteStore:
     def get_batch(self, batch_id: str) -> Batch | None:
         if batch_id in self._batches:
             return self._batches[batch_id]
-        row = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).fetchone()
-        return _batch(row) if row else None
+        row = self.db.execute(f"SELECT {sq.BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).fetchone()
+        return sq.batch_of(row) if row else None
 
     def open_batches(self) -> builtins.list[Batch]:  # (`list` here is the method)
-        rows = self.db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE done_at IS NULL").fetchall()
-        found = [self._batches.get(str(r[0])) or self._recount(_batch(r)) for r in rows]
+        rows = self.db.execute(f"SELECT {sq.BATCH_COLUMNS} FROM batches WHERE done_at IS NULL").fetchall()
+        found = [self._batches.get(str(r[0])) or self._recount(sq.batch_of(r)) for r in rows]
         return [b for b in found if b.done_at is None]
 
     def _recount(self, b: Batch) -> Batch:
@@ -555,9 +442,9 @@ class SqliteStore:
         rows = self.db.execute(f"SELECT state, outcome, started_at, finished_at FROM tasks WHERE trace_id=?"
                                f" AND state NOT IN {_UNFINISHED_SQL}", (b.id,))
         for state, outcome, started_at, finished_at in rows:
-            fresh.count(TaskState(state), _outcome_dec.decode(outcome) if outcome else None, started_at,
+            fresh.count(TaskState(state), sq.outcome_dec.decode(outcome) if outcome else None, started_at,
                         finished_at if finished_at is not None else b.submitted_at)
-        self._batch_marks[b.id] = _batch_mark(fresh)
+        self._batch_marks[b.id] = sq.batch_mark(fresh)
         return fresh
 
     def batch_ids(self, label: str, limit: int = 10_000) -> builtins.list[str]:
@@ -581,7 +468,7 @@ class SqliteStore:
         if held is not None:
             return held
         row = self.db.execute("SELECT record FROM workflows WHERE id=?", (wf_id,)).fetchone()
-        return _flow_dec.decode(row[0]) if row else None
+        return sq.flow_dec.decode(row[0]) if row else None
 
     def workflows(self, state: str | None, limit: int) -> builtins.list[Workflow]:
         """The newest first; `state` as `flow status` shows it (running includes stopping)."""
@@ -591,16 +478,16 @@ class SqliteStore:
             states = ["running", "stopping"] if state == "running" else [state]
             rows = self.db.execute("SELECT id, record FROM workflows WHERE state IN (SELECT value FROM json_each(?))"
                                    " ORDER BY seq DESC LIMIT ?", (json.dumps(states), limit))
-        return [self._flows.get(str(wid)) or _flow_dec.decode(record) for wid, record in rows.fetchall()]
+        return [self._flows.get(str(wid)) or sq.flow_dec.decode(record) for wid, record in rows.fetchall()]
 
     def unfinished_workflows(self) -> builtins.list[Workflow]:
-        rows = self.db.execute(f"SELECT record FROM workflows WHERE state IN {_FLOW_UNFINISHED_SQL} ORDER BY seq")
-        return [_flow_dec.decode(r[0]) for r in rows.fetchall()]
+        rows = self.db.execute(f"SELECT record FROM workflows WHERE state IN {sq.FLOW_UNFINISHED_SQL} ORDER BY seq")
+        return [sq.flow_dec.decode(r[0]) for r in rows.fetchall()]
 
     def workflow_tasks(self, wf_id: str) -> dict[str, Task]:
         """The tasks of a workflow by job key (noted states over stored ones)."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE workflow=?", (wf_id,))
-        found = {t.step or "": t for t in map(_task, rows.fetchall())}
+        rows = self.db.execute(f"SELECT {sq.COLUMNS} FROM tasks WHERE workflow=?", (wf_id,))
+        found = {t.step or "": t for t in map(sq.task_of, rows.fetchall())}
         for task, _fence in self._pending.values():
             if task.workflow == wf_id:
                 found[task.step or ""] = task
@@ -621,7 +508,7 @@ class SqliteStore:
                 f" AND state NOT IN {_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
                 # a workflow that is not over still needs its finished tasks (a restart looks them up)
                 f" AND (workflow IS NULL OR workflow NOT IN (SELECT id FROM workflows WHERE state IN"
-                f" {_FLOW_UNFINISHED_SQL}))"
+                f" {sq.FLOW_UNFINISHED_SQL}))"
                 " ORDER BY finished_at LIMIT ?) RETURNING id",  # a noted write keeps its row
                 (finished_before, json.dumps(list(self._pending)), limit)).fetchall()]
             gone = json.dumps(ids)
@@ -631,7 +518,7 @@ class SqliteStore:
                 " RETURNING task_id, repo, branch, path", (gone,)).fetchall()]
             self.db.execute(
                 f"DELETE FROM workflows WHERE rowid IN (SELECT rowid FROM workflows WHERE finished_at < ?"
-                f" AND state NOT IN {_FLOW_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
+                f" AND state NOT IN {sq.FLOW_UNFINISHED_SQL} AND id NOT IN (SELECT value FROM json_each(?))"
                 " ORDER BY finished_at LIMIT ?)", (finished_before, json.dumps(list(self._flows)), limit))
             # a done batch goes with its last task
             self.db.execute("DELETE FROM batches WHERE done_at < ? AND NOT EXISTS (SELECT 1 FROM tasks WHERE"
@@ -671,123 +558,3 @@ class SqliteStore:
         if code == 13 and self.max_bytes:
             remedy = f"full (journal.max_mb = {self.max_bytes / 2**20:g}): free disk space, or raise journal.max_mb"
         return f"{self.path}: {e}" + (f" — {remedy}" if remedy else "")
-
-
-class _Checkpointer(threading.Thread):
-    """Copies the WAL into the database off the event loop (see the module docstring)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="store-checkpoint", daemon=True)
-        self.path = path
-        self.wal = Path(f"{path}-wal")
-        #: set by a write that may have grown the WAL, and by `stop`
-        self.wake = threading.Event()
-        self._stopping = False
-        self._error: str | None = None
-
-    def run(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
-        try:
-            while True:
-                self.wake.wait()
-                self.wake.clear()
-                if self._stopping:
-                    return
-                self._step(db)
-        finally:
-            db.close()
-
-    def _step(self, db: sqlite3.Connection) -> None:
-        try:
-            size = self.wal.stat().st_size
-        except OSError:
-            return
-        if size < CHECKPOINT_ABOVE_BYTES:
-            return
-        try:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as e:
-            self._error = str(e)
-
-    def take_error(self) -> str | None:
-        """The last checkpoint failure, once (the hub's thread logs it)."""
-        error, self._error = self._error, None
-        return error
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.wake.set()
-        self.join()
-
-
-_BATCH_COLUMNS = "id, label, size, submitted_at, max_cost_usd, tally, done_at"
-#: the tally's fields (the rest are columns)
-_TALLY = ("succeeded", "failed", "cancelled", "cost_usd", "input_tokens", "output_tokens", "first_started_at",
-          "last_finished_at", "budget_spent")
-
-
-def _tally(b: Batch) -> bytes:
-    return _enc.encode({name: getattr(b, name) for name in _TALLY})
-
-
-def _batch_mark(b: Batch) -> tuple[int, bool, bool]:
-    return (b.size, b.budget_spent, b.done_at is not None)
-
-
-def _batch_row(b: Batch) -> tuple[object, ...]:
-    return (b.id, b.label, b.size, b.submitted_at, b.max_cost_usd, _tally(b), b.done_at)
-
-
-def _batch(r: Sequence[Any]) -> Batch:
-    bid, label, size, submitted_at, max_cost_usd, tally, done_at = r
-    b = Batch(id=str(bid), size=int(size), submitted_at=float(submitted_at), label=label,
-              max_cost_usd=max_cost_usd, done_at=done_at)
-    for name, value in (msgspec.msgpack.decode(tally) if tally else {}).items():
-        if name in _TALLY:
-            setattr(b, name, value)
-    return b
-
-
-def _row(t: Task, seq: int) -> tuple[object, ...]:
-    return (
-        t.id, seq, t.spec.kind, t.state.value, t.spec.priority, t.attempts, t.retries,
-        _enc.encode(t.spec), _enc.encode(t.outcome) if t.outcome else None, t.child,
-        t.trace_id, t.span_id, t.parent_span_id, t.tracestate, t.submitted_at, t.started_at, t.finished_at,
-        t.epoch, t.forgiven, int(t.cancel_requested), t.workflow, t.step,
-    )
-
-
-def _flow_args(wf: Workflow) -> tuple[object, ...]:
-    return (wf.id, wf.spec.name, wf.state.value, wf.trace_id, wf.started_at, wf.finished_at, _enc.encode(wf))
-
-
-def _worktree_row(t: Task) -> tuple[object, ...]:
-    return (t.id, t.spec.repo, t.spec.worktree_branch or f"supd/{t.id}", None)
-
-
-def _update_args(t: Task, fence: int) -> tuple[object, ...]:
-    return (
-        t.state.value, t.attempts, t.epoch, t.forgiven, int(t.cancel_requested),
-        _enc.encode(t.outcome) if t.outcome else None, t.child, t.span_id, t.started_at, t.finished_at,
-        t.id, fence,
-    )
-
-
-def _approx_bytes(t: Task) -> int:
-    """A noted task's size in a reply, without encoding it."""
-    o, s = t.outcome or Outcome(), t.spec
-    return len(o.result or "") + len(o.stderr or "") + len(s.prompt or "") + len(s.input or "")
-
-
-def _task(r: Sequence[Any]) -> Task:
-    (tid, seq, _kind, state, _prio, attempts, retries, spec, outcome, child, trace_id, span_id,
-     parent_span_id, tracestate, submitted_at, started_at, finished_at, epoch, forgiven, cancel_requested,
-     workflow, step) = r
-    return Task(
-        id=str(tid), spec=_spec_dec.decode(spec), submitted_at=float(submitted_at), seq=int(seq),
-        state=TaskState(state), attempts=int(attempts), retries=int(retries), epoch=int(epoch),
-        forgiven=int(forgiven), outcome=_outcome_dec.decode(outcome) if outcome else None, child=child,
-        trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, tracestate=tracestate,
-        started_at=started_at, finished_at=finished_at, cancel_requested=bool(cancel_requested),
-        workflow=workflow, step=step,
-    )

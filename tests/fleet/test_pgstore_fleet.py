@@ -13,7 +13,8 @@ from proto.task import Outcome, TaskSpec, TaskState
 from supervisord.core import fate
 from supervisord.core.task import Task
 from supervisord.store.base import StoreError
-from supervisord.store.postgres import SCHEMA_VERSION, PgStore
+from supervisord.store.pgschema import SCHEMA_VERSION
+from supervisord.store.postgres import PgStore
 
 pytestmark = pytest.mark.timeout(60)
 S = TaskState

@@ -21,7 +21,8 @@ from supervisord.core.fate import Context
 from supervisord.core.scheduler import Scheduler
 from supervisord.core.task import Task, view
 from supervisord.store.base import StoreError
-from supervisord.store.sqlite import SCHEMA_VERSION, SqliteStore
+from supervisord.store.sqlite import SqliteStore
+from supervisord.store.sqlschema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.timeout(30)
 
