@@ -74,6 +74,9 @@ class _Batch:
     tasks: list[Task] = field(default_factory=list)
     steps: set[str] = field(default_factory=set)
     finished: WorkflowFinished | None = None
+    #: a new workflow's first tasks: the scheduler gets them only once the workflow is accepted
+    #: (they are checked against the queue's limits first, and a refusal leaves nothing behind)
+    held: bool = False
 
 
 # ---- control verbs -----------------------------------------------------------------------
@@ -120,14 +123,18 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
     # a fleet's hosts make ids without talking: UUIDv7s there
     wf_id = h.ids.uuid7(start_ns) if h.fleet is not None else h.ids.workflow_id(start_ns)
     wf = workflow.new_workflow(wf_id, spec, dict(req.inputs), h.clock.wall(), trace_id)
-    before, batch = _states(wf), _Batch()
+    before, batch = _states(wf), _Batch(held=True)
     _feed(h, wf, [Begin()], batch)
+    # the queue's limits hold for a workflow's first tasks as for a submit's (its later ones are
+    # bounded by its max_parallel); a fleet's queue is the database's
+    if h.fleet is None and (problem := h.sched.room_problem(batch.tasks)):
+        log("workflow_refused", logging.WARNING, workflow=wf.id, tasks=len(batch.tasks), error=problem)
+        return ctl.Error(kind="queue_full", message=f"{problem}: the workflow's first {len(batch.tasks)} tasks"
+                                                    " were not accepted")
     return Prepared(wf, batch, before, parent.span_id if parent else None, start_ns)
 
 
 def refused(h: Hub, ready: Prepared, error: str) -> ctl.Error:
-    for task in ready.batch.tasks:
-        h.sched.forget(task)
     log("workflow_refused", logging.ERROR, workflow=ready.wf.id, tasks=len(ready.batch.tasks), error=error)
     return ctl.Error(kind="journal", message=f"nothing was accepted: {error}")
 
@@ -135,6 +142,10 @@ def refused(h: Hub, ready: Prepared, error: str) -> ctl.Error:
 def accepted(h: Hub, ready: Prepared) -> None:
     """The store has the record and its first tasks: the workflow is live here."""
     wf, spec = ready.wf, ready.wf.spec
+    if h.fleet is None:
+        now = h.clock.now()
+        for task in ready.batch.tasks:
+            h.sched.add(task, now)
     h.flows.live[wf.id] = wf
     log("workflow_accepted", workflow=wf.id, name=spec.name, steps=len(spec.steps), tasks=len(ready.batch.tasks),
         trace=wf.trace_id)
@@ -296,7 +307,7 @@ def _start(h: Hub, wf: Workflow, d: StartTask, batch: _Batch, known: dict[str, T
                 retries=spec.retries if spec.retries is not None else h.config.tasks.retries,
                 trace_id=wf.trace_id, parent_span_id=traceids.flow_span_id(wf.id, d.step),
                 workflow=wf.id, step=d.job)
-    if h.fleet is None:  # a fleet's step runs on whichever host claims it from the journal
+    if h.fleet is None and not batch.held:  # a fleet's step runs on whichever host claims it from the journal
         h.sched.add(task, h.clock.now())
     batch.tasks.append(task)
     if d.role is not Role.UNDO:  # an undo runs after its step's span ended: its attempts go under that id

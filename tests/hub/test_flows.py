@@ -17,7 +17,7 @@ from proto import children as cp
 from proto import control as ctl
 from proto.task import Outcome, TaskError
 from supervisord.store.sqlite import SqliteStore
-from tests.hub.rig import Rig
+from tests.hub.rig import Rig, exec_spec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -191,3 +191,32 @@ def test_max_cost_stops_claude_steps_and_fails_with_budget(rig: Rig) -> None:
     assert got["state"] == "failed" and got["error"]["kind"] == "budget"
     assert [s["state"] for s in got["steps"]] == ["succeeded", "skipped"]
     assert got["cost_usd"] == 0.75
+
+
+FAN = """
+name = "fan"
+max_parallel = 3
+[steps.a]
+kind = "exec"
+argv = ["echo", "a"]
+[steps.b]
+kind = "exec"
+argv = ["echo", "b"]
+[steps.c]
+kind = "exec"
+argv = ["echo", "c"]
+"""
+
+
+def test_a_workflow_whose_first_tasks_overfill_the_queue_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config="[daemon]\nmax_queued = 4\n", children=0).boot()
+    (one,) = rig.submit(exec_spec("true"))  # queued: no child runs it
+    three = run(rig, FAN)  # 1 + 3 = 4 queued: at the limit, accepted
+    assert rig.hub.sched.queued == 4 and status(rig, three)["state"] == "running"
+    reply = rig.request(ctl.FlowRun(doc=tomllib.loads(FAN), inputs={}))
+    assert reply == ctl.Error(kind="queue_full", message="queue is full: 4 queued + 3 new exceeds daemon.max_queued=4:"
+                                                         " the workflow's first 3 tasks were not accepted")
+    assert rig.hub.sched.queued == 4  # nothing of the refused workflow is queued, stored or live
+    assert [f["id"] for f in rig.request(ctl.FlowList()).flows] == [three]
+    assert sorted(rig.hub.flows.live) == [three]
+    assert rig.stored(one).state == "queued"
