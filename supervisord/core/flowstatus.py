@@ -10,7 +10,7 @@ from __future__ import annotations
 from proto.task import TaskError
 from supervisord.core.workflow import FlowState, Workflow
 
-__all__ = ["public_state", "status"]
+__all__ = ["fit_results", "public_state", "status"]
 
 
 def _error(error: TaskError | None) -> dict[str, str] | None:
@@ -39,3 +39,22 @@ def status(wf: Workflow) -> dict[str, object]:
         "started_at": wf.started_at, "finished_at": wf.finished_at, "cost_usd": wf.cost_usd,
         "error": _error(wf.error), "steps": steps, "undo": undo,
     }
+
+
+def fit_results(views: list[dict[str, object]], budget_bytes: int) -> None:
+    """Cut the steps' results of `views` (in place) so that together they take at most
+    `budget_bytes` of UTF-8: the small ones stay whole and the big ones share what is left
+    equally. A cut step says how many bytes it left out (`result_cut_bytes`); its tasks keep
+    the whole result (`supctl get ID`)."""
+    steps = [step for v in views for step in v["steps"] if step["result"]]  # type: ignore[attr-defined]
+    data = [str(step["result"]).encode() for step in steps]
+    if sum(map(len, data)) <= budget_bytes:
+        return
+    left = budget_bytes
+    order = sorted(range(len(steps)), key=lambda i: len(data[i]))
+    for done, i in enumerate(order):
+        share = left // (len(order) - done)
+        if len(data[i]) > share:
+            kept = data[i][:share].decode(errors="ignore")  # never half a character
+            steps[i]["result"], steps[i]["result_cut_bytes"] = kept, len(data[i]) - len(kept.encode())
+        left -= len(str(steps[i]["result"]).encode())

@@ -159,9 +159,9 @@ def run(h: Hub, envelope: Envelope, req: ctl.FlowRun) -> ctl.Reply | None:
 def status(h: Hub, envelope: Envelope, req: ctl.FlowStatus) -> ctl.Reply | None:
     """One workflow, from its engine's memory here, else from the journal."""
     if (wf := h.flows.live.get(req.id)) is not None:
-        return ctl.Flows(flows=[flows.view(wf)])
+        return flows.reply(h, [wf])
     _read(h, envelope, lambda s: s.workflow(req.id),
-          lambda wf: ctl.Flows(flows=[flows.view(wf)]) if wf is not None
+          lambda wf: flows.reply(h, [wf]) if wf is not None
           else ctl.Error(kind="not_found", message=f"no workflow with id {req.id!r}"))
     return None
 
@@ -233,8 +233,8 @@ def answer(h: Hub, waiter: Waiter) -> None:
         if error or records is None:
             h.spokes.control.reply(envelope, ctl.Error(kind="journal", message=error or "no answer"))
             return
-        views = [flows.view(wf) for wf_id in done if (wf := records.get(wf_id)) is not None]
-        h.spokes.control.reply(envelope, ctl.Flows(flows=views, pending=pending))
+        found = [wf for wf_id in done if (wf := records.get(wf_id)) is not None]
+        h.spokes.control.reply(envelope, flows.reply(h, found, pending))
 
     _journal(h).ask(lambda s: {wf_id: s.workflow(wf_id) for wf_id in done}, reply)
 

@@ -34,7 +34,7 @@ from proto import control as ctl
 from proto.task import TaskError, TaskState
 from supervisord.core import fate as core
 from supervisord.core import flowspec, traceids, validate, workflow
-from supervisord.core.flowstatus import public_state, status
+from supervisord.core.flowstatus import fit_results, public_state, status
 from supervisord.core.task import Task
 from supervisord.core.workflow import (
     TEMPLATE,
@@ -161,7 +161,14 @@ def status_(h: Hub, envelope: Envelope, req: ctl.FlowStatus) -> ctl.Reply:
     wf = find(h, req.id)
     if wf is None:
         return ctl.Error(kind="not_found", message=f"no workflow with id {req.id!r}")
-    return ctl.Flows(flows=[view(wf)])
+    return reply(h, [wf])
+
+
+def reply(h: Hub, wfs: list[Workflow], pending: list[str] | None = None) -> ctl.Flows:
+    """Workflows as `flow status` shows them, their steps' results cut to one reply's budget."""
+    views = [view(wf) for wf in wfs]
+    fit_results(views, h.reply_budget)
+    return ctl.Flows(flows=views, pending=pending or [])
 
 
 def list_(h: Hub, envelope: Envelope, req: ctl.FlowList) -> ctl.Reply:
@@ -229,8 +236,8 @@ def answer(h: Hub, waiter: Waiter) -> None:
     if h.flows.answer_remote is not None:  # a fleet reads the records from the shared journal
         h.flows.answer_remote(waiter)
         return
-    done = [view(wf) for wid in waiter.ids if wid not in waiter.pending and (wf := find(h, wid))]
-    h.after_commit.append((waiter.envelope, ctl.Flows(flows=done, pending=sorted(waiter.pending))))
+    done = [wf for wid in waiter.ids if wid not in waiter.pending and (wf := find(h, wid))]
+    h.after_commit.append((waiter.envelope, reply(h, done, sorted(waiter.pending))))
 
 
 # ---- the turn: final tasks fed to their workflows ------------------------------------------

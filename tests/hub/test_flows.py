@@ -16,6 +16,7 @@ import pytest
 from proto import children as cp
 from proto import control as ctl
 from proto.task import Outcome, TaskError
+from supervisord.events import RequestReceived
 from supervisord.store.sqlite import SqliteStore
 from tests.hub.rig import Rig, exec_spec
 
@@ -220,3 +221,18 @@ def test_a_workflow_whose_first_tasks_overfill_the_queue_is_refused_and_leaves_n
     assert [f["id"] for f in rig.request(ctl.FlowList()).flows] == [three]
     assert sorted(rig.hub.flows.live) == [three]
     assert rig.stored(one).state == "queued"
+
+
+def test_flow_status_and_wait_cut_step_results_to_one_replys_budget(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config="[limits]\nmax_message_bytes = 65536\n", children=2).boot()  # budget: 32768 bytes
+    wf = run(rig, FAN)
+    for job, size in (("a", 10), ("b", 30_000), ("c", 40_000)):
+        finish(rig, job, result="x" * size)
+    rig.step(RequestReceived((b"w",), ctl.FlowWait(ids=[wf], timeout_s=5)))
+    for reply in (rig.request(ctl.FlowStatus(id=wf)), [r for e, r in rig.control.replies if e == (b"w",)][0]):
+        assert isinstance(reply, ctl.Flows), reply
+        steps = {s["name"]: (len(s["result"]), s.get("result_cut_bytes")) for s in reply.flows[0]["steps"]}
+        # a whole (10); b and c share the other 32758 bytes: 16379 each
+        assert steps == {"a": (10, None), "b": (16_379, 13_621), "c": (16_379, 23_621)}, steps
+    (c_task,) = status(rig, wf)["steps"][2]["task_ids"]
+    assert len(rig.view(c_task).result or "") == 40_000  # the task keeps the whole result
