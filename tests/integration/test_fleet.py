@@ -329,6 +329,13 @@ def test_an_exclusive_key_holds_across_hosts_no_two_attempts_overlap(fleet: Flee
     log = tmp_path / "key.log"
     ids = a.submit(*[timed_task(log, f"t{i}", 0.2, "repo") for i in range(8)])
     ids += b.submit(*[timed_task(log, f"u{i}", 0.2, "repo") for i in range(4)])
+    # whichever host ran the first task is scaled to no children: the other must run the rest
+    # (the host that just released the key is awake and would often claim every next one)
+    deadline = time.monotonic() + 30
+    while not (first := {row[2] for row in fleet.rows().values() if row[0] == "succeeded"}):
+        assert time.monotonic() < deadline, "no task finished"
+        time.sleep(0.05)
+    (a if "a" in first else b).request(ctl.Scale(children=0))
     done = wait_final(a, ids)
     assert {v.state for v in done.values()} == {"succeeded"}
     assert {v.host for v in done.values()} == {"a", "b"}, "both hosts ran some"
