@@ -65,6 +65,8 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily("supd_active_tasks", "Tasks running now", value=s["running"])
         yield GaugeMetricFamily("supd_children_ready", "Children able to take work", value=s["ready"])
         yield GaugeMetricFamily("supd_children_total", "Configured pool size", value=s["pool_size"])
+        yield GaugeMetricFamily("supd_spares_ready", "Spare children booted and ready to take over a slot",
+                                value=s["spares_ready"])
         breaker = GaugeMetricFamily("supd_breaker_state", "Claude circuit breaker (1 = current state)",
                                     labels=["state"])
         for state in sorted({*BREAKER_STATES, s["breaker"]}):

@@ -65,6 +65,7 @@ def test_stats_health_and_prometheus_after_a_few_tasks(supd_factory, claude_conf
     health = json.loads(r.stdout)
     assert health["status"] == "ok"
     assert health["children"]["ready"] == 2 and health["children"]["total"] == 2
+    assert health["spares"] == {"ready": 1, "total": 1, "fatal": 0}  # booted with the pool, long ready
     assert health["breaker"]["state"] == "closed"
     assert health["queue"]["queued"] == 0 and health["queue"]["running"] == 0
     assert health["success_rate"] == pytest.approx(0.75)
@@ -79,6 +80,7 @@ def test_stats_health_and_prometheus_after_a_few_tasks(supd_factory, claude_conf
     assert 'supd_task_duration_seconds_bucket{le="+Inf"} 4.0' in lines
     assert "supd_queue_depth 0.0" in lines and "supd_active_tasks 0.0" in lines
     assert "supd_children_ready 2.0" in lines and "supd_children_total 2.0" in lines
+    assert "supd_spares_ready 1.0" in lines
     assert 'supd_breaker_state{state="closed"} 1.0' in lines
     assert any(line.startswith('supd_claude_tokens_total{direction="input"}') for line in lines)
     assert d.stop() == 0
