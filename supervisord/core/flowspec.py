@@ -12,7 +12,7 @@ name = "review"            # required
 max_parallel = 4           # 1..1024; absent: as many as the pool runs
 max_cost_usd = 2.5         # >= 0; Claude steps stop starting once the cost reaches it
 undo_retries = 3           # 0..100 retries of a failed undo
-[steps.NAME]               # any TaskSpec field (not worktree/resume/base yet, nor supd's own), plus:
+[steps.NAME]               # any TaskSpec field (not resume yet, nor supd's own), plus:
 after = ["OTHER"]          # runs once these have succeeded
 map = "OTHER"              # once per non-empty line of OTHER's result (OTHER must be before it)
 compensate = { kind = "exec", argv = ["..."], continue = true }
@@ -64,9 +64,9 @@ _STEP_EXTRA = frozenset({"after", "map", "compensate", "undo"})
 _TEMPLATED = frozenset({"prompt", "argv", "input", "env"})
 #: fields of a task that supd sets itself: a submit and a workflow file that give one are refused, naming it
 INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of", "pin")
-#: agent-work fields a step cannot use yet: a step is not prepared like a submit (no worktree
-#: is made, no session looked up), so accepting them would silently drop what they ask
-_NOT_IN_STEPS = {"worktree": "a git worktree", "resume": "a resumed session", "base": "a worktree's base"}
+#: agent-work fields a step cannot use yet: no session is looked up for a step, so accepting
+#: one would silently drop what it asks (a worktree step is prepared by the hub: its repo)
+_NOT_IN_STEPS = {"resume": "a resumed session"}
 
 
 class FlowSpecError(Exception):
@@ -278,6 +278,10 @@ def _task(table: dict[str, object], where: str, extra: frozenset[str], limits: L
     if spec.prompt is None and spec.argv is None:
         problems.append(f"{where}: needs a prompt (claude) or an argv (exec)")
         return None
+    if spec.worktree and not spec.cwd:
+        problems.append(f"{where}.worktree: give cwd, a directory inside a git repository")
+    if spec.base is not None and not spec.worktree:
+        problems.append(f"{where}.base: only for worktree tasks (give worktree = true)")
     if problem := task_problem(spec, limits):
         problems.append(f"{where}: {problem}")
     for key, value in fields.items():

@@ -56,6 +56,7 @@ from supervisord.hub import tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
+from supervisord.spokes import git
 from supervisord.store.base import StoreError
 
 Envelope = tuple[bytes, ...]
@@ -117,6 +118,10 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
         return ctl.Error(kind="bad_request", message="\n".join(e.problems))
     if spec.max_parallel is None:  # the default: the pool's size when it was submitted
         spec = msgspec.structs.replace(spec, max_parallel=max(1, h.pool.size))
+    spec_or_problem = _with_repos(h, spec)
+    if isinstance(spec_or_problem, str):
+        return ctl.Error(kind="bad_request", message=spec_or_problem)
+    spec = spec_or_problem
     start_ns = h.clock.wall_ns()
     parent = traceids.parse_traceparent(req.traceparent)
     trace_id = parent.trace_id if parent else h.ids.trace_id(start_ns)
@@ -132,6 +137,30 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
         return ctl.Error(kind="queue_full", message=f"{problem}: the workflow's first {len(batch.tasks)} tasks"
                                                     " were not accepted")
     return Prepared(wf, batch, before, parent.span_id if parent else None, start_ns)
+
+
+def _with_repos(h: Hub, spec: flowspec.FlowSpec) -> flowspec.FlowSpec | str:
+    """The file with each worktree task's repository (the top of the git checkout its cwd is
+    in), as a submit's worktree task gets it; or the problem, naming the key. Each task of a
+    worktree step (a map's items, a compensate, an undo) then runs in a worktree of its own, on
+    its own branch, made and cleaned up in the child as for any worktree task."""
+    steps: dict[str, flowspec.Step] = {}
+    for name, step in spec.steps.items():
+        parts: dict[str, flowspec.TaskTemplate] = {}
+        for role in ("task", "compensate", "undo"):
+            tpl: flowspec.TaskTemplate | None = getattr(step, role)
+            if tpl is None or not tpl.spec.worktree:
+                continue
+            where = f"steps.{name}" + ("" if role == "task" else f".{role}")
+            if h.fleet is not None:
+                return (f"{where}.worktree: a fleet runs a workflow's steps on any host, and a worktree is on"
+                        " one host's disk: not supported in a fleet yet (submit it as a task of its own)")
+            root = git.repo_root(tpl.spec.cwd or "")
+            if root is None:
+                return f"{where}.cwd: {tpl.spec.cwd} is not inside a git repository"
+            parts[role] = msgspec.structs.replace(tpl, spec=msgspec.structs.replace(tpl.spec, repo=str(root)))
+        steps[name] = msgspec.structs.replace(step, **parts) if parts else step
+    return msgspec.structs.replace(spec, steps=steps)
 
 
 def refused(h: Hub, ready: Prepared, error: str) -> ctl.Error:

@@ -236,3 +236,22 @@ def test_flow_status_and_wait_cut_step_results_to_one_replys_budget(tmp_path: Pa
         assert steps == {"a": (10, None), "b": (16_379, 13_621), "c": (16_379, 23_621)}, steps
     (c_task,) = status(rig, wf)["steps"][2]["task_ids"]
     assert len(rig.view(c_task).result or "") == 40_000  # the task keeps the whole result
+
+
+def test_a_worktree_step_gets_its_repository_and_a_worktree_of_its_own(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    rig = Rig(tmp_path, children=2).boot()
+    doc = f'name = "wt"\n[steps.a]\nkind = "exec"\nargv = ["true"]\nworktree = true\ncwd = "{repo / "sub"}"\n'
+    wf = run(rig, doc)
+    (task,) = rig.hub.sched.running()
+    assert (task.step, task.spec.repo, task.spec.worktree) == ("a", str(repo), True)
+    _who, d = rig.dispatched(task.id)
+    assert d.worktree is not None and d.worktree.branch == f"supd/{task.id}"
+    assert status(rig, wf)["state"] == "running"
+    bad = doc.replace(str(repo / "sub"), str(tmp_path))
+    reply = rig.request(ctl.FlowRun(doc=tomllib.loads(bad), inputs={}))
+    assert reply == ctl.Error(kind="bad_request", message=f"steps.a.cwd: {tmp_path} is not inside a git repository")

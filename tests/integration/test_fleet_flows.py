@@ -154,3 +154,13 @@ argv = ["sh", "-c", "echo s3 >> {log}; echo $0", "{{{{steps.s2.result}}}}"]
     assert lines(log) == ["s1", "s2", "s3"], "s1 finished before the kill and never ran again; s2 was adopted"
     assert "workflow_taken_over" in b.log()
     assert_no_leftovers(a_tree, set())
+
+
+def test_a_worktree_step_is_refused_in_a_fleet_naming_it(fleet: Fleet, tmp_path: Path) -> None:
+    a = fleet.start("a")
+    path = write(tmp_path, f'name = "wt"\n[steps.edit]\nkind = "exec"\nargv = ["true"]\nworktree = true\n'
+                           f'cwd = "{tmp_path}"\n')
+    r = a.supctl("flow", "run", str(path))
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)  # refused by the daemon
+    assert "steps.edit.worktree: a fleet runs a workflow's steps on any host" in r.stderr, r.stderr
+    assert a.request(ctl.FlowList()).flows == []

@@ -363,3 +363,38 @@ argv = ["echo", "{{item}}"]
         (attempt,) = [s for s in spans if s["span_id"] == task["span_id"]]
         step = task["step"].split("[")[0]
         assert attempt["parent"] == step_spans[f"supd.step {step}"]["span_id"] == task["parent_span_id"]
+
+
+def test_worktree_steps_each_commit_on_a_branch_of_their_own_and_leave_the_checkout_clean(supd_factory, tmp_path):
+    """A map step with `worktree = true`: each item edits the same file in its own worktree; the
+    next step sees the results; the main checkout is untouched and each branch has its edit."""
+    from tests.integration.test_agents import git, make_repo
+
+    repo = make_repo(tmp_path / "repo")
+    d = supd_factory(children=2).start()
+    path = write(tmp_path, f"""
+name = "edits"
+[steps.items]
+kind = "exec"
+argv = ["printf", "one\\\\ntwo\\\\n"]
+[steps.edit]
+after = ["items"]
+map = "items"
+kind = "exec"
+worktree = true
+cwd = "{repo / "sub"}"
+argv = ["sh", "-c", "echo {{{{item}}}} >> ../shared.txt; git rev-parse --show-toplevel"]
+[steps.done]
+after = ["edit"]
+kind = "exec"
+argv = ["echo", "{{{{steps.edit.results}}}}"]
+""")
+    code, flow = run_json(d, path)
+    assert code == 0 and flow["state"] == "succeeded", flow
+    edit = next(s for s in flow["steps"] if s["name"] == "edit")
+    assert len(edit["task_ids"]) == 2
+    tops = json.loads(next(s for s in flow["steps"] if s["name"] == "done")["result"])
+    assert sorted(Path(t.strip()).name for t in tops) == sorted(edit["task_ids"]), "each item in its own worktree"
+    assert git(repo, "status", "--porcelain") == "" and (repo / "shared.txt").read_text() == "original\n"
+    for tid, word in zip(edit["task_ids"], ["one", "two"]):
+        assert git(repo, "show", f"supd/{tid}:shared.txt") == f"original\n{word}\n"

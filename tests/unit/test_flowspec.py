@@ -108,10 +108,10 @@ BAD = [
     ('name = "x"\n[steps.a]\nprompt = "p"\nrepo = "/srv/r"\nretry_of = "t1"',
      ["steps.a.repo: set by supd, not by a workflow file", "steps.a.retry_of: set by supd, not by a workflow file"]),
     ('name = "x"\n[steps.a]\nprompt = "p"\nworktree = true',
-     ["steps.a.worktree: a workflow step cannot have a git worktree yet (submit it as a task of its own)"]),
+     ["steps.a.worktree: give cwd, a directory inside a git repository"]),
     ('name = "x"\n[steps.a]\nprompt = "p"\nresume = "t1"\n[steps.a.undo]\nprompt = "u"\nbase = "main"',
      ["steps.a.resume: a workflow step cannot have a resumed session yet (submit it as a task of its own)",
-      "steps.a.undo.base: a workflow step cannot have a worktree's base yet (submit it as a task of its own)"]),
+      "steps.a.undo.base: only for worktree tasks (give worktree = true)"]),
     ('name = "x"\n[steps.a]\nprompt = 3', ["steps.a.prompt: expected str, got int"]),
     ('name = "x"\n[steps.a]\nkind = "shell"\nargv = ["x"]', ["steps.a.kind: invalid enum value 'shell'"]),
     ('name = "x"\n[steps.a]\nkind = "exec"\nargv = "true"', ["steps.a.argv: expected array, got str"]),
@@ -215,3 +215,10 @@ def test_the_file_must_be_a_table() -> None:
     with pytest.raises(FlowSpecError) as caught:
         check([1, 2], {})
     assert caught.value.problems == ["the file must be a table of keys, got list"]
+
+
+def test_a_worktree_step_is_accepted_with_its_cwd_and_base() -> None:
+    spec = parse_flow('name = "x"\n[steps.a]\nprompt = "p"\nworktree = true\ncwd = "/srv/r/sub"\nbase = "main"',
+                      "toml", {})
+    t = spec.steps["a"].task.spec
+    assert (t.worktree, t.cwd, t.base, t.repo) == (True, "/srv/r/sub", "main", None)  # the hub finds the repo
