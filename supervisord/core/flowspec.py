@@ -15,6 +15,7 @@ undo_retries = 3           # 0..100 retries of a failed undo
 [steps.NAME]               # any TaskSpec field (not resume yet, nor supd's own), plus:
 after = ["OTHER"]          # runs once these have succeeded
 map = "OTHER"              # once per non-empty line of OTHER's result (OTHER must be before it)
+resume_step = "OTHER"      # a claude step: continue OTHER's Claude session (OTHER before it, claude, no map)
 compensate = { kind = "exec", argv = ["..."], continue = true }
 undo = { kind = "exec", argv = ["..."] }
 ```
@@ -60,7 +61,7 @@ STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 T = TypeVar("T")
 _TASK_KEYS = frozenset(f.name for f in msgspec.structs.fields(TaskSpec))
 _TOP_KEYS = frozenset({"name", "max_parallel", "max_cost_usd", "undo_retries", "steps"})
-_STEP_EXTRA = frozenset({"after", "map", "compensate", "undo"})
+_STEP_EXTRA = frozenset({"after", "map", "compensate", "undo", "resume_step"})
 _TEMPLATED = frozenset({"prompt", "argv", "input", "env"})
 #: fields of a task that supd sets itself: a submit and a workflow file that give one are refused, naming it
 INTERNAL_FIELDS = ("resume_session", "worktree_branch", "repo", "retry_of", "pin")
@@ -107,6 +108,8 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: the compensate's result stands in for the step's and the workflow goes on
     compensate_continue: bool = False
     undo: TaskTemplate | None = None
+    #: the step whose Claude session this step's task continues (`--resume`), in its cwd
+    resume_step: str | None = None
     #: the steps that name this one in `after`, in file order (derived by `check`)
     dependents: tuple[str, ...] = ()
 
@@ -234,6 +237,8 @@ def _steps(raw: dict[str, object], limits: LimitsConfig, problems: list[str]) ->
         task = _task(table, where, _STEP_EXTRA, limits, problems)
         after = _typed(table.get("after", []), list[str], f"{where}.after", problems)
         target = _typed(table["map"], str, f"{where}.map", problems) if "map" in table else None
+        resume_from = (_typed(table["resume_step"], str, f"{where}.resume_step", problems)
+                       if "resume_step" in table else None)
         compensate, go_on = None, False
         if "compensate" in table:
             comp = _table(table["compensate"], f"{where}.compensate", problems)
@@ -245,7 +250,8 @@ def _steps(raw: dict[str, object], limits: LimitsConfig, problems: list[str]) ->
             undo = _task(raw_undo, f"{where}.undo", frozenset(), limits, problems)
         if len(problems) == before and task is not None:
             steps[name] = Step(name=name, task=task, after=tuple(dict.fromkeys(after or ())), map=target,
-                               compensate=compensate, compensate_continue=go_on, undo=undo)
+                               compensate=compensate, compensate_continue=go_on, undo=undo,
+                               resume_step=resume_from)
     return steps
 
 
@@ -364,6 +370,24 @@ def _ancestors(steps: dict[str, Step]) -> dict[str, int]:
     return memo
 
 
+def _resume_problems(s: Step, steps: dict[str, Step], before: int) -> list[str]:
+    where, ref = f"steps.{s.name}.resume_step", s.resume_step
+    if ref not in steps:
+        return [f'{where}: no step "{ref}"']
+    if not before:
+        return [f'{where}: step "{ref}" is not before "{s.name}" (list it in after)']
+    problems = []
+    if s.task.spec.kind != "claude":
+        problems.append(f"{where}: only a claude step continues a session")
+    if steps[ref].task.spec.kind != "claude":
+        problems.append(f'{where}: step "{ref}" is not a claude step (it has no session)')
+    if steps[ref].map is not None or s.map is not None:
+        problems.append(f"{where}: not with a map step (one session each: its items would share or fork it)")
+    if s.task.spec.worktree or s.task.spec.cwd:
+        problems.append(f'{where}: the step runs where "{ref}" ran (in its worktree, if any): drop worktree and cwd')
+    return problems
+
+
 def _references(steps: dict[str, Step], inputs: Mapping[str, str]) -> list[str]:
     masks = _ancestors(steps)
     bit = {name: 1 << i for i, name in enumerate(steps)}
@@ -374,6 +398,8 @@ def _references(steps: dict[str, Step], inputs: Mapping[str, str]) -> list[str]:
                 problems.append(f'steps.{s.name}.map: no step "{s.map}"')
             elif not masks[s.name] & bit[s.map]:
                 problems.append(f'steps.{s.name}.map: step "{s.map}" is not before "{s.name}" (list it in after)')
+        if s.resume_step is not None:
+            problems += _resume_problems(s, steps, masks[s.name] & bit.get(s.resume_step, 0))
         roles = (("", s.task), (".compensate", s.compensate), (".undo", s.undo))
         for suffix, tpl in roles:
             if tpl is None:

@@ -120,13 +120,19 @@ def _resumed(h: Hub, spec: TaskSpec, found: Mapping[str, Task | None] | None, ho
         return f"resume: no task with id {spec.resume!r}"
     if not old.state.final:
         return f"resume: task {old.id} is {old.state.value}; resume it once it has finished"
+    got = continued(spec, old)
+    return got if isinstance(got, str) else msgspec.structs.replace(got, pin=pin.at_submit(spec, host, old))
+
+
+def continued(spec: TaskSpec, old: Task) -> TaskSpec | str:
+    """`spec` continuing `old`'s Claude session where it ran (its cwd, its worktree's branch),
+    or why it cannot: a `--resume` submit's and a workflow's `resume_step`."""
     session = old.outcome.session_id if old.outcome else None
     if old.spec.kind != "claude" or not session:
         return f"resume: task {old.id} has no Claude session to resume"
     return msgspec.structs.replace(
         spec, resume_session=session, cwd=old.spec.cwd, worktree=old.spec.worktree, repo=old.spec.repo,
-        worktree_branch=branch_of(old.id, old.spec) if old.spec.worktree else None,
-        base=None, pin=pin.at_submit(spec, host, old))
+        worktree_branch=branch_of(old.id, old.spec) if old.spec.worktree else None, base=None)
 
 
 def retry_spec(h: Hub, task_id: str) -> TaskSpec | ctl.Error:

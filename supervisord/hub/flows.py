@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from proto import control as ctl
-from proto.task import TaskError, TaskState
+from proto.task import TaskError, TaskSpec, TaskState
 from supervisord.core import fate as core
 from supervisord.core import flowspec, traceids, validate, workflow
 from supervisord.core.flowstatus import fit_results, public_state, status
@@ -52,7 +52,7 @@ from supervisord.core.workflow import (
     Workflow,
     WorkflowFinished,
 )
-from supervisord.hub import tasks
+from supervisord.hub import agents, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
@@ -141,13 +141,17 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
 
 def _with_repos(h: Hub, spec: flowspec.FlowSpec) -> flowspec.FlowSpec | str:
     """The file with each worktree task's repository (the top of the git checkout its cwd is
-    in), as a submit's worktree task gets it; or the problem, naming the key. Each task of a
+    in), as a submit's worktree task gets it; or the problem, naming the key (a fleet takes no
+    worktree and no `resume_step`: each is on one host's disk). Each task of a
     worktree step (a map's items, a compensate, an undo) then runs in a worktree of its own, on
     its own branch, made and cleaned up in the child as for any worktree task."""
     steps: dict[str, flowspec.Step] = {}
     for name, step in spec.steps.items():
         parts: dict[str, flowspec.TaskTemplate] = {}
         for role in ("task", "compensate", "undo"):
+            if role == "task" and step.resume_step is not None and h.fleet is not None:
+                return (f"steps.{name}.resume_step: a fleet runs a workflow's steps on any host, and a session"
+                        " is on one host's disk: not supported in a fleet yet")
             tpl: flowspec.TaskTemplate | None = getattr(step, role)
             if tpl is None or not tpl.spec.worktree:
                 continue
@@ -338,6 +342,13 @@ def _start(h: Hub, wf: Workflow, d: StartTask, batch: _Batch, known: dict[str, T
         return [TaskFinished(job=d.job, state=TaskState.FAILED,
                              error=TaskError(kind=TEMPLATE, message=f"the filled task is refused: {problem}"))]
     spec = d.spec
+    if d.role is Role.STEP and (ref := wf.spec.steps[d.step].resume_step) is not None:
+        got = _session_of(h, wf, ref, spec)
+        if isinstance(got, str):
+            log("workflow_task_refused", logging.WARNING, workflow=wf.id, job=d.job, problem=got)
+            return [TaskFinished(job=d.job, state=TaskState.FAILED,
+                                 error=TaskError(kind=TEMPLATE, message=f"steps.{d.step}.resume_step: {got}"))]
+        spec = got
     now_ns = h.clock.wall_ns()
     task = Task(id=h.ids.uuid7(now_ns) if h.fleet is not None else h.ids.task_id(now_ns), spec=spec, submitted_at=h.clock.wall(),
                 retries=spec.retries if spec.retries is not None else h.config.tasks.retries,
@@ -349,6 +360,22 @@ def _start(h: Hub, wf: Workflow, d: StartTask, batch: _Batch, known: dict[str, T
     if d.role is not Role.UNDO:  # an undo runs after its step's span ended: its attempts go under that id
         batch.steps.add(d.step)
     return [TaskAccepted(job=d.job, task_id=task.id)]
+
+
+def _session_of(h: Hub, wf: Workflow, ref: str, spec: TaskSpec) -> TaskSpec | str:
+    """`spec` continuing the Claude session of step `ref`'s task (it has succeeded: the file
+    puts it before), or why not."""
+    step = wf.steps[ref]
+    task_ids = [tid for k in step.jobs if k in wf.jobs and (tid := wf.jobs[k].task_id) is not None]
+    if not task_ids:
+        return f'step "{ref}" ran no task'
+    try:
+        old = h.sched.tasks.get(task_ids[-1]) or h.store.task(task_ids[-1])
+    except StoreError as e:
+        return str(e)
+    if old is None:
+        return f'the task of step "{ref}" is gone from the journal'
+    return agents.continued(spec, old)
 
 
 def _cancel(h: Hub, wf: Workflow, d: CancelTask, batch: _Batch, known: dict[str, Task] | None) -> list[Event]:

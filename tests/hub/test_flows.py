@@ -255,3 +255,38 @@ def test_a_worktree_step_gets_its_repository_and_a_worktree_of_its_own(tmp_path:
     bad = doc.replace(str(repo / "sub"), str(tmp_path))
     reply = rig.request(ctl.FlowRun(doc=tomllib.loads(bad), inputs={}))
     assert reply == ctl.Error(kind="bad_request", message=f"steps.a.cwd: {tmp_path} is not inside a git repository")
+
+
+CHAT = """
+name = "chat"
+[steps.plan]
+prompt = "make a plan"
+cwd = "/srv/project"
+[steps.act]
+after = ["plan"]
+prompt = "now do it"
+resume_step = "plan"
+"""
+
+
+def test_a_resume_step_continues_the_earlier_steps_session_where_it_ran(rig: Rig) -> None:
+    wf = run(rig, CHAT)
+    finish_with = Outcome(exit_code=0, result="the plan", session_id="sess-1")
+    (plan,) = [t for t in rig.hub.sched.running() if t.step == "plan"]
+    rig.result(plan.id, outcome=finish_with)
+    (act,) = [t for t in rig.hub.sched.running() if t.step == "act"]
+    _who, d = rig.dispatched(act.id)
+    assert (d.spec.prompt, d.spec.resume_session, d.spec.cwd) == ("now do it", "sess-1", "/srv/project")
+    finish(rig, "act", result="done")
+    assert status(rig, wf)["state"] == "succeeded"
+
+
+def test_a_resume_step_whose_session_is_missing_fails_naming_the_step(rig: Rig) -> None:
+    wf = run(rig, CHAT)
+    finish(rig, "plan", result="no session")  # an outcome without a session id
+    steps = {s["name"]: s for s in status(rig, wf)["steps"]}
+    assert steps["act"]["state"] == "failed"
+    (plan_task,) = steps["plan"]["task_ids"]
+    assert steps["act"]["error"] == {"kind": "template", "message": "steps.act.resume_step: resume: task "
+                                     f"{plan_task} has no Claude session to resume"}
+    assert status(rig, wf)["state"] == "failed"

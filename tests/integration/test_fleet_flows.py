@@ -156,11 +156,15 @@ argv = ["sh", "-c", "echo s3 >> {log}; echo $0", "{{{{steps.s2.result}}}}"]
     assert_no_leftovers(a_tree, set())
 
 
-def test_a_worktree_step_is_refused_in_a_fleet_naming_it(fleet: Fleet, tmp_path: Path) -> None:
+def test_a_worktree_or_resume_step_is_refused_in_a_fleet_naming_it(fleet: Fleet, tmp_path: Path) -> None:
     a = fleet.start("a")
     path = write(tmp_path, f'name = "wt"\n[steps.edit]\nkind = "exec"\nargv = ["true"]\nworktree = true\n'
                            f'cwd = "{tmp_path}"\n')
     r = a.supctl("flow", "run", str(path))
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)  # refused by the daemon
     assert "steps.edit.worktree: a fleet runs a workflow's steps on any host" in r.stderr, r.stderr
+    path = write(tmp_path, 'name = "chat"\n[steps.a]\nprompt = "p"\n[steps.b]\nafter = ["a"]\nprompt = "q"\n'
+                           'resume_step = "a"\n')
+    r = a.supctl("flow", "run", str(path))
+    assert r.returncode == 1 and "steps.b.resume_step: a fleet runs a workflow's steps on any host" in r.stderr
     assert a.request(ctl.FlowList()).flows == []

@@ -398,3 +398,24 @@ argv = ["echo", "{{{{steps.edit.results}}}}"]
     assert git(repo, "status", "--porcelain") == "" and (repo / "shared.txt").read_text() == "original\n"
     for tid, word in zip(edit["task_ids"], ["one", "two"]):
         assert git(repo, "show", f"supd/{tid}:shared.txt") == f"original\n{word}\n"
+
+
+def test_a_resume_step_continues_the_earlier_claude_session(supd_factory, claude_config, fakeapi, tmp_path):
+    """The real CLI, `--resume`d by supd: the stand-in API sees the earlier step's turns."""
+    d = supd_factory(children=1, config=claude_config).start()
+    path = write(tmp_path, """
+name = "chat"
+[steps.plan]
+prompt = "remember the word heron"
+[steps.ask]
+after = ["plan"]
+prompt = "what was the word?"
+resume_step = "plan"
+""")
+    fakeapi.reset()
+    code, flow = run_json(d, path)
+    assert code == 0 and flow["state"] == "succeeded", flow
+    ask = next(s for s in flow["steps"] if s["name"] == "ask")
+    assert ask["result"] == "ECHO: what was the word? (turn 2, first: remember the word heron)"
+    convo = fakeapi.conversations()[-1]
+    assert ["user", "remember the word heron"] in convo and convo[-1] == ["user", "what was the word?"]

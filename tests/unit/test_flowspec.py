@@ -170,6 +170,21 @@ BAD = [
      'after = ["zz"]'),
      ["colour: unknown key", "name: missing", "max_parallel: must be in 1..1024, got 0",
       "steps.a.prompt: expected str, got int", "steps.b.bogus: unknown key", 'steps.c.after: no step "zz"']),
+    # resume_step: a claude step continuing an earlier claude step's session
+    ('name = "x"\n[steps.a]\nprompt = "p"\n[steps.b]\nprompt = "q"\nresume_step = "zz"',
+     ['steps.b.resume_step: no step "zz"']),
+    ('name = "x"\n[steps.a]\nprompt = "p"\n[steps.b]\nprompt = "q"\nresume_step = "a"',
+     ['steps.b.resume_step: step "a" is not before "b" (list it in after)']),
+    ('name = "x"\n[steps.a]\nkind = "exec"\nargv = ["true"]\n[steps.b]\nafter = ["a"]\nkind = "exec"\n'
+     'argv = ["true"]\nresume_step = "a"',
+     ["steps.b.resume_step: only a claude step continues a session",
+      'steps.b.resume_step: step "a" is not a claude step (it has no session)']),
+    ('name = "x"\n[steps.a]\nprompt = "p"\n[steps.b]\nafter = ["a"]\nmap = "a"\nprompt = "{{item}}"\n'
+     'resume_step = "a"\ncwd = "/srv"',
+     ["steps.b.resume_step: not with a map step (one session each: its items would share or fork it)",
+      'steps.b.resume_step: the step runs where "a" ran (in its worktree, if any): drop worktree and cwd']),
+    ('name = "x"\n[steps.a]\nprompt = "p"\n[steps.b]\nprompt = "q"\nresume_step = 1',
+     ["steps.b.resume_step: expected str, got int"]),
 ]
 
 
