@@ -188,6 +188,12 @@ class Pool:
     def spares(self) -> list[Slot]:
         return [s for s in self.slots if s.spare]
 
+    def spare_counts(self) -> dict[str, int]:
+        """The spares: ready (booted, idle), fatal (the next boot will fail too) and in all."""
+        spares = self.spares()
+        return {"ready": sum(s.state is ChildState.IDLE for s in spares),
+                "fatal": sum(s.state is ChildState.FATAL for s in spares), "total": len(spares)}
+
     def _remove(self, slot: Slot) -> None:
         self.slots.remove(slot)
         self._by_identity.pop(slot.identity, None)

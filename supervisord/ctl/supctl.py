@@ -397,8 +397,14 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
 
 def _child_note(ch: dict[str, Any], spare: bool) -> str:
     """Why fatal; a spare says so; a slot running in a spare's process names itself."""
-    notes = ["spare"] if spare else [] if ch["id"].startswith(ch["slot"] + ".") else [f"slot {ch['slot']}"]
-    return ", ".join(notes + ([ch["fatal_reason"]] if ch["fatal_reason"] else []))
+    notes = []
+    if spare:
+        notes.append("spare")
+    elif not ch["id"].startswith(ch["slot"] + "."):
+        notes.append(f"slot {ch['slot']}")
+    if ch["fatal_reason"]:
+        notes.append(ch["fatal_reason"])
+    return ", ".join(notes)
 
 
 def cmd_hosts(c: Client, a: argparse.Namespace) -> int:

@@ -239,17 +239,15 @@ def health_data(h: Hub) -> dict[str, object]:
     counts = h.pool.counts()
     ready = counts["idle"] + counts["busy"]
     fatal = counts["fatal"]
-    spares = h.pool.spares()
-    spares_fatal = sum(1 for s in spares if s.state is ChildState.FATAL)  # the next boot will fail too
-    ok = (h.life.phase.value == "running" and ready > 0 and fatal == 0 and spares_fatal == 0
+    spares = h.pool.spare_counts()
+    ok = (h.life.phase.value == "running" and ready > 0 and fatal == 0 and spares["fatal"] == 0
           and h.breaker.state.value == "closed"
           and h.store_problem is None and h.gate.allows(h.clock.now()))
     return {
         "status": "ok" if ok else ("failing" if (ready == 0 and h.pool.size > 0) or h.store_problem else "degraded"),
         "phase": h.life.phase.value,
         "children": {"ready": ready, "total": h.pool.size, "fatal": fatal},
-        "spares": {"ready": sum(1 for s in spares if s.state is ChildState.IDLE), "total": len(spares),
-                   "fatal": spares_fatal},
+        "spares": spares,
         "breaker": breaker_data(h),
         "gate": ratelimit.data(h),
         "queue": {"queued": h.sched.queued, "running": len(h.sched.running()), "max": h.sched.max_queued},

@@ -27,7 +27,6 @@ import zmq.asyncio
 import proto
 from supervisord.config import Config
 from supervisord.core import taskenv
-from supervisord.core.pool import ChildState
 from supervisord.core.traceids import Ids
 from supervisord.events import (
     ChildExited,
@@ -345,7 +344,7 @@ def prom_snapshot(h: Hub) -> dict[str, Any]:
         "duration_counts": list(m.duration.counts), "duration_sum_s": m.duration.sum_s,
         "queued": h.sched.queued, "running": len(h.sched.running()),
         "ready": counts["idle"] + counts["busy"], "pool_size": h.pool.size, "breaker": h.breaker.state.value,
-        "spares_ready": sum(1 for s in h.pool.spares() if s.state is ChildState.IDLE),
+        "spares_ready": h.pool.spare_counts()["ready"],
         "gate": h.gate.state.value,
         "fleet": fleet.status(h) if h.fleet is not None else None,
     }

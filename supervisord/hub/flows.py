@@ -118,7 +118,7 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
         return ctl.Error(kind="bad_request", message="\n".join(e.problems))
     if spec.max_parallel is None:  # the default: the pool's size when it was submitted
         spec = msgspec.structs.replace(spec, max_parallel=max(1, h.pool.size))
-    spec_or_problem = _with_repos(h, spec)
+    spec_or_problem = _host_bound(h, spec)
     if isinstance(spec_or_problem, str):
         return ctl.Error(kind="bad_request", message=spec_or_problem)
     spec = spec_or_problem
@@ -139,7 +139,7 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
     return Prepared(wf, batch, before, parent.span_id if parent else None, start_ns)
 
 
-def _with_repos(h: Hub, spec: flowspec.FlowSpec) -> flowspec.FlowSpec | str:
+def _host_bound(h: Hub, spec: flowspec.FlowSpec) -> flowspec.FlowSpec | str:
     """The file with each worktree task's repository (the top of the git checkout its cwd is
     in), as a submit's worktree task gets it; or the problem, naming the key (a fleet takes no
     worktree and no `resume_step`: each is on one host's disk). Each task of a
@@ -147,11 +147,11 @@ def _with_repos(h: Hub, spec: flowspec.FlowSpec) -> flowspec.FlowSpec | str:
     its own branch, made and cleaned up in the child as for any worktree task."""
     steps: dict[str, flowspec.Step] = {}
     for name, step in spec.steps.items():
+        if step.resume_step is not None and h.fleet is not None:
+            return (f"steps.{name}.resume_step: a fleet runs a workflow's steps on any host, and a session"
+                    " is on one host's disk: not supported in a fleet yet")
         parts: dict[str, flowspec.TaskTemplate] = {}
         for role in ("task", "compensate", "undo"):
-            if role == "task" and step.resume_step is not None and h.fleet is not None:
-                return (f"steps.{name}.resume_step: a fleet runs a workflow's steps on any host, and a session"
-                        " is on one host's disk: not supported in a fleet yet")
             tpl: flowspec.TaskTemplate | None = getattr(step, role)
             if tpl is None or not tpl.spec.worktree:
                 continue

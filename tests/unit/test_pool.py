@@ -713,6 +713,9 @@ def test_spares_are_slots_of_their_own_that_run_no_task() -> None:
     assert pool.idle() == workers  # a spare is never given a task
     assert pool.counts()["idle"] == 2  # nor counted as ready
     assert spare.state is C.IDLE
+    assert pool.spare_counts() == {"ready": 1, "fatal": 0, "total": 1}
+    assert pool.exited(spare, BOOT_FAILURE_EXIT, 1.0, 0.0).verdict == "fatal"
+    assert pool.spare_counts() == {"ready": 0, "fatal": 1, "total": 1}
 
 
 def test_an_isolated_crash_takes_over_the_ready_spare_at_once() -> None:
