@@ -6,6 +6,8 @@ seen since start, and `Hub.notes`, the note that heads an attempt's lines). What
 - at submit, `prepare`: a `--worktree` task's `cwd` must be inside a git repository (a few
   `stat` calls, no git); a `--resume` task takes its predecessor's session, directory and
   worktree branch (so the CLI finds the session: it keeps them per directory);
+- for a workflow, the same: `prepare_flow` at `flow run` (each worktree task's repository),
+  `session_of` when a `resume_step` step starts (its earlier step's session, via `continued`);
 - at dispatch, `dispatch_extras`: the worktree plan the child carries out (git runs in the
   child, around the task: it is a blocking process runner already, the daemon's loop must
   never wait on git, and the commit of a task's leftovers must come after its whole tree
@@ -32,9 +34,10 @@ import msgspec
 from proto import children as cp
 from proto import control as ctl
 from proto.task import TaskSpec, TaskState
-from supervisord.core import pin
+from supervisord.core import flowspec, pin
 from supervisord.core.flowspec import INTERNAL_FIELDS
 from supervisord.core.task import Task
+from supervisord.core.workflow import Workflow
 from supervisord.hub.state import Hub
 from supervisord.logs import log
 from supervisord.spokes import git
@@ -74,6 +77,51 @@ def prepare(h: Hub, specs: list[TaskSpec], found: Mapping[str, Task | None] | No
             return got if len(specs) == 1 else f"task {i + 1}: {got}"
         out.append(got)
     return out
+
+
+def prepare_flow(h: Hub, spec: flowspec.FlowSpec) -> flowspec.FlowSpec | str:
+    """At `flow run`, the file with each worktree task's repository (the top of the git checkout its cwd is
+    in), as a submit's worktree task gets it; or the problem, naming the key (a fleet takes no
+    worktree and no `resume_step`: each is on one host's disk). Each task of a
+    worktree step (a map's items, a compensate, an undo) then runs in a worktree of its own, on
+    its own branch, made and cleaned up in the child as for any worktree task."""
+    steps: dict[str, flowspec.Step] = {}
+    for name, step in spec.steps.items():
+        if step.resume_step is not None and h.fleet is not None:
+            return (f"steps.{name}.resume_step: a fleet runs a workflow's steps on any host, and a session"
+                    " is on one host's disk: not supported in a fleet yet")
+        parts: dict[str, flowspec.TaskTemplate] = {}
+        for role in ("task", "compensate", "undo"):
+            tpl: flowspec.TaskTemplate | None = getattr(step, role)
+            if tpl is None or not tpl.spec.worktree:
+                continue
+            where = f"steps.{name}" + ("" if role == "task" else f".{role}")
+            if h.fleet is not None:
+                return (f"{where}.worktree: a fleet runs a workflow's steps on any host, and a worktree is on"
+                        " one host's disk: not supported in a fleet yet (submit it as a task of its own)")
+            root = git.repo_root(tpl.spec.cwd or "")
+            if root is None:
+                return f"{where}.cwd: {tpl.spec.cwd} is not inside a git repository"
+            parts[role] = msgspec.structs.replace(tpl, spec=msgspec.structs.replace(tpl.spec, repo=str(root)))
+        steps[name] = msgspec.structs.replace(step, **parts) if parts else step
+    changed = any(steps[name] is not step for name, step in spec.steps.items())
+    return msgspec.structs.replace(spec, steps=steps) if changed else spec
+
+
+def session_of(h: Hub, wf: Workflow, ref: str, spec: TaskSpec) -> TaskSpec | str:
+    """`spec` continuing the Claude session of step `ref`'s task (it has succeeded: the file
+    puts it before), or why not."""
+    step = wf.steps[ref]
+    task_ids = [tid for k in step.jobs if k in wf.jobs and (tid := wf.jobs[k].task_id) is not None]
+    if not task_ids:
+        return f'step "{ref}" ran no task'
+    try:
+        old = h.sched.tasks.get(task_ids[-1]) or h.store.task(task_ids[-1])
+    except StoreError as e:
+        return str(e)
+    if old is None:
+        return f'the task of step "{ref}" is gone from the journal'
+    return continued(spec, old)
 
 
 def resumed_ids(specs: list[TaskSpec]) -> list[str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from proto import control as ctl
-from proto.task import TaskError, TaskSpec, TaskState
+from proto.task import TaskError, TaskState
 from supervisord.core import fate as core
 from supervisord.core import flowspec, traceids, validate, workflow
 from supervisord.core.flowstatus import fit_results, public_state, status
@@ -56,7 +56,6 @@ from supervisord.hub import agents, tasks
 from supervisord.hub.state import Hub
 from supervisord.hub.waiters import Waiter
 from supervisord.logs import log
-from supervisord.spokes import git
 from supervisord.store.base import StoreError
 
 Envelope = tuple[bytes, ...]
@@ -118,7 +117,7 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
         return ctl.Error(kind="bad_request", message="\n".join(e.problems))
     if spec.max_parallel is None:  # the default: the pool's size when it was submitted
         spec = msgspec.structs.replace(spec, max_parallel=max(1, h.pool.size))
-    spec_or_problem = _host_bound(h, spec)
+    spec_or_problem = agents.prepare_flow(h, spec)
     if isinstance(spec_or_problem, str):
         return ctl.Error(kind="bad_request", message=spec_or_problem)
     spec = spec_or_problem
@@ -137,34 +136,6 @@ def prepare(h: Hub, req: ctl.FlowRun) -> Prepared | ctl.Error:
         return ctl.Error(kind="queue_full", message=f"{problem}: the workflow's first {len(batch.tasks)} tasks"
                                                     " were not accepted")
     return Prepared(wf, batch, before, parent.span_id if parent else None, start_ns)
-
-
-def _host_bound(h: Hub, spec: flowspec.FlowSpec) -> flowspec.FlowSpec | str:
-    """The file with each worktree task's repository (the top of the git checkout its cwd is
-    in), as a submit's worktree task gets it; or the problem, naming the key (a fleet takes no
-    worktree and no `resume_step`: each is on one host's disk). Each task of a
-    worktree step (a map's items, a compensate, an undo) then runs in a worktree of its own, on
-    its own branch, made and cleaned up in the child as for any worktree task."""
-    steps: dict[str, flowspec.Step] = {}
-    for name, step in spec.steps.items():
-        if step.resume_step is not None and h.fleet is not None:
-            return (f"steps.{name}.resume_step: a fleet runs a workflow's steps on any host, and a session"
-                    " is on one host's disk: not supported in a fleet yet")
-        parts: dict[str, flowspec.TaskTemplate] = {}
-        for role in ("task", "compensate", "undo"):
-            tpl: flowspec.TaskTemplate | None = getattr(step, role)
-            if tpl is None or not tpl.spec.worktree:
-                continue
-            where = f"steps.{name}" + ("" if role == "task" else f".{role}")
-            if h.fleet is not None:
-                return (f"{where}.worktree: a fleet runs a workflow's steps on any host, and a worktree is on"
-                        " one host's disk: not supported in a fleet yet (submit it as a task of its own)")
-            root = git.repo_root(tpl.spec.cwd or "")
-            if root is None:
-                return f"{where}.cwd: {tpl.spec.cwd} is not inside a git repository"
-            parts[role] = msgspec.structs.replace(tpl, spec=msgspec.structs.replace(tpl.spec, repo=str(root)))
-        steps[name] = msgspec.structs.replace(step, **parts) if parts else step
-    return msgspec.structs.replace(spec, steps=steps)
 
 
 def refused(h: Hub, ready: Prepared, error: str) -> ctl.Error:
@@ -343,7 +314,7 @@ def _start(h: Hub, wf: Workflow, d: StartTask, batch: _Batch, known: dict[str, T
                              error=TaskError(kind=TEMPLATE, message=f"the filled task is refused: {problem}"))]
     spec = d.spec
     if d.role is Role.STEP and (ref := wf.spec.steps[d.step].resume_step) is not None:
-        got = _session_of(h, wf, ref, spec)
+        got = agents.session_of(h, wf, ref, spec)
         if isinstance(got, str):
             log("workflow_task_refused", logging.WARNING, workflow=wf.id, job=d.job, problem=got)
             return [TaskFinished(job=d.job, state=TaskState.FAILED,
@@ -360,22 +331,6 @@ def _start(h: Hub, wf: Workflow, d: StartTask, batch: _Batch, known: dict[str, T
     if d.role is not Role.UNDO:  # an undo runs after its step's span ended: its attempts go under that id
         batch.steps.add(d.step)
     return [TaskAccepted(job=d.job, task_id=task.id)]
-
-
-def _session_of(h: Hub, wf: Workflow, ref: str, spec: TaskSpec) -> TaskSpec | str:
-    """`spec` continuing the Claude session of step `ref`'s task (it has succeeded: the file
-    puts it before), or why not."""
-    step = wf.steps[ref]
-    task_ids = [tid for k in step.jobs if k in wf.jobs and (tid := wf.jobs[k].task_id) is not None]
-    if not task_ids:
-        return f'step "{ref}" ran no task'
-    try:
-        old = h.sched.tasks.get(task_ids[-1]) or h.store.task(task_ids[-1])
-    except StoreError as e:
-        return str(e)
-    if old is None:
-        return f'the task of step "{ref}" is gone from the journal'
-    return agents.continued(spec, old)
 
 
 def _cancel(h: Hub, wf: Workflow, d: CancelTask, batch: _Batch, known: dict[str, Task] | None) -> list[Event]:
